@@ -1,0 +1,507 @@
+//! The agent core: owns the registry and a runtime, and carries out requests. Decisions come
+//! from [`reconcile`] (pure); this module only executes them, all-or-nothing.
+
+pub mod config;
+pub mod reconcile;
+pub mod rpc;
+pub mod status;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::plan::{instance_name, validate, Plan, Target, PLAN_VERSION};
+use crate::proto::{
+    ApplyResult, Change, ChangeKind, ComponentSummary, ErrorCode, ListResult, Progress, PsEntry, PsResult, RpcError,
+    ServiceSummary, StatusParams, StatusResult,
+};
+use crate::registry::{now_ms, ComponentRecord, Desired, NewEvent, Registry, RegistryError, ServiceRecord};
+use crate::runtime::{Observed, Runtime, RuntimeError};
+use reconcile::{reconcile, Action};
+
+pub const REGISTRY_FILE: &str = "registry.db";
+const LOCK_FILE: &str = "agent.lock";
+
+impl From<RegistryError> for RpcError {
+    fn from(e: RegistryError) -> Self {
+        RpcError::new(ErrorCode::Registry, e.to_string())
+    }
+}
+
+impl From<RuntimeError> for RpcError {
+    fn from(e: RuntimeError) -> Self {
+        RpcError::new(ErrorCode::Runtime, e.to_string())
+    }
+}
+
+/// Sink for progress messages of long work.
+pub type ProgressFn<'a> = &'a mut dyn FnMut(Progress);
+
+pub struct Agent {
+    state_dir: PathBuf,
+    registry: Registry,
+    runtime: Box<dyn Runtime>,
+}
+
+/// What to undo if a later step fails.
+enum Undo {
+    RemoveNew { id: String },
+    RestoreOld { old_id: String, name: String, was_running: bool, new_id: Option<String> },
+    Stop { id: String },
+    Start { id: String },
+}
+
+/// What a successful run of actions leaves to do once nothing can fail any more.
+#[derive(Default)]
+struct Applied {
+    changes: Vec<Change>,
+    events: Vec<NewEvent>,
+    /// Irreversible: old containers of replacements, and removed components.
+    to_remove: Vec<(String, String)>,
+}
+
+impl Agent {
+    /// Open the registry in `state_dir` (created 0700) with the given runtime.
+    pub fn open(state_dir: &Path, runtime: Box<dyn Runtime>) -> Result<Agent, RegistryError> {
+        let registry = Registry::open(&state_dir.join(REGISTRY_FILE))?;
+        Ok(Agent { state_dir: state_dir.to_path_buf(), registry, runtime })
+    }
+
+    /// Serialize mutations across agent processes on this node.
+    fn lock(&self) -> Result<File, RpcError> {
+        let path = self.state_dir.join(LOCK_FILE);
+        let f = File::create(&path)
+            .map_err(|e| RpcError::new(ErrorCode::Registry, format!("cannot create lock {}: {e}", path.display())))?;
+        f.lock().map_err(|e| RpcError::new(ErrorCode::Registry, format!("cannot lock {}: {e}", path.display())))?;
+        Ok(f)
+    }
+
+    pub fn deploy(&mut self, plan: &Plan, only: Option<&str>, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
+        if let Err(errors) = validate(plan, "plan") {
+            return Err(RpcError {
+                code: ErrorCode::InvalidPlan,
+                message: errors.to_string(),
+                fields: errors.errors,
+            });
+        }
+        if let Some(c) = only {
+            if plan.component(c).is_none() {
+                return Err(RpcError::new(
+                    ErrorCode::NotFound,
+                    format!("service {} has no component {c:?}; components: {}", plan.name, component_names(plan)),
+                ));
+            }
+        }
+        let _lock = self.lock()?;
+        let prev = self.registry.service(&plan.name)?;
+        let desired = Desired::from_active(plan.active);
+        let wanted: Vec<ComponentRecord> =
+            plan.components.iter().map(|c| ComponentRecord::new(c.clone(), desired)).collect();
+
+        // What the registry will hold afterwards: with a component scope, the other components
+        // stay as they were deployed before.
+        let components = match (&prev, only) {
+            (Some(prev), Some(c)) => merge_one(&prev.components, &wanted, c, plan),
+            (None, Some(c)) => wanted.iter().filter(|w| w.spec.name == c).cloned().collect(),
+            (_, None) => wanted.clone(),
+        };
+        let record = ServiceRecord {
+            name: plan.name.clone(),
+            node: plan.node.clone(),
+            active: plan.active,
+            updated_at: now_ms(),
+            components,
+        };
+        self.apply(&record, only, prev.is_none(), false, progress)
+    }
+
+    /// Set components' desired state (stop/start) and make it so.
+    pub fn set_running(&mut self, target: &Target, run: bool, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
+        let _lock = self.lock()?;
+        let mut record = self.known(target)?;
+        let desired = Desired::from_active(run);
+        for c in record.components.iter_mut().filter(|c| target.component.as_deref().is_none_or(|o| o == c.spec.name)) {
+            c.desired = desired;
+        }
+        if target.component.is_none() {
+            record.active = run;
+        }
+        record.updated_at = now_ms();
+        self.apply(&record, target.component.as_deref(), false, false, progress)
+    }
+
+    pub fn restart(&mut self, target: &Target, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
+        let _lock = self.lock()?;
+        let mut record = self.known(target)?;
+        for c in record.components.iter_mut().filter(|c| target.component.as_deref().is_none_or(|o| o == c.spec.name)) {
+            c.desired = Desired::Running;
+        }
+        if target.component.is_none() {
+            record.active = true;
+        }
+        record.updated_at = now_ms();
+        self.apply(&record, target.component.as_deref(), false, true, progress)
+    }
+
+    /// The registry's record of `target`, or a not-found error naming what exists.
+    fn known(&self, target: &Target) -> Result<ServiceRecord, RpcError> {
+        let record = self.registry.service(&target.service)?.ok_or_else(|| {
+            RpcError::new(ErrorCode::NotFound, format!("service {:?} is not deployed on this node", target.service))
+        })?;
+        if let Some(c) = &target.component {
+            if record.component(c).is_none() {
+                let names: Vec<&str> = record.components.iter().map(|c| c.spec.name.as_str()).collect();
+                return Err(RpcError::new(
+                    ErrorCode::NotFound,
+                    format!("service {} has no component {c:?}; components: {}", record.name, names.join(", ")),
+                ));
+            }
+        }
+        Ok(record)
+    }
+
+    /// Make the node match `record` (within `only`), then store it. All-or-nothing: on failure
+    /// every step taken is undone and the registry keeps the previous record.
+    fn apply(
+        &mut self,
+        record: &ServiceRecord,
+        only: Option<&str>,
+        assume_empty: bool,
+        restart: bool,
+        progress: ProgressFn,
+    ) -> Result<ApplyResult, RpcError> {
+        let service = record.name.as_str();
+        // A service the registry has never seen has nothing on the node to look at; if that
+        // is wrong (a container already holds a name) creation says so and we look then.
+        let mut observed = if assume_empty { Vec::new() } else { self.runtime.list(Some(service))? };
+        let mut actions = reconcile(service, &record.components, &observed, only);
+        if restart {
+            actions = actions.into_iter().map(|a| restart_kept(a, service, &observed)).collect();
+        }
+        let result = match self.execute(record, &actions, progress) {
+            Err(ExecError::NameInUse(name)) if assume_empty => {
+                observed = self.runtime.list(Some(service))?;
+                if !observed.iter().any(|o| o.name == name) {
+                    return Err(self.conflict(service, &name));
+                }
+                actions = reconcile(service, &record.components, &observed, only);
+                self.execute(record, &actions, progress)
+            }
+            other => other,
+        };
+        let applied = match result {
+            Ok(applied) => applied,
+            Err(ExecError::NameInUse(name)) => return Err(self.conflict(service, &name)),
+            Err(ExecError::Failed(e)) => {
+                let _ = self.registry.record_events(&[NewEvent {
+                    service: service.to_string(),
+                    component: None,
+                    kind: "deploy_failed".into(),
+                    message: e.message.clone(),
+                }]);
+                return Err(e);
+            }
+        };
+        self.registry.save_service(record, &applied.events)?;
+        let mut cleanup_errors = Vec::new();
+        for (component, id) in &applied.to_remove {
+            progress(Progress { component: Some(component.clone()), message: format!("removing {}", short(id)) });
+            if let Err(e) = self.runtime.remove(id) {
+                cleanup_errors.push(format!("{component}: {e}"));
+            }
+        }
+        if !cleanup_errors.is_empty() {
+            return Err(RpcError::new(
+                ErrorCode::Runtime,
+                format!("{service} is deployed, but removing old containers failed: {}", cleanup_errors.join("; ")),
+            ));
+        }
+        Ok(ApplyResult { service: service.to_string(), changes: applied.changes })
+    }
+
+    fn conflict(&self, service: &str, name: &str) -> RpcError {
+        RpcError::new(
+            ErrorCode::Conflict,
+            format!(
+                "a container named {name:?} exists but does not belong to mcp service {service:?}; \
+                 remove it (podman rm -f {name}) or take it over with `mcp adopt {service}`"
+            ),
+        )
+    }
+
+    fn execute(&self, record: &ServiceRecord, actions: &[Action], progress: ProgressFn) -> Result<Applied, ExecError> {
+        let service = record.name.as_str();
+        let mut undo: Vec<Undo> = Vec::new();
+        let mut applied = Applied::default();
+        let mut settle: Vec<(String, String)> = Vec::new();
+        let spec_of = |component: &str| record.component(component).expect("reconcile only names known components");
+
+        let mut step = |action: &Action, undo: &mut Vec<Undo>, applied: &mut Applied| -> Result<(), ExecError> {
+            let component = action.component().to_string();
+            let (change, message) = match action {
+                Action::Keep { .. } => {
+                    applied.changes.push(Change { component: component.clone(), change: ChangeKind::Unchanged, spec: Some(spec_of(&component).hash.clone()) });
+                    return Ok(());
+                }
+                Action::Create { .. } => {
+                    let c = spec_of(&component);
+                    note(&mut *progress, &component, format!("creating {} from {}", instance_name(service, &component), c.spec.image));
+                    let id = self.runtime.create(service, &c.spec, &c.hash).map_err(ExecError::from)?;
+                    undo.push(Undo::RemoveNew { id });
+                    (ChangeKind::Created, format!("created {} (spec {}, image {})", instance_name(service, &component), c.hash, c.spec.image))
+                }
+                Action::Replace { old_id, old_running, .. } => {
+                    let c = spec_of(&component);
+                    let name = instance_name(service, &component);
+                    note(&mut *progress, &component, format!("replacing {name} with spec {} (image {})", c.hash, c.spec.image));
+                    self.runtime.rename(old_id, &format!("{name}.mcp-old")).map_err(ExecError::from)?;
+                    undo.push(Undo::RestoreOld { old_id: old_id.clone(), name: name.clone(), was_running: *old_running, new_id: None });
+                    if *old_running {
+                        self.runtime.stop(old_id).map_err(ExecError::from)?;
+                    }
+                    let id = self.runtime.create(service, &c.spec, &c.hash).map_err(ExecError::from)?;
+                    if let Some(Undo::RestoreOld { new_id, .. }) = undo.last_mut() {
+                        *new_id = Some(id.clone());
+                    }
+                    settle.push((component.clone(), id));
+                    applied.to_remove.push((component.clone(), old_id.clone()));
+                    (ChangeKind::Replaced, format!("replaced {name} (spec {}, image {})", c.hash, c.spec.image))
+                }
+                Action::Start { id, .. } => {
+                    note(&mut *progress, &component, format!("starting {}", instance_name(service, &component)));
+                    self.runtime.start(id).map_err(ExecError::from)?;
+                    undo.push(Undo::Stop { id: id.clone() });
+                    (ChangeKind::Started, format!("started {}", instance_name(service, &component)))
+                }
+                Action::Restart { id, .. } => {
+                    note(&mut *progress, &component, format!("restarting {}", instance_name(service, &component)));
+                    self.runtime.restart(id).map_err(ExecError::from)?;
+                    (ChangeKind::Restarted, format!("restarted {}", instance_name(service, &component)))
+                }
+                Action::Stop { id, .. } => {
+                    note(&mut *progress, &component, format!("stopping {}", instance_name(service, &component)));
+                    self.runtime.stop(id).map_err(ExecError::from)?;
+                    undo.push(Undo::Start { id: id.clone() });
+                    (ChangeKind::Stopped, format!("stopped {}", instance_name(service, &component)))
+                }
+                Action::Remove { id, .. } => {
+                    applied.to_remove.push((component.clone(), id.clone()));
+                    (ChangeKind::Removed, format!("removed {} ({})", component, short(id)))
+                }
+            };
+            applied.changes.push(Change { component: component.clone(), change, spec: record.component(&component).map(|c| c.hash.clone()) });
+            applied.events.push(NewEvent { service: service.to_string(), component: Some(component), kind: change.as_str().to_string(), message });
+            Ok(())
+        };
+
+        let mut outcome = Ok(());
+        for action in actions {
+            if let Err(e) = step(action, &mut undo, &mut applied) {
+                outcome = Err(e);
+                break;
+            }
+        }
+        if outcome.is_ok() && !settle.is_empty() {
+            outcome = self.wait_settled(service, &settle, progress);
+        }
+        match outcome {
+            Ok(()) => Ok(applied),
+            Err(ExecError::NameInUse(name)) if undo.is_empty() => Err(ExecError::NameInUse(name)),
+            Err(e) => {
+                let cause = match e {
+                    ExecError::NameInUse(name) => format!("a container named {name:?} already exists"),
+                    ExecError::Failed(e) => e.message,
+                };
+                progress(Progress { component: None, message: format!("failed: {cause}; rolling back") });
+                let rollback_errors = self.rollback(undo);
+                let message = if rollback_errors.is_empty() {
+                    format!("deploy of {service} failed: {cause}; the previous version was restored and is unchanged")
+                } else {
+                    format!(
+                        "deploy of {service} failed: {cause}; ROLLBACK ALSO FAILED, check `mcp status {service}`: {}",
+                        rollback_errors.join("; ")
+                    )
+                };
+                Err(ExecError::Failed(RpcError::new(ErrorCode::RolledBack, message)))
+            }
+        }
+    }
+
+    /// Replacements must stay running for the settle window.
+    fn wait_settled(&self, service: &str, fresh: &[(String, String)], progress: ProgressFn) -> Result<(), ExecError> {
+        let window = self.runtime.settle();
+        if window.is_zero() {
+            return Ok(());
+        }
+        progress(Progress { component: None, message: format!("checking that replacements stay up for {:.1}s", window.as_secs_f64()) });
+        let deadline = Instant::now() + window;
+        loop {
+            for (component, id) in fresh {
+                let state = self.runtime.state(id).map_err(ExecError::from)?;
+                if !state.as_ref().is_some_and(Observed::running) {
+                    let logs = self.runtime.tail_logs(id, 5);
+                    let state = state.map(|s| s.state).unwrap_or_else(|| "gone".into());
+                    let logs = if logs.is_empty() { String::new() } else { format!("; last output: {logs}") };
+                    return Err(ExecError::Failed(RpcError::new(
+                        ErrorCode::Runtime,
+                        format!("new {} did not stay up (state {state}){logs}", instance_name(service, component)),
+                    )));
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(250)));
+        }
+    }
+
+    fn rollback(&self, undo: Vec<Undo>) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut check = |r: Result<(), RuntimeError>| {
+            if let Err(e) = r {
+                errors.push(e.to_string());
+            }
+        };
+        for u in undo.into_iter().rev() {
+            match u {
+                Undo::RemoveNew { id } => check(self.runtime.remove(&id)),
+                Undo::RestoreOld { old_id, name, was_running, new_id } => {
+                    if let Some(id) = new_id {
+                        check(self.runtime.remove(&id));
+                    }
+                    // A failed create may have left a container under the name.
+                    if let Ok(Some(o)) = self.runtime.by_name(&name) {
+                        if o.id != old_id {
+                            check(self.runtime.remove(&o.id));
+                        }
+                    }
+                    check(self.runtime.rename(&old_id, &name));
+                    if was_running {
+                        check(self.runtime.start(&old_id));
+                    }
+                }
+                Undo::Stop { id } => check(self.runtime.stop(&id)),
+                Undo::Start { id } => check(self.runtime.start(&id)),
+            }
+        }
+        errors
+    }
+
+    pub fn list(&self) -> Result<ListResult, RpcError> {
+        let services = self
+            .registry
+            .services()?
+            .into_iter()
+            .map(|s| ServiceSummary {
+                name: s.name,
+                active: s.active,
+                updated_at: s.updated_at,
+                components: s
+                    .components
+                    .into_iter()
+                    .map(|c| ComponentSummary {
+                        name: c.spec.name,
+                        kind: c.spec.kind.as_str().to_string(),
+                        image: c.spec.image,
+                        desired: c.desired.as_str().to_string(),
+                        spec: c.hash,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(ListResult { services })
+    }
+
+    pub fn ps(&self) -> Result<PsResult, RpcError> {
+        let now = now_ms() / 1000;
+        let containers = self
+            .runtime
+            .list(None)?
+            .into_iter()
+            .map(|o| PsEntry {
+                uptime_secs: o.started_at.map(|t| (now - t).max(0) as u64),
+                service: o.service,
+                component: o.component,
+                id: o.id,
+                name: o.name,
+                image: o.image,
+                state: o.state,
+                spec: o.spec.unwrap_or_default(),
+                ports: o.ports,
+            })
+            .collect();
+        Ok(PsResult { containers })
+    }
+
+    pub fn status(&self, params: &StatusParams) -> Result<StatusResult, RpcError> {
+        let records = match &params.service {
+            Some(name) => vec![self.registry.service(name)?.ok_or_else(|| {
+                RpcError::new(ErrorCode::NotFound, format!("service {name:?} is not deployed on this node"))
+            })?],
+            None => self.registry.services()?,
+        };
+        let observed = self.runtime.list(params.service.as_deref())?;
+        let mut services = status::service_statuses(&records, &observed, now_ms() / 1000);
+        for s in &mut services {
+            s.events = self.registry.events(Some(&s.name), params.events)?;
+        }
+        Ok(StatusResult { services })
+    }
+
+    pub fn plan_version(&self) -> u32 {
+        PLAN_VERSION
+    }
+}
+
+/// For restart: a component that is already as desired is restarted instead of kept.
+fn restart_kept(action: Action, service: &str, observed: &[Observed]) -> Action {
+    match action {
+        Action::Keep { component } => {
+            let name = instance_name(service, &component);
+            match observed.iter().find(|o| o.name == name && o.running()) {
+                Some(o) => Action::Restart { component, id: o.id.clone() },
+                None => Action::Keep { component },
+            }
+        }
+        other => other,
+    }
+}
+
+/// `prev` with component `name` taken from `wanted`, in the plan's order.
+fn merge_one(prev: &[ComponentRecord], wanted: &[ComponentRecord], name: &str, plan: &Plan) -> Vec<ComponentRecord> {
+    let mut out: Vec<ComponentRecord> = prev.iter().filter(|c| c.spec.name != name).cloned().collect();
+    if let Some(w) = wanted.iter().find(|w| w.spec.name == name) {
+        out.push(w.clone());
+    }
+    let pos = |n: &str| plan.components.iter().position(|c| c.name == n).unwrap_or(usize::MAX);
+    out.sort_by_key(|c| pos(&c.spec.name));
+    out
+}
+
+fn note(progress: ProgressFn, component: &str, message: String) {
+    progress(Progress { component: Some(component.to_string()), message });
+}
+
+fn component_names(plan: &Plan) -> String {
+    plan.components.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+enum ExecError {
+    /// Creation hit a name held by another container (nothing was changed yet).
+    NameInUse(String),
+    Failed(RpcError),
+}
+
+impl From<RuntimeError> for ExecError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::NameInUse { name } => ExecError::NameInUse(name),
+            other => ExecError::Failed(other.into()),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Reconcile: a pure function from (desired, observed) to the ordered actions that make the node
+//! match. No I/O here; the agent's executor carries the actions out.
+
+use crate::plan::instance_name;
+use crate::registry::{ComponentRecord, Desired};
+use crate::runtime::Observed;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing runs for this component: create and start it.
+    Create { component: String },
+    /// It runs with another spec: replace it (the old one is kept until the new one is up).
+    Replace { component: String, old_id: String, old_running: bool },
+    /// Same spec, not running, should run.
+    Start { component: String, id: String },
+    /// Restart a running component in place (only from `restart`, never from reconcile).
+    Restart { component: String, id: String },
+    /// Should not run but does.
+    Stop { component: String, id: String },
+    /// Not (or no longer) in the definition, or a stray duplicate: remove it.
+    Remove { component: String, id: String },
+    /// Already as desired.
+    Keep { component: String },
+}
+
+impl Action {
+    pub fn component(&self) -> &str {
+        match self {
+            Action::Create { component }
+            | Action::Replace { component, .. }
+            | Action::Start { component, .. }
+            | Action::Restart { component, .. }
+            | Action::Stop { component, .. }
+            | Action::Remove { component, .. }
+            | Action::Keep { component } => component,
+        }
+    }
+
+    /// Does this action change anything on the node?
+    pub fn mutates(&self) -> bool {
+        !matches!(self, Action::Keep { .. })
+    }
+}
+
+/// Decide what to do for `service`.
+///
+/// - `desired`: the components the service should have, in definition order.
+/// - `observed`: what the runtime has with this service's labels.
+/// - `only`: restrict to one component (its stray duplicates included); nothing else is touched,
+///   and components outside the definition are not removed.
+///
+/// Order: creations, replacements and starts in definition order, then stops, then removals,
+/// so that nothing is taken away before what replaces it is up.
+pub fn reconcile(service: &str, desired: &[ComponentRecord], observed: &[Observed], only: Option<&str>) -> Vec<Action> {
+    let in_scope = |name: &str| only.is_none_or(|o| o == name);
+    let mut ups = Vec::new();
+    let mut stops = Vec::new();
+    let mut removes = Vec::new();
+
+    for want in desired.iter().filter(|c| in_scope(&c.spec.name)) {
+        let name = want.spec.name.clone();
+        let primary_name = instance_name(service, &name);
+        let mine: Vec<&Observed> = observed.iter().filter(|o| o.component == name).collect();
+        // The one under the canonical name is the component; any other is a leftover.
+        let current = mine.iter().find(|o| o.name == primary_name).copied();
+        for stray in mine.iter().filter(|o| Some(o.id.as_str()) != current.map(|c| c.id.as_str())) {
+            removes.push(Action::Remove { component: name.clone(), id: stray.id.clone() });
+        }
+        let action = match (want.desired, current) {
+            (Desired::Running, None) => Action::Create { component: name },
+            (Desired::Running, Some(cur)) if cur.spec.as_deref() != Some(want.hash.as_str()) => {
+                Action::Replace { component: name, old_id: cur.id.clone(), old_running: cur.running() }
+            }
+            (Desired::Running, Some(cur)) if !cur.running() => Action::Start { component: name, id: cur.id.clone() },
+            (Desired::Running, Some(_)) => Action::Keep { component: name },
+            (Desired::Stopped, Some(cur)) if cur.running() => Action::Stop { component: name, id: cur.id.clone() },
+            (Desired::Stopped, _) => Action::Keep { component: name },
+        };
+        match action {
+            Action::Stop { .. } => stops.push(action),
+            _ => ups.push(action),
+        }
+    }
+
+    if only.is_none() {
+        for o in observed {
+            if !desired.iter().any(|d| d.spec.name == o.component) {
+                removes.push(Action::Remove { component: o.component.clone(), id: o.id.clone() });
+            }
+        }
+    }
+
+    ups.extend(stops);
+    ups.extend(removes);
+    ups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Component;
+
+    fn want(name: &str, image: &str, desired: Desired) -> ComponentRecord {
+        ComponentRecord::new(Component { name: name.into(), image: image.into(), ..Default::default() }, desired)
+    }
+
+    fn seen(name: &str, spec: &str, state: &str) -> Observed {
+        Observed {
+            id: format!("id-{name}-{spec}"),
+            name: format!("svc-{name}"),
+            service: "svc".into(),
+            component: name.into(),
+            spec: Some(spec.into()),
+            state: state.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn missing_is_created() {
+        let d = [want("a", "i", Desired::Running)];
+        assert_eq!(reconcile("svc", &d, &[], None), vec![Action::Create { component: "a".into() }]);
+    }
+
+    #[test]
+    fn unchanged_running_is_kept() {
+        let d = [want("a", "i", Desired::Running)];
+        let o = [seen("a", &d[0].hash, "running")];
+        let acts = reconcile("svc", &d, &o, None);
+        assert_eq!(acts, vec![Action::Keep { component: "a".into() }]);
+        assert!(!acts.iter().any(Action::mutates));
+    }
+
+    #[test]
+    fn changed_spec_is_replaced_remembering_old_state() {
+        let d = [want("a", "i2", Desired::Running)];
+        let o = [seen("a", "old", "exited")];
+        assert_eq!(
+            reconcile("svc", &d, &o, None),
+            vec![Action::Replace { component: "a".into(), old_id: "id-a-old".into(), old_running: false }]
+        );
+    }
+
+    #[test]
+    fn unlabelled_spec_counts_as_changed() {
+        let d = [want("a", "i", Desired::Running)];
+        let mut o = seen("a", "x", "running");
+        o.spec = None;
+        assert!(matches!(reconcile("svc", &d, &[o], None)[0], Action::Replace { old_running: true, .. }));
+    }
+
+    #[test]
+    fn same_spec_stopped_is_started() {
+        let d = [want("a", "i", Desired::Running)];
+        let o = [seen("a", &d[0].hash, "exited")];
+        assert_eq!(reconcile("svc", &d, &o, None), vec![Action::Start { component: "a".into(), id: o[0].id.clone() }]);
+    }
+
+    #[test]
+    fn desired_stopped_running_is_stopped() {
+        let d = [want("a", "i", Desired::Stopped)];
+        let o = [seen("a", "any", "running")];
+        assert_eq!(reconcile("svc", &d, &o, None), vec![Action::Stop { component: "a".into(), id: o[0].id.clone() }]);
+    }
+
+    #[test]
+    fn desired_stopped_and_absent_or_stopped_is_kept() {
+        let d = [want("a", "i", Desired::Stopped), want("b", "i", Desired::Stopped)];
+        let o = [seen("b", "any", "exited")];
+        assert_eq!(
+            reconcile("svc", &d, &o, None),
+            vec![Action::Keep { component: "a".into() }, Action::Keep { component: "b".into() }]
+        );
+    }
+
+    #[test]
+    fn removed_from_definition_is_removed_last() {
+        let d = [want("a", "i", Desired::Running)];
+        let o = [seen("gone", "h", "running")];
+        assert_eq!(
+            reconcile("svc", &d, &o, None),
+            vec![Action::Create { component: "a".into() }, Action::Remove { component: "gone".into(), id: o[0].id.clone() }]
+        );
+    }
+
+    #[test]
+    fn scope_touches_only_that_component() {
+        let d = [want("a", "i", Desired::Running), want("b", "i", Desired::Running)];
+        let o = [seen("gone", "h", "running")];
+        assert_eq!(reconcile("svc", &d, &o, Some("b")), vec![Action::Create { component: "b".into() }]);
+    }
+
+    #[test]
+    fn stray_duplicate_is_removed() {
+        let d = [want("a", "i", Desired::Running)];
+        let mut stray = seen("a", &d[0].hash, "exited");
+        stray.name = "svc-a.mcp-old".into();
+        stray.id = "stray".into();
+        let o = [seen("a", &d[0].hash, "running"), stray];
+        assert_eq!(
+            reconcile("svc", &d, &o, None),
+            vec![Action::Keep { component: "a".into() }, Action::Remove { component: "a".into(), id: "stray".into() }]
+        );
+    }
+
+    #[test]
+    fn order_is_ups_then_stops_then_removes() {
+        let d = [want("s", "i", Desired::Stopped), want("c", "i", Desired::Running)];
+        let o = [seen("s", "x", "running"), seen("z", "x", "running")];
+        let kinds: Vec<&str> = reconcile("svc", &d, &o, None)
+            .iter()
+            .map(|a| match a {
+                Action::Create { .. } => "create",
+                Action::Stop { .. } => "stop",
+                Action::Remove { .. } => "remove",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, vec!["create", "stop", "remove"]);
+    }
+}

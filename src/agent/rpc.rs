@@ -1,0 +1,126 @@
+//! `mcp-agent rpc`: the JSON-lines protocol on stdin/stdout. One request at a time; the
+//! blocking agent work runs off the async executor, progress streams while it runs.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+use super::Agent;
+use crate::plan::PLAN_VERSION;
+use crate::proto::{self, ErrorCode, HelloParams, HelloResult, Progress, Request, Response, RpcError, PROTOCOL_VERSION};
+
+/// How the agent was opened: an error is answered to every request (after hello), so the
+/// operator sees why instead of a dead pipe.
+pub type AgentSlot = Result<Agent, String>;
+
+/// Serve requests from `input` until it closes.
+pub async fn serve<R, W>(agent: AgentSlot, input: R, mut output: W) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut lines = BufReader::new(input).lines();
+    let mut agent = Some(agent);
+    let mut greeted = false;
+    while let Some(line) = lines.next_line().await? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let err = RpcError::new(ErrorCode::BadRequest, format!("not a request: {e}"));
+                write(&mut output, &Response { id: 0, error: Some(err), ..Default::default() }).await?;
+                continue;
+            }
+        };
+        let id = req.id;
+        if req.method == proto::HELLO {
+            let result = hello(&req.params);
+            greeted = result.is_ok();
+            write(&mut output, &finish(id, result)).await?;
+            continue;
+        }
+        if !greeted {
+            let err = RpcError::new(ErrorCode::BadRequest, "the first request must be hello (protocol handshake)");
+            write(&mut output, &finish(id, Err(err))).await?;
+            continue;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
+        let taken = agent.take().expect("agent is returned after every request");
+        let job = tokio::task::spawn_blocking(move || {
+            let mut slot = taken;
+            let result = match &mut slot {
+                Ok(a) => dispatch(a, &req, &mut |p| {
+                    let _ = tx.send(p);
+                }),
+                Err(why) => Err(RpcError::new(ErrorCode::Registry, why.clone())),
+            };
+            (slot, result)
+        });
+        while let Some(p) = rx.recv().await {
+            write(&mut output, &Response { id, progress: Some(p), ..Default::default() }).await?;
+        }
+        let (slot, result) = job.await.map_err(std::io::Error::other)?;
+        agent = Some(slot);
+        write(&mut output, &finish(id, result)).await?;
+    }
+    Ok(())
+}
+
+fn hello(params: &Value) -> Result<Value, RpcError> {
+    let p: HelloParams = params_of(params)?;
+    if p.protocol != PROTOCOL_VERSION {
+        return Err(RpcError::new(
+            ErrorCode::ProtocolMismatch,
+            format!(
+                "protocol mismatch: the client ({}) speaks protocol {}, this mcp-agent {} speaks {PROTOCOL_VERSION}; \
+                 install the same mcp release on both ends",
+                p.client,
+                p.protocol,
+                env!("CARGO_PKG_VERSION")
+            ),
+        ));
+    }
+    to_value(HelloResult { protocol: PROTOCOL_VERSION, agent: env!("CARGO_PKG_VERSION").into(), plan_version: PLAN_VERSION })
+}
+
+fn dispatch(agent: &mut Agent, req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Value, RpcError> {
+    match req.method.as_str() {
+        proto::DEPLOY => {
+            let p: proto::DeployParams = params_of(&req.params).map_err(|e| RpcError { code: ErrorCode::InvalidPlan, ..e })?;
+            to_value(agent.deploy(&p.plan, p.component.as_deref(), progress)?)
+        }
+        proto::STOP => to_value(agent.set_running(&params_of(&req.params)?, false, progress)?),
+        proto::START => to_value(agent.set_running(&params_of(&req.params)?, true, progress)?),
+        proto::RESTART => to_value(agent.restart(&params_of(&req.params)?, progress)?),
+        proto::LIST => to_value(agent.list()?),
+        proto::PS => to_value(agent.ps()?),
+        proto::STATUS => to_value(agent.status(&params_of(&req.params)?)?),
+        other => Err(RpcError::new(ErrorCode::BadRequest, format!("unknown method {other:?}"))),
+    }
+}
+
+fn params_of<T: DeserializeOwned>(v: &Value) -> Result<T, RpcError> {
+    let v = if v.is_null() { Value::Object(Default::default()) } else { v.clone() };
+    serde_json::from_value(v).map_err(|e| RpcError::new(ErrorCode::BadRequest, format!("invalid params: {e}")))
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Result<Value, RpcError> {
+    Ok(serde_json::to_value(v).expect("results serialize"))
+}
+
+fn finish(id: u64, result: Result<Value, RpcError>) -> Response {
+    match result {
+        Ok(v) => Response { id, result: Some(v), ..Default::default() },
+        Err(e) => Response { id, error: Some(e), ..Default::default() },
+    }
+}
+
+async fn write<W: AsyncWrite + Unpin>(out: &mut W, resp: &Response) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(resp).expect("responses serialize");
+    line.push(b'\n');
+    out.write_all(&line).await?;
+    out.flush().await
+}

@@ -1,0 +1,322 @@
+//! The `mcp` command line. One module per subcommand, each exposing `Opts` and
+//! `run(ctx, opts)`; option groups shared by several commands are flattened in.
+
+pub mod config;
+pub mod deploy;
+pub mod lifecycle;
+pub mod list;
+pub mod output;
+pub mod ps;
+pub mod status;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::plan::{load_service_file, LoadError, Plan, PlanErrors, Target};
+use crate::proto::{self, ErrorCode, Progress};
+use crate::transport::local::LocalTransport;
+use crate::transport::{CallError, Session, Transport, TransportError};
+use config::{Config, NodeConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mcp",
+    version,
+    about = "Deploy services to nodes as podman containers, and keep track of them",
+    after_help = "Exit codes: 0 ok, 1 the operation failed (previous state kept), 2 invalid input \
+                  (usage, service definition, config), 3 node or agent unreachable or incompatible, \
+                  4 no such service or component."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalOpts {
+    /// Config file (default: $XDG_CONFIG_HOME/mcp/mcp.toml or ~/.config/mcp/mcp.toml).
+    #[arg(long, global = true, env = "MCP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Do not print progress.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More log output on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy a service (or one component) from its definition.
+    Deploy(deploy::Opts),
+    /// Stop all components of a service (or one); the definition is kept.
+    Stop(lifecycle::Opts),
+    /// Start all components of a service (or one).
+    Start(lifecycle::Opts),
+    /// Restart all components of a service (or one).
+    Restart(lifecycle::Opts),
+    /// List services from the nodes' registries.
+    List(list::Opts),
+    /// Live view of the containers on the nodes, with uptime.
+    Ps(ps::Opts),
+    /// Desired vs observed state, drift and recent events.
+    Status(status::Opts),
+}
+
+/// `--json` for commands that read.
+#[derive(Debug, Clone, Args)]
+pub struct OutputOpts {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--node` for commands that act on a service already deployed.
+#[derive(Debug, Clone, Args)]
+pub struct NodeOpts {
+    /// The node to talk to (default: the node in the service's definition, or the only node).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+}
+
+pub struct Ctx {
+    pub config: Config,
+    pub quiet: bool,
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let config = Config::discover(cli.global.config.as_deref())?;
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    let ctx = Ctx { config, quiet: cli.global.quiet };
+    match cli.command {
+        Command::Deploy(o) => deploy::run(&ctx, o).await,
+        Command::Stop(o) => lifecycle::run(&ctx, o, proto::STOP, "stopped").await,
+        Command::Start(o) => lifecycle::run(&ctx, o, proto::START, "started").await,
+        Command::Restart(o) => lifecycle::run(&ctx, o, proto::RESTART, "restarted").await,
+        Command::List(o) => list::run(&ctx, o).await,
+        Command::Ps(o) => ps::run(&ctx, o).await,
+        Command::Status(o) => status::run(&ctx, o).await,
+    }
+}
+
+impl Ctx {
+    pub fn transport(&self, node: &NodeConfig) -> Result<Box<dyn Transport>, TransportError> {
+        if node.is_local() {
+            return Ok(Box::new(LocalTransport::new(&node.name, node.agent.as_deref())?));
+        }
+        Err(TransportError::AgentMissing {
+            node: node.name.clone(),
+            program: node.address.clone(),
+            why: "remote (SSH) nodes are not supported by this build yet; use address = \"local\"".into(),
+        })
+    }
+
+    pub async fn connect(&self, node: &NodeConfig) -> Result<Session, TransportError> {
+        self.transport(node)?.open().await
+    }
+
+    /// Prints progress on stderr unless `--quiet`.
+    pub fn progress(&self) -> impl FnMut(Progress) + Send + 'static {
+        let quiet = self.quiet;
+        let tty = std::io::stderr().is_terminal();
+        move |p: Progress| {
+            if quiet {
+                return;
+            }
+            let who = p.component.map(|c| format!("[{c}] ")).unwrap_or_default();
+            if tty {
+                eprintln!("\x1b[2m  {who}{}\x1b[0m", p.message);
+            } else {
+                eprintln!("  {who}{}", p.message);
+            }
+        }
+    }
+
+    /// A definition file for `arg`: a path to a file, or a name in the services dir.
+    /// Returns the file and the component named after `/`, if any.
+    pub fn definition_path(&self, arg: &str) -> (PathBuf, Option<String>) {
+        let as_path = Path::new(arg);
+        if arg.ends_with(".toml") || as_path.is_file() {
+            return (as_path.to_path_buf(), None);
+        }
+        let t = Target::parse(arg);
+        (self.config.services_dir.join(format!("{}.toml", t.service)), t.component)
+    }
+
+    /// Load and validate the definition for `arg`.
+    pub fn load_definition(&self, arg: &str) -> Result<(Plan, PathBuf, Option<String>)> {
+        let (path, component) = self.definition_path(arg);
+        if !path.exists() {
+            bail!(
+                "no service definition for {arg:?}: {} does not exist (services dir {} from {})",
+                path.display(),
+                self.config.services_dir.display(),
+                self.config.origin()
+            );
+        }
+        let plan = load_service_file(&path)?;
+        Ok((plan, path, component))
+    }
+
+    /// The node named `name`, or an error that says where nodes are configured.
+    pub fn node(&self, name: &str) -> Result<&NodeConfig> {
+        self.config.node(name).ok_or_else(|| {
+            let known: Vec<&str> = self.config.nodes.iter().map(|n| n.name.as_str()).collect();
+            anyhow!(NotFound(format!(
+                "node {name:?} is not configured in {} (known: {})",
+                self.config.origin(),
+                known.join(", ")
+            )))
+        })
+    }
+
+    /// The node a plan goes to: its `node` field, or the only configured node.
+    pub fn plan_node(&self, plan: &Plan) -> Result<&NodeConfig> {
+        match &plan.node {
+            Some(n) => self.node(n),
+            None => self.only_node().with_context(|| format!("service {} names no node", plan.name)),
+        }
+    }
+
+    fn only_node(&self) -> Result<&NodeConfig> {
+        match self.config.nodes.as_slice() {
+            [one] => Ok(one),
+            _ => bail!("several nodes are configured in {}; say which with --node NAME", self.config.origin()),
+        }
+    }
+
+    /// The node holding `service`: `--node`, else its definition's node, else the only node.
+    pub fn service_node(&self, service: &str, opts: &NodeOpts) -> Result<&NodeConfig> {
+        if let Some(n) = &opts.node {
+            return self.node(n);
+        }
+        let path = self.config.services_dir.join(format!("{service}.toml"));
+        if path.exists() {
+            let plan = load_service_file(&path)?;
+            return self.plan_node(&plan);
+        }
+        self.only_node()
+    }
+
+    /// Run `f` against every configured node at once; one result per node, in config order.
+    pub async fn each_node<T, F, Fut>(&self, f: F) -> Vec<NodeResult<T>>
+    where
+        T: Send + 'static,
+        F: Fn(Session) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, CallError>> + Send + 'static,
+    {
+        let mut set = JoinSet::new();
+        for (i, node) in self.config.nodes.iter().enumerate() {
+            let name = node.name.clone();
+            let transport = self.transport(node);
+            let f = f.clone();
+            set.spawn(async move {
+                let result = match transport {
+                    Ok(t) => match t.open().await {
+                        Ok(session) => f(session).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                (i, NodeResult::new(name, result))
+            });
+        }
+        let mut out: Vec<(usize, NodeResult<T>)> = set.join_all().await;
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// One node's answer in a fan-out: `result` or `error`.
+#[derive(Debug, Serialize)]
+pub struct NodeResult<T> {
+    pub node: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl<T> NodeResult<T> {
+    fn new(node: String, r: Result<T, String>) -> Self {
+        match r {
+            Ok(v) => NodeResult { node, result: Some(v), error: None },
+            Err(e) => NodeResult { node, result: None, error: Some(e) },
+        }
+    }
+}
+
+/// A missing service, component or node (exit code 4).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
+
+/// Print `value` as pretty JSON on stdout.
+pub fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Exit code for an error, by what it is (see `mcp --help`).
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    for cause in err.chain() {
+        if cause.downcast_ref::<PlanErrors>().is_some()
+            || cause.downcast_ref::<LoadError>().is_some()
+            || cause.downcast_ref::<config::ConfigError>().is_some()
+        {
+            return 2;
+        }
+        if cause.downcast_ref::<NotFound>().is_some() {
+            return 4;
+        }
+        if cause.downcast_ref::<Unreachable>().is_some() {
+            return 3;
+        }
+        if let Some(t) = cause.downcast_ref::<TransportError>() {
+            return match t {
+                TransportError::Handshake { error, .. } if error.code != ErrorCode::ProtocolMismatch => 1,
+                _ => 3,
+            };
+        }
+        if let Some(c) = cause.downcast_ref::<CallError>() {
+            return match c {
+                CallError::Transport(_) => 3,
+                CallError::Agent(e) => match e.code {
+                    ErrorCode::InvalidPlan | ErrorCode::BadRequest => 2,
+                    ErrorCode::NotFound => 4,
+                    ErrorCode::ProtocolMismatch => 3,
+                    ErrorCode::RolledBack | ErrorCode::Runtime | ErrorCode::Registry | ErrorCode::Conflict => 1,
+                },
+            };
+        }
+    }
+    1
+}
+
+/// Unreachable nodes in a fan-out: said on stderr, and the command fails (exit 3) after the
+/// reachable nodes were reported.
+pub fn report_unreachable<T>(results: &[NodeResult<T>]) -> Result<()> {
+    let failed: Vec<String> =
+        results.iter().filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.node))).collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    for f in &failed {
+        eprintln!("error: node {f}");
+    }
+    Err(Unreachable(failed.len()).into())
+}
+
+/// Some nodes of a fan-out could not be asked (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} node(s) could not be reached")]
+pub struct Unreachable(pub usize);

@@ -1,0 +1,40 @@
+//! `mcp ps`: what the runtimes on every node run right now, with uptime.
+
+use anyhow::Result;
+use clap::Args;
+
+use super::output::{duration, table};
+use super::{print_json, report_unreachable, Ctx, OutputOpts};
+use crate::proto::{self, PsResult};
+
+#[derive(Debug, Args)]
+pub struct Opts {
+    #[command(flatten)]
+    pub output: OutputOpts,
+}
+
+pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
+    let results = ctx
+        .each_node(|mut s| async move { s.call::<_, PsResult>(proto::PS, &serde_json::json!({}), &mut |_| {}).await })
+        .await;
+    if opts.output.json {
+        print_json(&serde_json::json!({ "nodes": results }))?;
+        return report_unreachable(&results);
+    }
+    let mut rows = Vec::new();
+    for r in &results {
+        for c in r.result.iter().flat_map(|p| &p.containers) {
+            rows.push(vec![
+                c.name.clone(),
+                r.node.clone(),
+                c.state.clone(),
+                c.uptime_secs.map(duration).unwrap_or_else(|| "-".into()),
+                c.image.clone(),
+                c.id.chars().take(12).collect(),
+                c.ports.join(","),
+            ]);
+        }
+    }
+    print!("{}", table(&["NAME", "NODE", "STATE", "UPTIME", "IMAGE", "ID", "PORTS"], &rows));
+    report_unreachable(&results)
+}

@@ -1,0 +1,80 @@
+//! `mcp status [service]`: desired vs observed per component, drift, recent events.
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+
+use super::output::{duration, table, timestamp};
+use super::{print_json, report_unreachable, Ctx, NodeOpts, NodeResult, OutputOpts};
+use crate::proto::{self, StatusParams, StatusResult};
+
+#[derive(Debug, Args)]
+pub struct Opts {
+    /// Only this service (default: every service on every node).
+    pub service: Option<String>,
+    /// Recent events to show per service.
+    #[arg(long, default_value_t = 5)]
+    pub events: u32,
+    #[command(flatten)]
+    pub node: NodeOpts,
+    #[command(flatten)]
+    pub output: OutputOpts,
+}
+
+pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
+    let params = StatusParams { service: opts.service.clone(), events: opts.events };
+    let results: Vec<NodeResult<StatusResult>> = match &opts.service {
+        Some(service) => {
+            let node = ctx.service_node(service, &opts.node)?;
+            let mut session = ctx.connect(node).await?;
+            let r: StatusResult = session
+                .call(proto::STATUS, &params, &mut |_| {})
+                .await
+                .with_context(|| format!("status of {service} on node {}", node.name))?;
+            vec![NodeResult { node: node.name.clone(), result: Some(r), error: None }]
+        }
+        None => {
+            ctx.each_node(move |mut s| {
+                let params = params.clone();
+                async move { s.call::<_, StatusResult>(proto::STATUS, &params, &mut |_| {}).await }
+            })
+            .await
+        }
+    };
+    if opts.output.json {
+        print_json(&serde_json::json!({ "nodes": results }))?;
+        return report_unreachable(&results);
+    }
+    let mut rows = Vec::new();
+    let mut events = Vec::new();
+    for r in &results {
+        for s in r.result.iter().flat_map(|st| &st.services) {
+            for c in &s.components {
+                rows.push(vec![
+                    format!("{}/{}", s.name, c.name),
+                    r.node.clone(),
+                    c.desired.clone(),
+                    c.observed.clone(),
+                    c.uptime_secs.map(duration).unwrap_or_else(|| "-".into()),
+                    c.spec.clone(),
+                    c.drift.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            for e in &s.events {
+                let who = match &e.component {
+                    Some(c) => format!("{}/{c}", e.service),
+                    None => e.service.clone(),
+                };
+                events.push((e.time, format!("{}  {:<8} {:<24} {:<10} {}", timestamp(e.time), r.node, who, e.kind, e.message)));
+            }
+        }
+    }
+    print!("{}", table(&["COMPONENT", "NODE", "DESIRED", "OBSERVED", "UPTIME", "SPEC", "DRIFT"], &rows));
+    if !events.is_empty() {
+        events.sort_by_key(|(t, _)| *t);
+        println!("\nRecent events (UTC):");
+        for (_, line) in events {
+            println!("  {line}");
+        }
+    }
+    report_unreachable(&results)
+}

@@ -1,0 +1,94 @@
+//! Service definition files: the seed's TOML format, loaded into a validated [`Plan`].
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{validate, Component, Plan, PlanErrors, PLAN_VERSION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read service definition {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot parse service definition {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: unsupported service definition format; expected a .toml file")]
+    Format { path: PathBuf },
+    #[error(transparent)]
+    Invalid(#[from] PlanErrors),
+}
+
+/// The TOML file as written by operators: the plan minus `version` (optional, defaults to the
+/// current one) so that seed-era files load unchanged.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceFile {
+    version: Option<u32>,
+    name: String,
+    node: Option<String>,
+    #[serde(default = "super::yes")]
+    active: bool,
+    #[serde(default)]
+    components: Vec<Component>,
+}
+
+/// Parse (not yet validate) TOML text into a plan.
+pub fn parse_service_toml(text: &str, source: &Path) -> Result<Plan, LoadError> {
+    let file: ServiceFile = toml::from_str(text)
+        .map_err(|e| LoadError::Parse { path: source.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+    Ok(Plan {
+        version: file.version.unwrap_or(PLAN_VERSION),
+        name: file.name,
+        node: file.node,
+        active: file.active,
+        components: file.components,
+    })
+}
+
+/// Read, parse and validate a service definition file.
+pub fn load_service_file(path: &Path) -> Result<Plan, LoadError> {
+    if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+        return Err(LoadError::Format { path: path.to_path_buf() });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+    let plan = parse_service_toml(&text, path)?;
+    validate(&plan, &path.display().to_string())?;
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_example_loads() {
+        let text = r#"
+name = "myservice"
+node = "rift"
+active = true
+
+[[components]]
+name = "api"
+image = "mcr.svc.mcp.metacircular.net:8443/myservice:v1.0.0"
+network = "mcpnet"
+user = "0:0"
+restart = "unless-stopped"
+ports = ["127.0.0.1:8443:8443"]
+volumes = ["/srv/myservice:/srv/myservice"]
+cmd = ["server", "--config", "/srv/myservice/myservice.toml"]
+"#;
+        let plan = parse_service_toml(text, Path::new("s.toml")).unwrap();
+        validate(&plan, "s.toml").unwrap();
+        assert_eq!(plan.version, PLAN_VERSION);
+        assert_eq!(plan.node.as_deref(), Some("rift"));
+        assert_eq!(plan.components[0].cmd.len(), 3);
+    }
+
+    #[test]
+    fn unknown_field_names_file_and_field() {
+        let err = parse_service_toml("name = \"a\"\n[[components]]\nname = \"b\"\nimage = \"i\"\nport = [\"80\"]\n", Path::new("svc/a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("svc/a.toml") && err.contains("unknown field `port`"), "{err}");
+    }
+}

@@ -1,0 +1,67 @@
+//! A stable hash of a component's spec: what the runtime labels its objects with, so that
+//! "unchanged" and "changed outside mcp" can be told without comparing whole specs.
+
+use sha2::{Digest, Sha256};
+
+use super::Component;
+
+/// Hex digest (16 chars) of the component's canonical JSON (object keys sorted, defaults omitted).
+pub fn spec_hash(component: &Component) -> String {
+    // serde_json::Value keeps objects in a BTreeMap, so re-serializing a Value sorts every key.
+    let value = serde_json::to_value(component).expect("a component always serializes");
+    let canonical = value.to_string();
+    let digest = Sha256::digest(format!("mcp-spec-v1\n{canonical}").as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comp() -> Component {
+        Component {
+            name: "web".into(),
+            image: "localhost/x:1".into(),
+            ports: vec!["127.0.0.1:8080:80".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stable_across_calls_and_env_order() {
+        let mut a = comp();
+        a.env.insert("B".into(), "2".into());
+        a.env.insert("A".into(), "1".into());
+        let mut b = comp();
+        b.env.insert("A".into(), "1".into());
+        b.env.insert("B".into(), "2".into());
+        assert_eq!(spec_hash(&a), spec_hash(&b));
+        assert_eq!(spec_hash(&a).len(), 16);
+    }
+
+    #[test]
+    fn changes_with_any_field() {
+        let base = spec_hash(&comp());
+        let mut c = comp();
+        c.image = "localhost/x:2".into();
+        assert_ne!(spec_hash(&c), base);
+        let mut c = comp();
+        c.cmd = vec!["sh".into()];
+        assert_ne!(spec_hash(&c), base);
+        let mut c = comp();
+        c.restart = Some("always".into());
+        assert_ne!(spec_hash(&c), base);
+    }
+
+    #[test]
+    fn pinned_value() {
+        // The hash is a contract with containers already labelled on nodes: it must not drift
+        // between releases unless PLAN_VERSION changes.
+        assert_eq!(spec_hash(&comp()), "ca4b5625cbbc077a");
+        let json = serde_json::to_value(comp()).unwrap().to_string();
+        assert_eq!(
+            json,
+            r#"{"image":"localhost/x:1","kind":"container","name":"web","ports":["127.0.0.1:8080:80"]}"#
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! The plan: what a service should look like on its node.
+//!
+//! A plan is the versioned JSON contract between the operator side (TOML or Nix service files,
+//! the `mcp` CLI) and the agent. Both ends check [`PLAN_VERSION`]; both ends run [`validate`].
+
+mod file;
+mod hash;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use file::{load_service_file, parse_service_toml, LoadError};
+pub use hash::spec_hash;
+pub use validate::{validate, FieldError, PlanErrors};
+
+/// The plan schema version this build reads and writes. Bump it on any incompatible change.
+pub const PLAN_VERSION: u32 = 1;
+
+/// A whole service: the unit `mcp deploy` ships.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub version: u32,
+    pub name: String,
+    /// The node (by name in the operator's config) this service runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default = "yes")]
+    pub active: bool,
+    #[serde(default)]
+    pub components: Vec<Component>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What runs a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    #[default]
+    Container,
+    Unikernel,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Container => "container",
+            Kind::Unikernel => "unikernel",
+        }
+    }
+}
+
+/// One component: a container (or, later, a unikernel VM). Field names follow the seed's TOML.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    pub name: String,
+    #[serde(default)]
+    pub kind: Kind,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Seconds `stop` waits for the process before it is killed (podman's default is 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<u32>,
+}
+
+impl Plan {
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name == name)
+    }
+}
+
+/// `service` or `service/component`, as the CLI and protocol name a deploy/stop/start target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Target {
+        match s.split_once('/') {
+            Some((svc, comp)) if !comp.is_empty() => Target {
+                service: svc.to_string(),
+                component: Some(comp.to_string()),
+            },
+            Some((svc, _)) => Target { service: svc.to_string(), component: None },
+            None => Target { service: s.to_string(), component: None },
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.component {
+            Some(c) => write!(f, "{}/{}", self.service, c),
+            None => f.write_str(&self.service),
+        }
+    }
+}
+
+/// The runtime's name for a component: `<service>-<component>`.
+pub fn instance_name(service: &str, component: &str) -> String {
+    format!("{service}-{component}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_parse() {
+        assert_eq!(Target::parse("a"), Target { service: "a".into(), component: None });
+        assert_eq!(
+            Target::parse("a/b"),
+            Target { service: "a".into(), component: Some("b".into()) }
+        );
+        assert_eq!(Target::parse("a/"), Target { service: "a".into(), component: None });
+        assert_eq!(Target::parse("a/b").to_string(), "a/b");
+    }
+
+    #[test]
+    fn plan_json_rejects_unknown_fields() {
+        let err = serde_json::from_str::<Plan>(
+            r#"{"version":1,"name":"x","components":[{"name":"a","image":"i","imgae":"j"}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `imgae`"), "{err}");
+    }
+}

@@ -1,0 +1,382 @@
+//! Plan validation. Pure: no I/O. Every problem is reported with the field it is in and what
+//! was expected, and all problems are reported at once so one edit can fix them all.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use super::{Component, Kind, Plan, PLAN_VERSION};
+
+/// One problem in one field.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FieldError {
+    /// Where: `name`, `components[1].ports[0]`, ...
+    pub field: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+/// Every problem found in one plan, with where the plan came from (a file path or "plan").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub struct PlanErrors {
+    pub origin: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for PlanErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "invalid service definition {} ({} problem{}):",
+            self.origin,
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {}: {}", e.field, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+struct Collector {
+    errors: Vec<FieldError>,
+}
+
+impl Collector {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError { field: field.into(), message: message.into() });
+    }
+}
+
+/// Check a plan; `source` names where it came from in the error.
+pub fn validate(plan: &Plan, source: &str) -> Result<(), PlanErrors> {
+    let mut c = Collector { errors: Vec::new() };
+    if plan.version != PLAN_VERSION {
+        c.push(
+            "version",
+            format!(
+                "plan version {} is not supported: this build reads version {PLAN_VERSION}; \
+                 use the same release of mcp and mcp-agent (and of the Nix modules)",
+                plan.version
+            ),
+        );
+    }
+    if let Err(why) = check_name(&plan.name) {
+        c.push("name", why);
+    }
+    if let Some(node) = &plan.node {
+        if node.is_empty() || !node.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)) {
+            c.push("node", format!("{node:?} is not a node name; expected letters, digits, '.', '_' or '-'"));
+        }
+    }
+    if plan.components.is_empty() {
+        c.push("components", "a service needs at least one [[components]] entry");
+    }
+    let mut names = HashSet::new();
+    let mut published = BTreeSet::new();
+    for (i, comp) in plan.components.iter().enumerate() {
+        let at = format!("components[{i}]");
+        if !comp.name.is_empty() && !names.insert(comp.name.as_str()) {
+            c.push(format!("{at}.name"), format!("duplicate component name {:?}; names must be unique within a service", comp.name));
+        }
+        check_component(&mut c, &at, comp, &mut published);
+    }
+    if c.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(PlanErrors { origin: source.to_string(), errors: c.errors })
+    }
+}
+
+/// Service and component names: they become container names and label values.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+        && name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name; expected 1-63 of a-z, 0-9, '-', '_', starting with a letter or digit"
+        ))
+    }
+}
+
+fn check_component(c: &mut Collector, at: &str, comp: &Component, published: &mut BTreeSet<(String, u16, String)>) {
+    if let Err(why) = check_name(&comp.name) {
+        c.push(format!("{at}.name"), why);
+    }
+    if comp.kind == Kind::Unikernel {
+        c.push(format!("{at}.kind"), "unikernel components are not supported by this release yet; expected \"container\"");
+        return;
+    }
+    if comp.image.is_empty() {
+        c.push(format!("{at}.image"), "missing; expected an image reference such as \"localhost/app:1.0\"");
+    } else if comp.image.starts_with('-') || comp.image.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        c.push(format!("{at}.image"), format!("{:?} is not an image reference; expected no spaces and no leading '-'", comp.image));
+    }
+    if let Some(net) = &comp.network {
+        if !is_word(net, "._-") {
+            c.push(format!("{at}.network"), format!("{net:?} is not a network name; expected letters, digits, '.', '_' or '-'"));
+        }
+    }
+    if let Some(user) = &comp.user {
+        let ok = match user.split_once(':') {
+            Some((u, g)) => is_word(u, "._-") && is_word(g, "._-"),
+            None => is_word(user, "._-"),
+        };
+        if !ok {
+            c.push(format!("{at}.user"), format!("{user:?} is not a user; expected \"UID\", \"UID:GID\" or \"name[:group]\""));
+        }
+    }
+    if let Some(restart) = &comp.restart {
+        if let Err(why) = check_restart(restart) {
+            c.push(format!("{at}.restart"), why);
+        }
+    }
+    for (j, port) in comp.ports.iter().enumerate() {
+        match parse_port(port) {
+            Ok(p) => {
+                if let Some(host) = p.host_port {
+                    let key = (p.ip.clone().unwrap_or_default(), host, p.proto.clone());
+                    if !published.insert(key) {
+                        c.push(format!("{at}.ports[{j}]"), format!("host port {host}/{} is published twice in this service", p.proto));
+                    }
+                }
+            }
+            Err(why) => c.push(format!("{at}.ports[{j}]"), why),
+        }
+    }
+    for (j, vol) in comp.volumes.iter().enumerate() {
+        if let Err(why) = check_volume(vol) {
+            c.push(format!("{at}.volumes[{j}]"), why);
+        }
+    }
+    for (j, arg) in comp.cmd.iter().enumerate() {
+        if arg.contains('\0') {
+            c.push(format!("{at}.cmd[{j}]"), "contains a NUL byte");
+        }
+    }
+    for (key, value) in &comp.env {
+        let ok = key.starts_with(|ch: char| ch.is_ascii_alphabetic() || ch == '_')
+            && key.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+        if !ok {
+            c.push(format!("{at}.env.{key}"), "is not an environment variable name; expected [A-Za-z_][A-Za-z0-9_]*");
+        }
+        if value.contains('\0') || value.contains('\n') {
+            // The value may be a secret: never echo it.
+            c.push(format!("{at}.env.{key}"), "value contains a NUL byte or a newline; expected a single line");
+        }
+    }
+    if let Some(t) = comp.stop_timeout {
+        if t > 3600 {
+            c.push(format!("{at}.stop_timeout"), format!("{t} is too long; expected 0-3600 seconds"));
+        }
+    }
+}
+
+fn is_word(s: &str, extra: &str) -> bool {
+    !s.is_empty()
+        && s.starts_with(|ch: char| ch.is_ascii_alphanumeric() || ch == '_')
+        && s.chars().all(|ch| ch.is_ascii_alphanumeric() || extra.contains(ch))
+}
+
+fn check_restart(s: &str) -> Result<(), String> {
+    let ok = match s {
+        "no" | "always" | "unless-stopped" | "on-failure" => true,
+        _ => s
+            .strip_prefix("on-failure:")
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|ch| ch.is_ascii_digit()) && n.len() <= 5),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a restart policy; expected \"no\", \"on-failure\", \"on-failure:N\", \"always\" or \"unless-stopped\""))
+    }
+}
+
+/// A parsed `[IP:][HOST:]CONTAINER[/PROTO]` port mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    pub ip: Option<String>,
+    pub host_port: Option<u16>,
+    pub container_port: u16,
+    pub proto: String,
+}
+
+const PORT_EXPECTED: &str = "expected [IP:][HOST:]CONTAINER[/tcp|udp], e.g. \"127.0.0.1:8080:80\"";
+
+pub fn parse_port(s: &str) -> Result<PortSpec, String> {
+    let bad = |why: &str| format!("{s:?} is not a port mapping ({why}); {PORT_EXPECTED}");
+    let (spec, proto) = match s.rsplit_once('/') {
+        Some((spec, p @ ("tcp" | "udp" | "sctp"))) => (spec, p.to_string()),
+        Some(_) => return Err(bad("unknown protocol")),
+        None => (s, "tcp".to_string()),
+    };
+    let (ip, rest) = if let Some(inner) = spec.strip_prefix('[') {
+        let (ip, rest) = inner.split_once("]:").ok_or_else(|| bad("unclosed IPv6 address"))?;
+        (Some(ip.to_string()), rest)
+    } else {
+        let parts: Vec<&str> = spec.split(':').collect();
+        match parts.len() {
+            1 | 2 => (None, spec),
+            3 => (Some(parts[0].to_string()), &spec[parts[0].len() + 1..]),
+            _ => return Err(bad("too many ':'")),
+        }
+    };
+    if let Some(ip) = &ip {
+        if ip.parse::<IpAddr>().is_err() {
+            return Err(bad(&format!("{ip:?} is not an IP address")));
+        }
+    }
+    let port = |p: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.chars().all(|ch| ch.is_ascii_digit()) => Ok(n),
+            _ => Err(bad(&format!("{p:?} is not a port number 1-65535"))),
+        }
+    };
+    let (host_port, container_port) = match rest.split_once(':') {
+        Some(("", c)) => (None, port(c)?),
+        Some((h, c)) => (Some(port(h)?), port(c)?),
+        None if ip.is_some() => return Err(bad("missing container port")),
+        None => (None, port(rest)?),
+    };
+    Ok(PortSpec { ip, host_port, container_port, proto })
+}
+
+const VOLUME_OPTIONS: &[&str] = &[
+    "ro", "rw", "z", "Z", "U", "O", "shared", "slave", "private", "rshared", "rslave", "rprivate", "nocopy",
+    "noexec", "exec", "nosuid", "suid", "nodev", "dev",
+];
+
+/// `HOST:CONTAINER[:OPTIONS]` with both paths absolute and free of `..`.
+pub fn check_volume(s: &str) -> Result<(), String> {
+    let expected = "expected /HOST/PATH:/CONTAINER/PATH[:ro|rw|z|Z...], both absolute";
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() < 2 || parts.len() > 3 {
+        return Err(format!("{s:?} is not a volume; {expected}"));
+    }
+    for (what, path) in [("host path", parts[0]), ("container path", parts[1])] {
+        if !path.starts_with('/') {
+            return Err(format!("{what} {path:?} is not absolute; {expected}"));
+        }
+        if path.split('/').any(|seg| seg == "..") {
+            return Err(format!("{what} {path:?} contains '..'; {expected}"));
+        }
+    }
+    if let Some(opts) = parts.get(2) {
+        for opt in opts.split(',') {
+            if !VOLUME_OPTIONS.contains(&opt) {
+                return Err(format!("unknown volume option {opt:?}; expected one of {}", VOLUME_OPTIONS.join(", ")));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan {
+            version: PLAN_VERSION,
+            name: "svc".into(),
+            node: None,
+            active: true,
+            components: vec![Component { name: "web".into(), image: "localhost/x:1".into(), ..Default::default() }],
+        }
+    }
+
+    fn first_error(p: &Plan) -> String {
+        let e = validate(p, "t.toml").unwrap_err();
+        format!("{}: {}", e.errors[0].field, e.errors[0].message)
+    }
+
+    #[test]
+    fn valid_plan_passes() {
+        let mut p = plan();
+        p.components[0].ports = vec!["127.0.0.1:8080:80".into(), "9000/udp".into(), "[::1]:8443:443".into()];
+        p.components[0].volumes = vec!["/srv/svc:/srv/svc:ro,Z".into()];
+        p.components[0].restart = Some("on-failure:3".into());
+        p.components[0].user = Some("0:0".into());
+        validate(&p, "t").unwrap();
+    }
+
+    #[test]
+    fn errors_name_field_and_expectation() {
+        let mut p = plan();
+        p.components[0].ports = vec!["80:abc".into()];
+        let e = first_error(&p);
+        assert!(e.starts_with("components[0].ports[0]:"), "{e}");
+        assert!(e.contains("expected [IP:][HOST:]CONTAINER"), "{e}");
+    }
+
+    #[test]
+    fn all_errors_reported_and_display_names_source() {
+        let mut p = plan();
+        p.name = "Bad Name".into();
+        p.components[0].restart = Some("sometimes".into());
+        let e = validate(&p, "services/x.toml").unwrap_err();
+        assert_eq!(e.errors.len(), 2);
+        let text = e.to_string();
+        assert!(text.starts_with("invalid service definition services/x.toml (2 problems):"), "{text}");
+    }
+
+    #[test]
+    fn ports() {
+        let p = parse_port("127.0.0.1::80/udp").unwrap();
+        assert_eq!((p.ip.as_deref(), p.host_port, p.container_port, p.proto.as_str()), (Some("127.0.0.1"), None, 80, "udp"));
+        for bad in ["", "0", "70000", "1.2.3:80:80", "a:b:c:d", "80/icmp", "[::1:80:80", "127.0.0.1:80", "-1"] {
+            assert!(parse_port(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn duplicate_host_port() {
+        let mut p = plan();
+        p.components[0].ports = vec!["8080:80".into()];
+        p.components.push(Component { name: "b".into(), image: "i".into(), ports: vec!["8080:81".into()], ..Default::default() });
+        assert!(first_error(&p).contains("published twice"));
+    }
+
+    #[test]
+    fn volumes() {
+        assert!(check_volume("/a:/b").is_ok());
+        assert!(check_volume("rel:/b").unwrap_err().contains("not absolute"));
+        assert!(check_volume("/a:rel").unwrap_err().contains("not absolute"));
+        assert!(check_volume("/a/../etc:/b").unwrap_err().contains("'..'"));
+        assert!(check_volume("/a:/b:bogus").unwrap_err().contains("unknown volume option"));
+        assert!(check_volume("/a").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("my-svc_1").is_ok());
+        for bad in ["", "-a", "A", "a.b", "a/b", &"x".repeat(64)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn version_and_empty_components() {
+        let mut p = plan();
+        p.version = 2;
+        p.components.clear();
+        let e = validate(&p, "t").unwrap_err();
+        assert_eq!(e.errors[0].field, "version");
+        assert!(e.errors[0].message.contains("reads version 1"));
+        assert_eq!(e.errors[1].field, "components");
+    }
+
+    #[test]
+    fn env_secret_value_not_echoed() {
+        let mut p = plan();
+        p.components[0].env.insert("TOKEN".into(), "s3cr3t\0".into());
+        let e = validate(&p, "t").unwrap_err().to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
+}

@@ -1,0 +1,261 @@
+//! The wire protocol between `mcp` and `mcp-agent rpc`: JSON lines over stdio (a child's pipes
+//! locally, an SSH exec channel remotely). Shared by both ends.
+//!
+//! Client -> agent: `{"id":1,"method":"deploy","params":{...}}`.
+//! Agent -> client: zero or more `{"id":1,"progress":{...}}`, then exactly one of
+//! `{"id":1,"result":...}` or `{"id":1,"error":{"code":"...","message":"..."}}`.
+//! The first request of a session must be `hello`, which checks [`PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::plan::{FieldError, Plan, Target};
+
+/// Bump on any incompatible change of methods, params or results.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    pub method: String,
+    #[serde(default)]
+    pub params: Value,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError>,
+}
+
+/// A step of long work, streamed before the result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    pub message: String,
+}
+
+/// Error codes: what went wrong, for scripts and for the CLI's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The two ends speak different protocol versions.
+    ProtocolMismatch,
+    /// The request was not understood (bad JSON, unknown method, bad params, no hello).
+    BadRequest,
+    /// The plan failed validation; nothing was touched.
+    InvalidPlan,
+    /// No such service (or component) in the agent's registry.
+    NotFound,
+    /// A runtime operation failed and the previous state was restored.
+    RolledBack,
+    /// A runtime operation failed (podman could not be run or returned an error).
+    Runtime,
+    /// The agent's registry (SQLite) failed.
+    Registry,
+    /// A name conflict with something mcp does not manage.
+    Conflict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RpcError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Field errors for `invalid_plan`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
+}
+
+impl RpcError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RpcError { code, message: message.into(), fields: Vec::new() }
+    }
+}
+
+// ---- methods ----
+
+pub const HELLO: &str = "hello";
+pub const DEPLOY: &str = "deploy";
+pub const STOP: &str = "stop";
+pub const START: &str = "start";
+pub const RESTART: &str = "restart";
+pub const LIST: &str = "list";
+pub const PS: &str = "ps";
+pub const STATUS: &str = "status";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelloParams {
+    pub protocol: u32,
+    pub client: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelloResult {
+    pub protocol: u32,
+    pub agent: String,
+    pub plan_version: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployParams {
+    pub plan: Plan,
+    /// Only this component; the others are left exactly as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+}
+
+/// What happened to one component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Created,
+    Replaced,
+    Started,
+    Stopped,
+    Restarted,
+    Removed,
+    Unchanged,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Created => "created",
+            ChangeKind::Replaced => "replaced",
+            ChangeKind::Started => "started",
+            ChangeKind::Stopped => "stopped",
+            ChangeKind::Restarted => "restarted",
+            ChangeKind::Removed => "removed",
+            ChangeKind::Unchanged => "unchanged",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub component: String,
+    pub change: ChangeKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+}
+
+/// Result of deploy, stop, start and restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyResult {
+    pub service: String,
+    pub changes: Vec<Change>,
+}
+
+impl ApplyResult {
+    pub fn changed(&self) -> bool {
+        self.changes.iter().any(|c| c.change != ChangeKind::Unchanged)
+    }
+}
+
+pub type TargetParams = Target;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// How many recent events per service.
+    #[serde(default = "default_events")]
+    pub events: u32,
+}
+
+fn default_events() -> u32 {
+    10
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub active: bool,
+    pub components: Vec<ComponentSummary>,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentSummary {
+    pub name: String,
+    pub kind: String,
+    pub image: String,
+    pub desired: String,
+    pub spec: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListResult {
+    pub services: Vec<ServiceSummary>,
+}
+
+/// One runtime object as the runtime sees it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsEntry {
+    pub service: String,
+    pub component: String,
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    /// Seconds since start, when running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
+    pub spec: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PsResult {
+    pub containers: Vec<PsEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub time: i64,
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    pub name: String,
+    pub desired: String,
+    pub spec: String,
+    /// `running`, `exited`, ... or `missing`.
+    pub observed: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_spec: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
+    /// Why observed differs from desired, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub active: bool,
+    pub components: Vec<ComponentStatus>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResult {
+    pub services: Vec<ServiceStatus>,
+}

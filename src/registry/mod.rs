@@ -1,0 +1,341 @@
+//! The agent's registry: one SQLite file (WAL, mode 0600) holding what each service should be
+//! (desired specs), what was last seen, and the events that happened.
+
+mod schema;
+
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::plan::{spec_hash, Component, Plan};
+use crate::proto::Event;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot open registry {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("cannot open registry {path}: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("registry schema version {found} is newer than this mcp-agent understands ({known}); upgrade mcp-agent")]
+    TooNew { found: i64, known: i64 },
+    #[error("registry migration to version {version} failed: {source}")]
+    Migrate { version: i64, source: rusqlite::Error },
+    #[error("registry query failed: {0}")]
+    Query(#[from] rusqlite::Error),
+    #[error("registry holds unreadable data for {what}: {message}")]
+    Corrupt { what: String, message: String },
+}
+
+/// Whether a component should be running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+impl Desired {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+        }
+    }
+
+    fn parse(s: &str) -> Desired {
+        if s == "running" {
+            Desired::Running
+        } else {
+            Desired::Stopped
+        }
+    }
+
+    pub fn from_active(active: bool) -> Desired {
+        if active {
+            Desired::Running
+        } else {
+            Desired::Stopped
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentRecord {
+    pub spec: Component,
+    pub hash: String,
+    pub desired: Desired,
+}
+
+impl ComponentRecord {
+    pub fn new(spec: Component, desired: Desired) -> Self {
+        ComponentRecord { hash: spec_hash(&spec), spec, desired }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRecord {
+    pub name: String,
+    pub node: Option<String>,
+    pub active: bool,
+    pub updated_at: i64,
+    /// In definition order.
+    pub components: Vec<ComponentRecord>,
+}
+
+impl ServiceRecord {
+    pub fn component(&self, name: &str) -> Option<&ComponentRecord> {
+        self.components.iter().find(|c| c.spec.name == name)
+    }
+}
+
+/// An event not yet stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub service: String,
+    pub component: Option<String>,
+    pub kind: String,
+    pub message: String,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub struct Registry {
+    conn: Connection,
+}
+
+impl Registry {
+    /// Open (creating if needed) the registry at `path`; the file is created with mode 0600 and
+    /// its directory with 0700.
+    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
+        let open_err = |source| RegistryError::Open { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent() {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(open_err)?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(open_err)?;
+            }
+        }
+        // Create the file ourselves so that it never exists with a wider mode; SQLite gives the
+        // -wal and -shm files the same mode as the database.
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(open_err)?;
+        let mode = std::fs::metadata(path).map_err(open_err)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(open_err)?;
+        }
+        let conn = Connection::open(path).map_err(|source| RegistryError::Sqlite { path: path.to_path_buf(), source })?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut reg = Registry { conn };
+        schema::migrate(&mut reg.conn)?;
+        Ok(reg)
+    }
+
+    pub fn schema_version(&self) -> Result<i64, RegistryError> {
+        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    pub fn service(&self, name: &str) -> Result<Option<ServiceRecord>, RegistryError> {
+        let row = self
+            .conn
+            .query_row("SELECT name, node, active, updated_at FROM services WHERE name = ?1", [name], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, bool>(2)?, r.get::<_, i64>(3)?))
+            })
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((name, node, active, updated_at)) => {
+                let components = self.components(&name)?;
+                Ok(Some(ServiceRecord { name, node, active, updated_at, components }))
+            }
+        }
+    }
+
+    pub fn services(&self) -> Result<Vec<ServiceRecord>, RegistryError> {
+        let names: Vec<String> = {
+            let mut st = self.conn.prepare("SELECT name FROM services ORDER BY name")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            if let Some(s) = self.service(&n)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    fn components(&self, service: &str) -> Result<Vec<ComponentRecord>, RegistryError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name, spec, hash, desired FROM components WHERE service = ?1 ORDER BY position, name")?;
+        let rows = st.query_map([service], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, spec, hash, desired) = row?;
+            let spec: Component = serde_json::from_str(&spec).map_err(|e| RegistryError::Corrupt {
+                what: format!("{service}/{name}"),
+                message: e.to_string(),
+            })?;
+            out.push(ComponentRecord { spec, hash, desired: Desired::parse(&desired) });
+        }
+        Ok(out)
+    }
+
+    /// Store the outcome of a successful deploy in one transaction: the service row, the
+    /// components it now has (replacing the old set) and the events.
+    pub fn save_service(&mut self, record: &ServiceRecord, events: &[NewEvent]) -> Result<(), RegistryError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO services(name, node, active, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET node = excluded.node, active = excluded.active, updated_at = excluded.updated_at",
+            params![record.name, record.node, record.active, record.updated_at],
+        )?;
+        tx.execute("DELETE FROM components WHERE service = ?1", [&record.name])?;
+        for (i, c) in record.components.iter().enumerate() {
+            let spec = serde_json::to_string(&c.spec).expect("component serializes");
+            tx.execute(
+                "INSERT INTO components(service, name, kind, spec, hash, desired, position) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![record.name, c.spec.name, c.spec.kind.as_str(), spec, c.hash, c.desired.as_str(), i as i64],
+            )?;
+        }
+        insert_events(&tx, events)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Set the desired state of some components (all when `component` is None) plus events.
+    pub fn set_desired(
+        &mut self,
+        service: &str,
+        component: Option<&str>,
+        desired: Desired,
+        events: &[NewEvent],
+    ) -> Result<(), RegistryError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE components SET desired = ?1 WHERE service = ?2 AND (?3 IS NULL OR name = ?3)",
+            params![desired.as_str(), service, component],
+        )?;
+        tx.execute("UPDATE services SET updated_at = ?1 WHERE name = ?2", params![now_ms(), service])?;
+        insert_events(&tx, events)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn record_events(&mut self, events: &[NewEvent]) -> Result<(), RegistryError> {
+        let tx = self.conn.transaction()?;
+        insert_events(&tx, events)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The most recent `limit` events of a service (all services when None), oldest first.
+    pub fn events(&self, service: Option<&str>, limit: u32) -> Result<Vec<Event>, RegistryError> {
+        let mut st = self.conn.prepare(
+            "SELECT id, time, service, component, kind, message FROM events
+             WHERE ?1 IS NULL OR service = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![service, limit], |r| {
+            Ok(Event {
+                id: r.get(0)?,
+                time: r.get(1)?,
+                service: r.get(2)?,
+                component: r.get(3)?,
+                kind: r.get(4)?,
+                message: r.get(5)?,
+            })
+        })?;
+        let mut out: Vec<Event> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The plan as the registry holds it (for `service show` and `export`).
+    pub fn plan(&self, name: &str) -> Result<Option<Plan>, RegistryError> {
+        Ok(self.service(name)?.map(|s| Plan {
+            version: crate::plan::PLAN_VERSION,
+            name: s.name,
+            node: s.node,
+            active: s.active,
+            components: s.components.into_iter().map(|c| c.spec).collect(),
+        }))
+    }
+}
+
+fn insert_events(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<(), RegistryError> {
+    let t = now_ms();
+    for e in events {
+        tx.execute(
+            "INSERT INTO events(time, service, component, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![t, e.service, e.component, e.kind, e.message],
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comp(name: &str, image: &str) -> Component {
+        Component { name: name.into(), image: image.into(), ..Default::default() }
+    }
+
+    fn ev(kind: &str) -> NewEvent {
+        NewEvent { service: "s".into(), component: Some("a".into()), kind: kind.into(), message: "m".into() }
+    }
+
+    #[test]
+    fn roundtrip_and_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/registry.db");
+        let mut reg = Registry::open(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(reg.schema_version().unwrap(), schema::LATEST);
+        let rec = ServiceRecord {
+            name: "s".into(),
+            node: Some("n".into()),
+            active: true,
+            updated_at: 5,
+            components: vec![
+                ComponentRecord::new(comp("b", "i1"), Desired::Running),
+                ComponentRecord::new(comp("a", "i2"), Desired::Running),
+            ],
+        };
+        reg.save_service(&rec, &[ev("created")]).unwrap();
+        assert_eq!(reg.service("s").unwrap().unwrap(), rec, "order and specs preserved");
+        reg.set_desired("s", Some("a"), Desired::Stopped, &[ev("stopped")]).unwrap();
+        let got = reg.service("s").unwrap().unwrap();
+        assert_eq!(got.component("a").unwrap().desired, Desired::Stopped);
+        assert_eq!(got.component("b").unwrap().desired, Desired::Running);
+        let events = reg.events(Some("s"), 10).unwrap();
+        assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), vec!["created", "stopped"]);
+        assert_eq!(reg.events(Some("s"), 1).unwrap()[0].kind, "stopped");
+        assert!(reg.service("nope").unwrap().is_none());
+        drop(reg);
+        // Reopening runs no migration twice and keeps data.
+        let reg = Registry::open(&path).unwrap();
+        assert_eq!(reg.services().unwrap().len(), 1);
+        assert_eq!(reg.plan("s").unwrap().unwrap().components.len(), 2);
+    }
+
+    #[test]
+    fn newer_schema_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        drop(Registry::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let err = Registry::open(&path).err().unwrap().to_string();
+        assert!(err.contains("newer than this mcp-agent"), "{err}");
+    }
+}

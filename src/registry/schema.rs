@@ -1,0 +1,57 @@
+//! Registry schema migrations, applied in order; `PRAGMA user_version` records the last one.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::RegistryError;
+
+/// Each entry migrates from version `i` to `i + 1`. Never edit a released entry: append.
+const MIGRATIONS: &[&str] = &[
+    // 1: services, components (desired spec + hash), events.
+    "CREATE TABLE services (
+        name TEXT PRIMARY KEY,
+        node TEXT,
+        active INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE components (
+        service TEXT NOT NULL REFERENCES services(name) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        desired TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        PRIMARY KEY (service, name)
+     );
+     CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time INTEGER NOT NULL,
+        service TEXT NOT NULL,
+        component TEXT,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL
+     );
+     CREATE INDEX events_by_service ON events(service, id);",
+];
+
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+pub fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
+    loop {
+        // IMMEDIATE takes the write lock before reading the version, so two agents opening a
+        // fresh registry at once cannot both apply the same migration.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > LATEST {
+            return Err(RegistryError::TooNew { found, known: LATEST });
+        }
+        if found == LATEST {
+            return Ok(());
+        }
+        let version = found + 1;
+        let err = |source| RegistryError::Migrate { version, source };
+        tx.execute_batch(MIGRATIONS[found as usize]).map_err(err)?;
+        tx.pragma_update(None, "user_version", version).map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+}

@@ -1,0 +1,78 @@
+//! Runtimes run components. The agent only talks to the [`Runtime`] trait; one file per
+//! implementation (`podman` today, `qemu` for unikernels).
+
+pub mod podman;
+
+use std::time::Duration;
+
+use crate::plan::Component;
+
+pub const LABEL_SERVICE: &str = "mcp.service";
+pub const LABEL_COMPONENT: &str = "mcp.component";
+pub const LABEL_SPEC: &str = "mcp.spec";
+
+/// One runtime object (container or VM) as the runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    pub id: String,
+    pub name: String,
+    /// From the `mcp.service` label (empty for unmanaged objects).
+    pub service: String,
+    /// From the `mcp.component` label.
+    pub component: String,
+    /// From the `mcp.spec` label.
+    pub spec: Option<String>,
+    pub image: String,
+    /// `running`, `exited`, `created`, `paused`, ...
+    pub state: String,
+    /// Unix seconds of the last start, when running.
+    pub started_at: Option<i64>,
+    pub ports: Vec<String>,
+}
+
+impl Observed {
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// Failures, each naming the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{program} not found on PATH ({source}); install it or set its path in the agent config")]
+    Missing { program: String, source: which::Error },
+    #[error("could not start `{program} {step}`: {source}")]
+    Spawn { program: String, step: String, source: std::io::Error },
+    #[error("`podman {step}` failed (exit {code}): {stderr}")]
+    Exit { step: String, code: i32, stderr: String },
+    #[error("`podman {step}` printed output mcp cannot read: {message}")]
+    Output { step: String, message: String },
+    #[error("a container named {name:?} already exists")]
+    NameInUse { name: String },
+    #[error("network {network:?} does not exist on the node")]
+    NetworkMissing { network: String },
+    #[error("could not write {what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+/// What a component runs on. Implementations are blocking; the agent calls them off the async
+/// executor.
+pub trait Runtime: Send + Sync {
+    /// Every object carrying mcp labels (of one service, or all).
+    fn list(&self, service: Option<&str>) -> Result<Vec<Observed>, RuntimeError>;
+    /// The object with exactly this name, managed or not.
+    fn by_name(&self, name: &str) -> Result<Option<Observed>, RuntimeError>;
+    /// Create and start the component, labelled with its spec hash; returns the new id.
+    fn create(&self, service: &str, component: &Component, spec: &str) -> Result<String, RuntimeError>;
+    fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    fn stop(&self, id: &str) -> Result<(), RuntimeError>;
+    fn restart(&self, id: &str) -> Result<(), RuntimeError>;
+    fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError>;
+    /// State of one object (`None` when it is gone).
+    fn state(&self, id: &str) -> Result<Option<Observed>, RuntimeError>;
+    /// The last lines the object printed, for error messages.
+    fn tail_logs(&self, id: &str, lines: u32) -> String;
+    /// How long a fresh replacement must stay up before the old one is discarded.
+    fn settle(&self) -> Duration;
+}

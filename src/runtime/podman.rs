@@ -1,0 +1,414 @@
+//! Containers through the podman CLI (JSON output). The argv builders are pure and tested to the
+//! exact output; [`Podman`] only runs them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Observed, Runtime, RuntimeError, LABEL_COMPONENT, LABEL_SERVICE, LABEL_SPEC};
+use crate::plan::{instance_name, Component};
+
+/// How the agent runs podman. Some hosts need a containers.conf or global flags
+/// (e.g. `--runtime runc`, `--cgroup-manager cgroupfs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodmanConfig {
+    /// The podman binary; found on PATH when unset.
+    #[serde(default)]
+    pub program: Option<PathBuf>,
+    /// Global flags put before every subcommand.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Exported as CONTAINERS_CONF to every podman call.
+    #[serde(default)]
+    pub containers_conf: Option<PathBuf>,
+    /// Milliseconds a replacement must stay running before the old container is dropped.
+    #[serde(default)]
+    pub settle_ms: Option<u64>,
+}
+
+pub const DEFAULT_SETTLE_MS: u64 = 1500;
+
+/// `podman run -d ...` for a component, minus the global flags. `env_file` carries the
+/// environment so that values (possibly secrets) never appear in argv or logs.
+pub fn run_argv(service: &str, comp: &Component, spec: &str, env_file: Option<&Path>) -> Vec<String> {
+    let mut a: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), instance_name(service, &comp.name)];
+    for (k, v) in [(LABEL_SERVICE, service), (LABEL_COMPONENT, comp.name.as_str()), (LABEL_SPEC, spec)] {
+        a.push("--label".into());
+        a.push(format!("{k}={v}"));
+    }
+    let mut flag = |name: &str, value: &str| {
+        a.push(name.to_string());
+        a.push(value.to_string());
+    };
+    if let Some(n) = &comp.network {
+        flag("--network", n);
+    }
+    if let Some(u) = &comp.user {
+        flag("--user", u);
+    }
+    if let Some(r) = &comp.restart {
+        flag("--restart", r);
+    }
+    if let Some(t) = comp.stop_timeout {
+        flag("--stop-timeout", &t.to_string());
+    }
+    for p in &comp.ports {
+        flag("--publish", p);
+    }
+    for v in &comp.volumes {
+        flag("--volume", v);
+    }
+    if let Some(f) = env_file {
+        flag("--env-file", &f.to_string_lossy());
+    }
+    // `--` is not accepted before the image by podman 4; the image is validated not to start
+    // with '-', so it cannot be taken for a flag.
+    a.push(comp.image.clone());
+    a.extend(comp.cmd.iter().cloned());
+    a
+}
+
+/// `podman ps` of mcp-labelled containers (of one service or all).
+pub fn ps_argv(service: Option<&str>) -> Vec<String> {
+    let filter = match service {
+        Some(s) => format!("label={LABEL_SERVICE}={s}"),
+        None => format!("label={LABEL_SERVICE}"),
+    };
+    vec!["ps".into(), "-a".into(), "--format".into(), "json".into(), "--filter".into(), filter]
+}
+
+/// `podman ps` of the container with exactly this name (the filter is a regex).
+pub fn ps_name_argv(name: &str) -> Vec<String> {
+    vec!["ps".into(), "-a".into(), "--format".into(), "json".into(), "--filter".into(), format!("name=^{name}$")]
+}
+
+pub fn simple_argv(step: &str, id: &str) -> Vec<String> {
+    match step {
+        // -t 0 is not used for stop: the container's own stop timeout (from the plan) applies.
+        "rm" => vec!["rm".into(), "-f".into(), "-t".into(), "10".into(), id.into()],
+        _ => vec![step.to_string(), id.to_string()],
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PsJson {
+    id: String,
+    #[serde(default)]
+    names: Vec<String>,
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    started_at: i64,
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    ports: Option<Vec<PortJson>>,
+}
+
+#[derive(Deserialize)]
+struct PortJson {
+    #[serde(default)]
+    host_ip: String,
+    container_port: u16,
+    host_port: u16,
+    #[serde(default)]
+    protocol: String,
+}
+
+/// Parse `podman ps --format json` output.
+pub fn parse_ps(json: &str) -> Result<Vec<Observed>, String> {
+    let text = json.trim();
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<PsJson> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let labels = r.labels.unwrap_or_default();
+            let label = |k: &str| labels.get(k).cloned();
+            Observed {
+                name: r.names.first().cloned().unwrap_or_default(),
+                service: label(LABEL_SERVICE).unwrap_or_default(),
+                component: label(LABEL_COMPONENT).unwrap_or_default(),
+                spec: label(LABEL_SPEC),
+                image: r.image,
+                started_at: (r.state == "running" && r.started_at > 0).then_some(r.started_at),
+                state: r.state,
+                ports: r
+                    .ports
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| {
+                        let ip = if p.host_ip.is_empty() { String::new() } else { format!("{}:", p.host_ip) };
+                        format!("{ip}{}->{}/{}", p.host_port, p.container_port, p.protocol)
+                    })
+                    .collect(),
+                id: r.id,
+            }
+        })
+        .collect())
+}
+
+/// Classify a failed podman call from its stderr.
+fn classify(step: &str, code: i32, stderr: &str) -> RuntimeError {
+    let stderr = stderr.trim();
+    if stderr.contains("is already in use") {
+        if let Some(name) = stderr.split("container name \"").nth(1).and_then(|s| s.split('"').next()) {
+            return RuntimeError::NameInUse { name: name.to_string() };
+        }
+    }
+    if let Some(rest) = stderr.split("unable to find network with name or ID ").nth(1) {
+        if let Some(network) = rest.split(':').next() {
+            return RuntimeError::NetworkMissing { network: network.trim().to_string() };
+        }
+    }
+    // Keep the last lines: pulls print retries before the real error.
+    let lines: Vec<&str> = stderr.lines().collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join("\n");
+    RuntimeError::Exit { step: step.to_string(), code, stderr: tail }
+}
+
+pub struct Podman {
+    config: PodmanConfig,
+    program: OnceLock<PathBuf>,
+    /// Where env files are written (mode 0600, deleted right after `podman run`).
+    scratch: PathBuf,
+}
+
+impl Podman {
+    pub fn new(config: PodmanConfig, scratch: PathBuf) -> Self {
+        Podman { config, program: OnceLock::new(), scratch }
+    }
+
+    fn program(&self) -> Result<&Path, RuntimeError> {
+        if let Some(p) = self.program.get() {
+            return Ok(p);
+        }
+        let wanted = self.config.program.clone().unwrap_or_else(|| PathBuf::from("podman"));
+        let found = which::which(&wanted)
+            .map_err(|source| RuntimeError::Missing { program: wanted.display().to_string(), source })?;
+        Ok(self.program.get_or_init(|| found))
+    }
+
+    /// Run podman with `args`; stdout on success.
+    fn run(&self, args: &[String]) -> Result<String, RuntimeError> {
+        let step = args.first().cloned().unwrap_or_default();
+        let program = self.program()?;
+        let mut cmd = Command::new(program);
+        cmd.args(&self.config.args).args(args).stdin(Stdio::null());
+        if let Some(conf) = &self.config.containers_conf {
+            cmd.env("CONTAINERS_CONF", conf);
+        }
+        tracing::debug!(step = %step, "podman");
+        let out = cmd.output().map_err(|source| RuntimeError::Spawn {
+            program: program.display().to_string(),
+            step: step.clone(),
+            source,
+        })?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(classify(&step, out.status.code().unwrap_or(-1), &String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    fn env_file(&self, comp: &Component) -> Result<Option<tempfile::NamedTempFile>, RuntimeError> {
+        if comp.env.is_empty() {
+            return Ok(None);
+        }
+        let io = |source| RuntimeError::Io { what: format!("env file in {}", self.scratch.display()), source };
+        std::fs::create_dir_all(&self.scratch).map_err(io)?;
+        // tempfile creates with mode 0600.
+        let mut f = tempfile::Builder::new().prefix("env-").tempfile_in(&self.scratch).map_err(io)?;
+        for (k, v) in &comp.env {
+            writeln!(f, "{k}={v}").map_err(io)?;
+        }
+        f.flush().map_err(io)?;
+        Ok(Some(f))
+    }
+
+    fn ensure_network(&self, network: &str) -> Result<(), RuntimeError> {
+        tracing::info!(network, "creating missing podman network");
+        self.run(&["network".into(), "create".into(), network.into()]).map(|_| ())
+    }
+}
+
+impl Runtime for Podman {
+    fn list(&self, service: Option<&str>) -> Result<Vec<Observed>, RuntimeError> {
+        let out = self.run(&ps_argv(service))?;
+        parse_ps(&out).map_err(|message| RuntimeError::Output { step: "ps".into(), message })
+    }
+
+    fn by_name(&self, name: &str) -> Result<Option<Observed>, RuntimeError> {
+        let out = self.run(&ps_name_argv(name))?;
+        let found = parse_ps(&out).map_err(|message| RuntimeError::Output { step: "ps".into(), message })?;
+        Ok(found.into_iter().find(|o| o.name == name))
+    }
+
+    fn create(&self, service: &str, comp: &Component, spec: &str) -> Result<String, RuntimeError> {
+        let env = self.env_file(comp)?;
+        let argv = run_argv(service, comp, spec, env.as_ref().map(|f| f.path()));
+        let name = instance_name(service, &comp.name);
+        let attempt = |argv: &[String]| match self.run(argv) {
+            Ok(out) => Ok(out.trim().to_string()),
+            Err(e) => {
+                // A failed start can leave a created container behind under the name; never
+                // leave it (it would block the next try). NameInUse means the name is someone
+                // else's: do not touch it.
+                if !matches!(e, RuntimeError::NameInUse { .. }) {
+                    let _ = self.run(&simple_argv("rm", &name));
+                }
+                Err(e)
+            }
+        };
+        match attempt(&argv) {
+            Err(RuntimeError::NetworkMissing { network }) if comp.network.as_deref() == Some(network.as_str()) => {
+                self.ensure_network(&network)?;
+                attempt(&argv)
+            }
+            other => other,
+        }
+    }
+
+    fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run(&simple_argv("start", id)).map(|_| ())
+    }
+
+    fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run(&simple_argv("stop", id)).map(|_| ())
+    }
+
+    fn restart(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run(&simple_argv("restart", id)).map(|_| ())
+    }
+
+    fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run(&simple_argv("rm", id)).map(|_| ())
+    }
+
+    fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError> {
+        self.run(&["rename".into(), id.into(), new_name.into()]).map(|_| ())
+    }
+
+    fn state(&self, id: &str) -> Result<Option<Observed>, RuntimeError> {
+        let out = self.run(&["ps".into(), "-a".into(), "--format".into(), "json".into(), "--filter".into(), format!("id={id}")])?;
+        let found = parse_ps(&out).map_err(|message| RuntimeError::Output { step: "ps".into(), message })?;
+        Ok(found.into_iter().next())
+    }
+
+    fn tail_logs(&self, id: &str, lines: u32) -> String {
+        let program = match self.program() {
+            Ok(p) => p,
+            Err(_) => return String::new(),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(&self.config.args).args(["logs", "--tail", &lines.to_string(), id]).stdin(Stdio::null());
+        if let Some(conf) = &self.config.containers_conf {
+            cmd.env("CONTAINERS_CONF", conf);
+        }
+        match cmd.output() {
+            Ok(out) => {
+                let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+                s.push_str(&String::from_utf8_lossy(&out.stderr));
+                s.trim().to_string()
+            }
+            Err(_) => String::new(),
+        }
+    }
+
+    fn settle(&self) -> Duration {
+        Duration::from_millis(self.config.settle_ms.unwrap_or(DEFAULT_SETTLE_MS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_argv_exact() {
+        let mut comp = Component {
+            name: "api".into(),
+            image: "localhost/app:1".into(),
+            network: Some("mcpnet".into()),
+            user: Some("0:0".into()),
+            restart: Some("unless-stopped".into()),
+            ports: vec!["127.0.0.1:8443:8443".into()],
+            volumes: vec!["/srv/a:/srv/a".into()],
+            cmd: vec!["server".into(), "--config".into(), "/srv/a/a.toml".into()],
+            stop_timeout: Some(3),
+            ..Default::default()
+        };
+        comp.env.insert("SECRET".into(), "hunter2".into());
+        let argv = run_argv("svc", &comp, "abc123", Some(Path::new("/state/run/env-x")));
+        let expected: Vec<&str> = vec![
+            "run", "-d", "--name", "svc-api",
+            "--label", "mcp.service=svc", "--label", "mcp.component=api", "--label", "mcp.spec=abc123",
+            "--network", "mcpnet", "--user", "0:0", "--restart", "unless-stopped", "--stop-timeout", "3",
+            "--publish", "127.0.0.1:8443:8443", "--volume", "/srv/a:/srv/a", "--env-file", "/state/run/env-x",
+            "localhost/app:1", "server", "--config", "/srv/a/a.toml",
+        ];
+        assert_eq!(argv, expected);
+        assert!(!argv.iter().any(|a| a.contains("hunter2")), "env values must not be in argv");
+    }
+
+    #[test]
+    fn run_argv_minimal() {
+        let comp = Component { name: "w".into(), image: "i".into(), ..Default::default() };
+        assert_eq!(
+            run_argv("s", &comp, "h", None),
+            vec!["run", "-d", "--name", "s-w", "--label", "mcp.service=s", "--label", "mcp.component=w", "--label", "mcp.spec=h", "i"]
+        );
+    }
+
+    #[test]
+    fn ps_argvs() {
+        assert_eq!(ps_argv(Some("x")), vec!["ps", "-a", "--format", "json", "--filter", "label=mcp.service=x"]);
+        assert_eq!(ps_argv(None), vec!["ps", "-a", "--format", "json", "--filter", "label=mcp.service"]);
+        assert_eq!(ps_name_argv("a-b"), vec!["ps", "-a", "--format", "json", "--filter", "name=^a-b$"]);
+        assert_eq!(simple_argv("rm", "id1"), vec!["rm", "-f", "-t", "10", "id1"]);
+        assert_eq!(simple_argv("stop", "id1"), vec!["stop", "id1"]);
+    }
+
+    #[test]
+    fn parse_ps_output() {
+        let json = r#"[{"Id":"abc","Names":["s-w"],"Image":"localhost/x:1","State":"running","StartedAt":100,
+            "Labels":{"mcp.service":"s","mcp.component":"w","mcp.spec":"h1"},
+            "Ports":[{"host_ip":"127.0.0.1","container_port":80,"host_port":8080,"range":1,"protocol":"tcp"}]},
+            {"Id":"def","Names":["other"],"Image":"i","State":"exited","StartedAt":5,"Labels":null,"Ports":null}]"#;
+        let got = parse_ps(json).unwrap();
+        assert_eq!(got[0].service, "s");
+        assert_eq!(got[0].spec.as_deref(), Some("h1"));
+        assert_eq!(got[0].started_at, Some(100));
+        assert_eq!(got[0].ports, vec!["127.0.0.1:8080->80/tcp"]);
+        assert_eq!(got[1].service, "");
+        assert_eq!(got[1].started_at, None);
+        assert!(parse_ps("").unwrap().is_empty());
+        assert!(parse_ps("not json").is_err());
+    }
+
+    #[test]
+    fn classify_errors() {
+        let e = classify("run", 125, "Error: creating container storage: the container name \"pt2\" is already in use by c5a. You have to remove");
+        assert!(matches!(e, RuntimeError::NameInUse { name } if name == "pt2"));
+        let e = classify("run", 125, "Error: unable to find network with name or ID nonet: network not found");
+        assert!(matches!(e, RuntimeError::NetworkMissing { network } if network == "nonet"));
+        let e = classify("run", 127, "a\nb\nc\nError: exec: \"nosuchcmd\": executable file not found");
+        match e {
+            RuntimeError::Exit { code, stderr, .. } => {
+                assert_eq!(code, 127);
+                assert!(stderr.starts_with("b\n"), "{stderr}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

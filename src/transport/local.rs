@@ -1,0 +1,98 @@
+//! The embedded local node: `mcp-agent rpc` as a child process, protocol over its stdio.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Stdio;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+use super::{CallError, Link, Session, Transport, TransportError};
+
+pub struct LocalTransport {
+    node: String,
+    /// Program and arguments, e.g. `["/usr/bin/mcp-agent", "rpc"]`.
+    argv: Vec<String>,
+}
+
+impl LocalTransport {
+    /// `agent` is the node's configured command line (split on whitespace); by default the
+    /// `mcp-agent` installed beside this `mcp`, else the one on PATH.
+    pub fn new(node: &str, agent: Option<&str>) -> Result<LocalTransport, TransportError> {
+        let argv: Vec<String> = match agent {
+            Some(cmd) => cmd.split_whitespace().map(str::to_string).collect(),
+            None => vec![default_agent(node)?.to_string_lossy().into_owned(), "rpc".into()],
+        };
+        if argv.is_empty() {
+            return Err(TransportError::AgentMissing { node: node.into(), program: String::new(), why: "empty `agent` command".into() });
+        }
+        let program = which::which(&argv[0]).map_err(|e| TransportError::AgentMissing {
+            node: node.into(),
+            program: argv[0].clone(),
+            why: e.to_string(),
+        })?;
+        let mut argv = argv;
+        argv[0] = program.to_string_lossy().into_owned();
+        Ok(LocalTransport { node: node.to_string(), argv })
+    }
+
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+}
+
+fn default_agent(node: &str) -> Result<PathBuf, TransportError> {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.to_path_buf())) {
+        let beside = dir.join("mcp-agent");
+        if beside.is_file() {
+            return Ok(beside);
+        }
+    }
+    which::which("mcp-agent").map_err(|e| TransportError::AgentMissing {
+        node: node.into(),
+        program: "mcp-agent".into(),
+        why: e.to_string(),
+    })
+}
+
+struct ChildLink(Child);
+
+impl Link for ChildLink {
+    fn diagnostics(&mut self) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
+        Box::pin(async move {
+            let mut text = String::new();
+            if let Some(mut err) = self.0.stderr.take() {
+                let _ = err.read_to_string(&mut text).await;
+            }
+            if let Ok(Some(status)) = self.0.try_wait() {
+                if !status.success() {
+                    text.push_str(&format!(" ({status})"));
+                }
+            }
+            text
+        })
+    }
+}
+
+impl Transport for LocalTransport {
+    fn open(&self) -> Pin<Box<dyn Future<Output = Result<Session, TransportError>> + Send + '_>> {
+        Box::pin(async move {
+            let mut child = Command::new(&self.argv[0])
+                .args(&self.argv[1..])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|source| TransportError::Spawn { node: self.node.clone(), command: self.argv.join(" "), source })?;
+            let stdin = child.stdin.take().expect("piped");
+            let stdout = child.stdout.take().expect("piped");
+            match Session::start(&self.node, Box::new(stdout), Box::new(stdin), Box::new(ChildLink(child))).await {
+                Ok(s) => Ok(s),
+                Err(CallError::Transport(t)) => Err(t),
+                Err(CallError::Agent(e)) => Err(TransportError::Handshake { node: self.node.clone(), error: e }),
+            }
+        })
+    }
+}

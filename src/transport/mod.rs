@@ -1,0 +1,154 @@
+//! How the CLI reaches a node's agent. Every transport yields the same thing: a byte stream to
+//! a running `mcp-agent rpc`, over which [`Session`] speaks the JSON-lines protocol.
+
+pub mod local;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines};
+
+use crate::proto::{self, HelloParams, HelloResult, Progress, Request, Response, RpcError, PROTOCOL_VERSION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot find the agent program {program:?} for node {node}: {why}; install mcp-agent or set `agent` for the node in mcp.toml")]
+    AgentMissing { node: String, program: String, why: String },
+    #[error("cannot start `{command}` for node {node}: {source}")]
+    Spawn { node: String, command: String, source: std::io::Error },
+    #[error("node {node}: the agent exited before answering{}", stderr_suffix(.stderr))]
+    AgentExited { node: String, stderr: String },
+    #[error("node {node}: {error}")]
+    Handshake { node: String, error: RpcError },
+    #[error("node {node}: lost the connection to the agent: {source}")]
+    Io { node: String, source: std::io::Error },
+    #[error("node {node}: the agent sent something that is not a response ({message}): {line:?}")]
+    BadResponse { node: String, message: String, line: String },
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", stderr.trim())
+    }
+}
+
+/// Failures of one call: either the way there, or the agent's own answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{0}")]
+    Agent(RpcError),
+}
+
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// What keeps the far end alive (a child process, an SSH session) and can tell why it died.
+pub trait Link: Send {
+    /// Whatever the far end said on its error stream, once it is gone.
+    fn diagnostics(&mut self) -> Pin<Box<dyn Future<Output = String> + Send + '_>>;
+}
+
+/// A way to reach one node's agent; one implementation per file.
+pub trait Transport: Send + Sync {
+    fn open(&self) -> Pin<Box<dyn Future<Output = Result<Session, TransportError>> + Send + '_>>;
+}
+
+/// An open protocol session with one agent, after a successful hello.
+pub struct Session {
+    node: String,
+    reader: Lines<BufReader<BoxRead>>,
+    writer: BoxWrite,
+    link: Box<dyn Link>,
+    next_id: u64,
+    hello: Option<HelloResult>,
+}
+
+impl Session {
+    /// Wrap a stream and do the protocol handshake.
+    pub async fn start(node: &str, reader: BoxRead, writer: BoxWrite, link: Box<dyn Link>) -> Result<Session, CallError> {
+        let mut s = Session {
+            node: node.to_string(),
+            reader: BufReader::new(reader).lines(),
+            writer,
+            link,
+            next_id: 1,
+            hello: None,
+        };
+        let params = HelloParams { protocol: PROTOCOL_VERSION, client: format!("mcp {}", env!("CARGO_PKG_VERSION")) };
+        let hello: HelloResult = s.call(proto::HELLO, &params, &mut |_| {}).await?;
+        s.hello = Some(hello);
+        Ok(s)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn agent_version(&self) -> &str {
+        self.hello.as_ref().map(|h| h.agent.as_str()).unwrap_or("?")
+    }
+
+    /// One request; progress messages go to `progress` until the result arrives.
+    pub async fn call<P: Serialize, T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: &P,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<T, CallError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let req = Request { id, method: method.to_string(), params: serde_json::to_value(params).expect("params serialize") };
+        let mut line = serde_json::to_vec(&req).expect("requests serialize");
+        line.push(b'\n');
+        let io = |source| TransportError::Io { node: self.node.clone(), source };
+        if let Err(e) = self.writer.write_all(&line).await {
+            return Err(self.died(e).await);
+        }
+        self.writer.flush().await.map_err(io)?;
+        loop {
+            let line = match self.reader.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => {
+                    let stderr = self.link.diagnostics().await;
+                    return Err(TransportError::AgentExited { node: self.node.clone(), stderr }.into());
+                }
+                Err(e) => return Err(self.died(e).await),
+            };
+            let resp: Response = serde_json::from_str(&line).map_err(|e| TransportError::BadResponse {
+                node: self.node.clone(),
+                message: e.to_string(),
+                line: line.chars().take(200).collect(),
+            })?;
+            if resp.id != id && resp.id != 0 {
+                continue;
+            }
+            if let Some(p) = resp.progress {
+                progress(p);
+                continue;
+            }
+            if let Some(err) = resp.error {
+                return Err(CallError::Agent(err));
+            }
+            let value = resp.result.unwrap_or(serde_json::Value::Null);
+            return serde_json::from_value(value).map_err(|e| {
+                TransportError::BadResponse { node: self.node.clone(), message: e.to_string(), line: line.chars().take(200).collect() }
+                    .into()
+            });
+        }
+    }
+
+    async fn died(&mut self, source: std::io::Error) -> CallError {
+        let stderr = self.link.diagnostics().await;
+        if stderr.trim().is_empty() {
+            TransportError::Io { node: self.node.clone(), source }.into()
+        } else {
+            TransportError::AgentExited { node: self.node.clone(), stderr }.into()
+        }
+    }
+}
