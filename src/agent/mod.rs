@@ -338,9 +338,15 @@ impl Agent {
         loop {
             for (component, id) in fresh {
                 let state = self.runtime.state(id).map_err(ExecError::from)?;
-                if !state.as_ref().is_some_and(Observed::running) {
+                // A restart count above zero means it died and the runtime brought it back:
+                // a crash loop looks "running" between crashes.
+                if !state.as_ref().is_some_and(|s| s.running() && s.restarts == 0) {
                     let logs = self.runtime.tail_logs(id, 5);
-                    let state = state.map(|s| s.state).unwrap_or_else(|| "gone".into());
+                    let state = match state {
+                        Some(s) if s.restarts > 0 => format!("{}, restarted {} times", s.state, s.restarts),
+                        Some(s) => s.state,
+                        None => "gone".into(),
+                    };
                     let logs = if logs.is_empty() { String::new() } else { format!("; last output: {logs}") };
                     return Err(ExecError::Failed(RpcError::new(
                         ErrorCode::Runtime,

@@ -28,6 +28,8 @@ pub struct Observed {
     /// Unix seconds of the last start, when running.
     pub started_at: Option<i64>,
     pub ports: Vec<String>,
+    /// How often the runtime restarted it by itself (crash loops); only from [`Runtime::state`].
+    pub restarts: u32,
 }
 
 impl Observed {
@@ -69,7 +71,7 @@ pub trait Runtime: Send + Sync {
     fn restart(&self, id: &str) -> Result<(), RuntimeError>;
     fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError>;
-    /// State of one object (`None` when it is gone).
+    /// State of one object, restart count included (`None` when it is gone).
     fn state(&self, id: &str) -> Result<Option<Observed>, RuntimeError>;
     /// The last lines the object printed, for error messages.
     fn tail_logs(&self, id: &str, lines: u32) -> String;

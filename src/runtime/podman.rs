@@ -153,9 +153,58 @@ pub fn parse_ps(json: &str) -> Result<Vec<Observed>, String> {
                     })
                     .collect(),
                 id: r.id,
+                restarts: 0,
             }
         })
         .collect())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectJson {
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    image_name: String,
+    state: InspectState,
+    #[serde(default)]
+    restart_count: u32,
+    #[serde(default)]
+    config: Option<InspectConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectState {
+    #[serde(default)]
+    status: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectConfig {
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Parse `podman inspect --format json` of one container (state and restart count).
+pub fn parse_inspect(json: &str) -> Result<Option<Observed>, String> {
+    let rows: Vec<InspectJson> = serde_json::from_str(json.trim()).map_err(|e| e.to_string())?;
+    Ok(rows.into_iter().next().map(|r| {
+        let labels = r.config.and_then(|c| c.labels).unwrap_or_default();
+        Observed {
+            id: r.id,
+            name: r.name,
+            service: labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
+            component: labels.get(LABEL_COMPONENT).cloned().unwrap_or_default(),
+            spec: labels.get(LABEL_SPEC).cloned(),
+            image: r.image_name,
+            state: r.state.status,
+            restarts: r.restart_count,
+            ..Default::default()
+        }
+    }))
 }
 
 /// Classify a failed podman call from its stderr.
@@ -300,9 +349,11 @@ impl Runtime for Podman {
     }
 
     fn state(&self, id: &str) -> Result<Option<Observed>, RuntimeError> {
-        let out = self.run(&["ps".into(), "-a".into(), "--format".into(), "json".into(), "--filter".into(), format!("id={id}")])?;
-        let found = parse_ps(&out).map_err(|message| RuntimeError::Output { step: "ps".into(), message })?;
-        Ok(found.into_iter().next())
+        match self.run(&["inspect".into(), "--type".into(), "container".into(), "--format".into(), "json".into(), id.into()]) {
+            Ok(out) => parse_inspect(&out).map_err(|message| RuntimeError::Output { step: "inspect".into(), message }),
+            Err(RuntimeError::Exit { stderr, .. }) if stderr.contains("no such") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn tail_logs(&self, id: &str, lines: u32) -> String {
@@ -394,6 +445,15 @@ mod tests {
         assert_eq!(got[1].started_at, None);
         assert!(parse_ps("").unwrap().is_empty());
         assert!(parse_ps("not json").is_err());
+    }
+
+    #[test]
+    fn parse_inspect_output() {
+        let json = r#"[{"Id":"abc","Name":"s-w","ImageName":"localhost/x:1","State":{"Status":"running","Pid":4},
+            "RestartCount":5,"Config":{"Labels":{"mcp.service":"s","mcp.component":"w","mcp.spec":"h"}}}]"#;
+        let o = parse_inspect(json).unwrap().unwrap();
+        assert_eq!((o.id.as_str(), o.state.as_str(), o.restarts, o.spec.as_deref()), ("abc", "running", 5, Some("h")));
+        assert_eq!(parse_inspect("[]").unwrap(), None);
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! Test harness: real binaries, real podman, a private state dir and config per test, names
+//! unique per test, and cleanup of every container the test made, by id.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub const IMAGE: &str = "localhost/mcp-test:latest";
+pub const MCP: &str = env!("CARGO_BIN_EXE_mcp");
+pub const AGENT: &str = env!("CARGO_BIN_EXE_mcp-agent");
+
+/// A command that serves /www on 8080 and exits at once on SIGTERM (sh as PID 1 with a trap).
+pub const HTTPD_CMD: &str = r#"["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"]"#;
+
+static IMAGE_ONCE: Once = Once::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn podman(args: &[&str]) -> Output {
+    Command::new("podman").args(args).output().expect("podman runs")
+}
+
+pub fn podman_ok(args: &[&str]) -> String {
+    let out = podman(args);
+    assert!(out.status.success(), "podman {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Build the test image from busybox-static (no registry here): busybox, sh, httpd and a page.
+pub fn ensure_image() {
+    IMAGE_ONCE.call_once(|| {
+        if podman(&["image", "exists", IMAGE]).status.success() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("www")).unwrap();
+        std::fs::copy(which::which("busybox").expect("busybox-static is installed"), root.join("bin/busybox")).unwrap();
+        for tool in ["sh", "httpd", "sleep", "cat", "echo", "env"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
+        }
+        std::fs::write(root.join("www/index.html"), "hello from the test image\n").unwrap();
+        let tar = dir.path().join("img.tar");
+        let st = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap();
+        assert!(st.success());
+        podman_ok(&["import", "-q", tar.to_str().unwrap(), IMAGE]);
+    });
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET / on 127.0.0.1:port until it answers 200 or the deadline passes; the body.
+pub fn http_get(port: u16, deadline: Duration) -> Option<String> {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            if s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").is_ok() {
+                let mut buf = String::new();
+                let _ = s.read_to_string(&mut buf);
+                if buf.starts_with("HTTP/1.") && buf.contains(" 200 ") {
+                    return buf.split("\r\n\r\n").nth(1).map(str::to_string);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// One test's world: temp dir, mcp.toml, services dir, agent state dir, podman call log.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub prefix: String,
+    pub state: PathBuf,
+    pub services: PathBuf,
+    pub config: PathBuf,
+    /// Every podman call the agent makes is appended here (through a logging wrapper).
+    pub podman_log: PathBuf,
+    services_made: RefCell<Vec<String>>,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        ensure_image();
+        let dir = tempfile::tempdir().unwrap();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("t{}x{n}", std::process::id());
+        let state = dir.path().join("state");
+        let services = dir.path().join("services");
+        std::fs::create_dir_all(&services).unwrap();
+        let podman_log = dir.path().join("podman.log");
+        let wrapper = dir.path().join("podman-logged");
+        std::fs::write(
+            &wrapper,
+            format!("#!/bin/sh\necho \"$*\" >> '{}'\nexec podman \"$@\"\n", podman_log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let config = dir.path().join("mcp.toml");
+        let env = Env { dir, prefix, state, services, config, podman_log, services_made: RefCell::new(Vec::new()) };
+        env.write_config(&format!(
+            "{AGENT} rpc --state-dir {} --podman {}",
+            env.state.display(),
+            wrapper.display()
+        ));
+        env
+    }
+
+    pub fn write_config(&self, agent_cmd: &str) {
+        std::fs::write(
+            &self.config,
+            format!(
+                "[services]\ndir = \"{}\"\n\n[[nodes]]\nname = \"local\"\naddress = \"local\"\nagent = \"{agent_cmd}\"\n",
+                self.services.display()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// A service name unique to this test (cleaned up at the end).
+    pub fn svc(&self, base: &str) -> String {
+        let name = format!("{}-{base}", self.prefix);
+        self.services_made.borrow_mut().push(name.clone());
+        name
+    }
+
+    /// Write `services/<name>.toml`.
+    pub fn define(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.services.join(format!("{name}.toml"));
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    pub fn mcp(&self, args: &[&str]) -> Run {
+        self.mcp_in(args, self.dir.path())
+    }
+
+    pub fn mcp_in(&self, args: &[&str], cwd: &Path) -> Run {
+        let out = Command::new(MCP).arg("--config").arg(&self.config).args(args).current_dir(cwd).output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `mcp ...` that must succeed.
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let r = self.mcp(args);
+        assert_eq!(r.code, 0, "mcp {args:?} failed:\nstdout: {}\nstderr: {}", r.stdout, r.stderr);
+        r
+    }
+
+    pub fn podman_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.podman_log).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+
+    pub fn clear_podman_log(&self) {
+        let _ = std::fs::remove_file(&self.podman_log);
+    }
+
+    /// Calls that change something (anything but ps/inspect/logs/image exists...).
+    pub fn podman_mutations(&self) -> Vec<String> {
+        self.podman_calls()
+            .into_iter()
+            .filter(|c| !(c.starts_with("ps ") || c.starts_with("inspect ") || c.starts_with("logs ")))
+            .collect()
+    }
+
+    /// Container id under a name, if any.
+    pub fn container_id(&self, name: &str) -> Option<String> {
+        let out = podman_ok(&["ps", "-a", "-q", "--no-trunc", "--filter", &format!("name=^{name}$")]);
+        out.lines().next().map(str::to_string)
+    }
+
+    pub fn container_state(&self, name: &str) -> Option<String> {
+        self.container_id(name)?;
+        Some(podman_ok(&["inspect", "--format", "{{.State.Status}}", name]))
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let mut ids = Vec::new();
+        for svc in self.services_made.borrow().iter() {
+            let out = podman(&["ps", "-a", "-q", "--no-trunc", "--filter", &format!("label=mcp.service={svc}")]);
+            ids.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string));
+        }
+        // Unmanaged containers a test made itself carry the prefix in their name.
+        let out = podman(&["ps", "-a", "-q", "--no-trunc", "--filter", &format!("name=^{}-", self.prefix)]);
+        ids.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string));
+        ids.sort();
+        ids.dedup();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f", "-t", "0"];
+            args.extend(ids.iter().map(String::as_str));
+            let _ = podman(&args);
+        }
+    }
+}
+
+/// A one-component HTTP service definition on `port`.
+pub fn http_service(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\nnode = \"local\"\n\n[[components]]\nname = \"web\"\nimage = \"{IMAGE}\"\nports = [\"127.0.0.1:{port}:8080\"]\ncmd = {HTTPD_CMD}\n{extra}\n"
+    )
+}
