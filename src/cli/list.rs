@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::output::{table, timestamp};
-use super::{print_json, report_unreachable, Ctx, OutputOpts};
+use super::{print_json, report_failures, Ctx, OutputOpts};
 use crate::proto::{self, ListResult};
 
 #[derive(Debug, Args)]
@@ -19,7 +19,7 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         .await;
     if opts.output.json {
         print_json(&serde_json::json!({ "nodes": results }))?;
-        return report_unreachable(&results);
+        return report_failures(&results);
     }
     let mut rows = Vec::new();
     for r in &results {
@@ -36,5 +36,5 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         }
     }
     print!("{}", table(&["SERVICE", "NODE", "ACTIVE", "COMPONENTS", "UPDATED (UTC)", "IMAGES"], &rows));
-    report_unreachable(&results)
+    report_failures(&results)
 }

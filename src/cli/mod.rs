@@ -222,10 +222,10 @@ impl Ctx {
             set.spawn(async move {
                 let result = match transport {
                     Ok(t) => match t.open().await {
-                        Ok(session) => f(session).await.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
+                        Ok(session) => f(session).await.map_err(anyhow::Error::from),
+                        Err(e) => Err(e.into()),
                     },
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e.into()),
                 };
                 (i, NodeResult::new(name, result))
             });
@@ -244,13 +244,16 @@ pub struct NodeResult<T> {
     pub result: Option<T>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The exit code the error stands for (see [`exit_code`]).
+    #[serde(skip)]
+    pub code: i32,
 }
 
 impl<T> NodeResult<T> {
-    fn new(node: String, r: Result<T, String>) -> Self {
+    pub fn new(node: String, r: Result<T, anyhow::Error>) -> Self {
         match r {
-            Ok(v) => NodeResult { node, result: Some(v), error: None },
-            Err(e) => NodeResult { node, result: None, error: Some(e) },
+            Ok(v) => NodeResult { node, result: Some(v), error: None, code: 0 },
+            Err(e) => NodeResult { node, result: None, error: Some(format!("{e:#}")), code: exit_code(&e) },
         }
     }
 }
@@ -278,8 +281,8 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if cause.downcast_ref::<NotFound>().is_some() {
             return 4;
         }
-        if cause.downcast_ref::<Unreachable>().is_some() {
-            return 3;
+        if let Some(f) = cause.downcast_ref::<NodeFailures>() {
+            return f.code;
         }
         if let Some(t) = cause.downcast_ref::<TransportError>() {
             return match t {
@@ -302,21 +305,24 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     1
 }
 
-/// Unreachable nodes in a fan-out: said on stderr, and the command fails (exit 3) after the
-/// reachable nodes were reported.
-pub fn report_unreachable<T>(results: &[NodeResult<T>]) -> Result<()> {
-    let failed: Vec<String> =
-        results.iter().filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.node))).collect();
+/// Failed nodes in a fan-out: said on stderr after the others were reported, and the command
+/// fails with the most serious of their exit codes.
+pub fn report_failures<T>(results: &[NodeResult<T>]) -> Result<()> {
+    let failed: Vec<&NodeResult<T>> = results.iter().filter(|r| r.error.is_some()).collect();
     if failed.is_empty() {
         return Ok(());
     }
     for f in &failed {
-        eprintln!("error: node {f}");
+        eprintln!("error: node {}: {}", f.node, f.error.as_deref().unwrap_or_default());
     }
-    Err(Unreachable(failed.len()).into())
+    let code = failed.iter().map(|f| f.code).max().unwrap_or(1);
+    Err(NodeFailures { count: failed.len(), code }.into())
 }
 
-/// Some nodes of a fan-out could not be asked (exit code 3).
+/// Some nodes of a fan-out failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{0} node(s) could not be reached")]
-pub struct Unreachable(pub usize);
+#[error("{count} node(s) failed")]
+pub struct NodeFailures {
+    pub count: usize,
+    pub code: i32,
+}

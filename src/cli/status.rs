@@ -4,7 +4,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 
 use super::output::{duration, table, timestamp};
-use super::{print_json, report_unreachable, Ctx, NodeOpts, NodeResult, OutputOpts};
+use super::{print_json, report_failures, Ctx, NodeOpts, NodeResult, OutputOpts};
 use crate::proto::{self, StatusParams, StatusResult};
 
 #[derive(Debug, Args)]
@@ -30,7 +30,7 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                 .call(proto::STATUS, &params, &mut |_| {})
                 .await
                 .with_context(|| format!("status of {service} on node {}", node.name))?;
-            vec![NodeResult { node: node.name.clone(), result: Some(r), error: None }]
+            vec![NodeResult::new(node.name.clone(), Ok(r))]
         }
         None => {
             ctx.each_node(move |mut s| {
@@ -42,7 +42,7 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
     };
     if opts.output.json {
         print_json(&serde_json::json!({ "nodes": results }))?;
-        return report_unreachable(&results);
+        return report_failures(&results);
     }
     let mut rows = Vec::new();
     let mut events = Vec::new();
@@ -76,5 +76,5 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
             println!("  {line}");
         }
     }
-    report_unreachable(&results)
+    report_failures(&results)
 }
