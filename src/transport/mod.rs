@@ -45,6 +45,43 @@ pub enum CallError {
     Agent(RpcError),
 }
 
+/// The client's side of the version check: an agent that accepted our hello must also speak
+/// our protocol and plan versions.
+pub fn check_hello(h: &HelloResult) -> Result<(), RpcError> {
+    if h.protocol != PROTOCOL_VERSION || h.plan_version != crate::plan::PLAN_VERSION {
+        return Err(RpcError::new(
+            crate::proto::ErrorCode::ProtocolMismatch,
+            format!(
+                "protocol mismatch: mcp-agent {} speaks protocol {} (plan version {}), this mcp {} speaks {PROTOCOL_VERSION} \
+                 (plan version {}); install the same mcp release on both ends",
+                h.agent,
+                h.protocol,
+                h.plan_version,
+                env!("CARGO_PKG_VERSION"),
+                crate::plan::PLAN_VERSION
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_from_a_newer_agent_is_refused() {
+        let ok = HelloResult { protocol: PROTOCOL_VERSION, agent: "x".into(), plan_version: crate::plan::PLAN_VERSION };
+        assert!(check_hello(&ok).is_ok());
+        let newer = HelloResult { protocol: PROTOCOL_VERSION + 1, ..ok.clone() };
+        let e = check_hello(&newer).unwrap_err();
+        assert_eq!(e.code, crate::proto::ErrorCode::ProtocolMismatch);
+        assert!(e.message.contains("same mcp release"));
+        let newer_plan = HelloResult { plan_version: 2, ..ok };
+        assert!(check_hello(&newer_plan).is_err());
+    }
+}
+
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
@@ -82,6 +119,7 @@ impl Session {
         };
         let params = HelloParams { protocol: PROTOCOL_VERSION, client: format!("mcp {}", env!("CARGO_PKG_VERSION")) };
         let hello: HelloResult = s.call(proto::HELLO, &params, &mut |_| {}).await?;
+        check_hello(&hello).map_err(CallError::Agent)?;
         s.hello = Some(hello);
         Ok(s)
     }
