@@ -146,13 +146,18 @@ impl Config {
     }
 }
 
-/// `$XDG_CONFIG_HOME/mcp/mcp.toml`, else `~/.config/mcp/mcp.toml`.
-pub fn default_path() -> Option<PathBuf> {
+/// `$XDG_CONFIG_HOME/mcp`, else `~/.config/mcp`.
+pub fn config_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("mcp").join("mcp.toml"))
+    Some(base.join("mcp"))
+}
+
+/// `<config dir>/mcp.toml`.
+pub fn default_path() -> Option<PathBuf> {
+    config_dir().map(|d| d.join("mcp.toml"))
 }
 
 /// `~/x` to the home dir; relative paths against the config file's dir.

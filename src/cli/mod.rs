@@ -5,6 +5,8 @@ pub mod config;
 pub mod deploy;
 pub mod lifecycle;
 pub mod list;
+pub mod login;
+pub mod node;
 pub mod output;
 pub mod ps;
 pub mod status;
@@ -20,6 +22,7 @@ use tokio::task::JoinSet;
 use crate::plan::{load_service_file, LoadError, Plan, PlanErrors, Target};
 use crate::proto::{self, ErrorCode, Progress};
 use crate::transport::local::LocalTransport;
+use crate::transport::ssh::{SshOptions, SshTransport};
 use crate::transport::{CallError, Session, Transport, TransportError};
 use config::{Config, NodeConfig};
 
@@ -50,6 +53,12 @@ pub struct GlobalOpts {
     /// More log output on stderr (-v, -vv).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Seconds to connect to an SSH node (TCP, handshake, authentication).
+    #[arg(long, global = true, env = "MCP_CONNECT_TIMEOUT", default_value_t = 10, value_name = "SECS")]
+    pub connect_timeout: u64,
+    /// Seconds of silence from a node's agent before a request is given up.
+    #[arg(long, global = true, env = "MCP_TIMEOUT", default_value_t = 300, value_name = "SECS")]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +77,11 @@ pub enum Command {
     Ps(ps::Opts),
     /// Desired vs observed state, drift and recent events.
     Status(status::Opts),
+    /// Check every node (or one): show and record SSH host keys, check the agent answers.
+    Login(login::Opts),
+    /// List, add and remove nodes in mcp.toml.
+    #[command(subcommand)]
+    Node(node::Cmd),
 }
 
 /// `--json` for commands that read.
@@ -89,6 +103,7 @@ pub struct NodeOpts {
 pub struct Ctx {
     pub config: Config,
     pub quiet: bool,
+    pub ssh: SshOptions,
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -96,7 +111,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
-    let ctx = Ctx { config, quiet: cli.global.quiet };
+    let mut ssh = SshOptions::for_user();
+    ssh.connect_timeout = std::time::Duration::from_secs(cli.global.connect_timeout);
+    ssh.request_timeout = std::time::Duration::from_secs(cli.global.timeout);
+    let ctx = Ctx { config, quiet: cli.global.quiet, ssh };
     match cli.command {
         Command::Deploy(o) => deploy::run(&ctx, o).await,
         Command::Stop(o) => lifecycle::run(&ctx, o, proto::STOP, "stopped").await,
@@ -105,6 +123,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::List(o) => list::run(&ctx, o).await,
         Command::Ps(o) => ps::run(&ctx, o).await,
         Command::Status(o) => status::run(&ctx, o).await,
+        Command::Login(o) => login::run(&ctx, o).await,
+        Command::Node(c) => node::run(&ctx, c).await,
     }
 }
 
@@ -113,11 +133,7 @@ impl Ctx {
         if node.is_local() {
             return Ok(Box::new(LocalTransport::new(&node.name, node.agent.as_deref())?));
         }
-        Err(TransportError::AgentMissing {
-            node: node.name.clone(),
-            program: node.address.clone(),
-            why: "remote (SSH) nodes are not supported by this build yet; use address = \"local\"".into(),
-        })
+        Ok(Box::new(SshTransport::new(node, self.ssh.clone())?))
     }
 
     pub async fn connect(&self, node: &NodeConfig) -> Result<Session, TransportError> {
@@ -258,6 +274,11 @@ impl<T> NodeResult<T> {
     }
 }
 
+/// Input the operator must fix (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
 /// A missing service, component or node (exit code 4).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -278,6 +299,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         {
             return 2;
         }
+        if cause.downcast_ref::<InvalidInput>().is_some() {
+            return 2;
+        }
         if cause.downcast_ref::<NotFound>().is_some() {
             return 4;
         }
@@ -287,6 +311,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if let Some(t) = cause.downcast_ref::<TransportError>() {
             return match t {
                 TransportError::Handshake { error, .. } if error.code != ErrorCode::ProtocolMismatch => 1,
+                TransportError::Config { .. } => 2,
                 _ => 3,
             };
         }

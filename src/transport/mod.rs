@@ -1,9 +1,13 @@
 //! How the CLI reaches a node's agent. Every transport yields the same thing: a byte stream to
 //! a running `mcp-agent rpc`, over which [`Session`] speaks the JSON-lines protocol.
 
+pub mod known_hosts;
 pub mod local;
+pub mod ssh;
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
 use std::pin::Pin;
 
 use serde::de::DeserializeOwned;
@@ -22,6 +26,29 @@ pub enum TransportError {
     AgentExited { node: String, stderr: String },
     #[error("node {node}: {error}")]
     Handshake { node: String, error: RpcError },
+    #[error("node {node}: {message}")]
+    Config { node: String, message: String },
+    #[error("cannot reach node {node} at {address}: {source}")]
+    Connect { node: String, address: String, source: std::io::Error },
+    #[error("node {node}: timed out after {secs}s {what}")]
+    Timeout { node: String, what: String, secs: u64 },
+    #[error("node {node}: SSH failed: {message}")]
+    Ssh { node: String, message: String },
+    #[error(
+        "node {node} ({address}) is not trusted yet: its host key {algorithm} {fingerprint} is in no known_hosts file.\n\
+         If that is the node's key, trust it with `mcp login {node}` (shows the key and records it)."
+    )]
+    HostKeyUnknown { node: String, address: String, algorithm: String, fingerprint: String },
+    #[error(
+        "WARNING: the host key of node {node} ({address}) HAS CHANGED: it now shows {algorithm} {fingerprint}, \
+         which differs from line {line} of {}. Someone may be intercepting the connection. Refusing to connect. \
+         If the change is expected, remove that line and run `mcp login {node}`.", file.display()
+    )]
+    HostKeyChanged { node: String, address: String, algorithm: String, fingerprint: String, file: PathBuf, line: usize },
+    #[error("node {node} ({address}): host key {fingerprint} is revoked (line {line} of {}); refusing to connect", file.display())]
+    HostKeyRevoked { node: String, address: String, fingerprint: String, file: PathBuf, line: usize },
+    #[error("node {node} ({address}) refused authentication as {user:?}; tried: {}. Add your key to the node's authorized_keys, load it into ssh-agent, or set `identity`/`user` for the node in mcp.toml", if tried.is_empty() { "no key (none in ssh-agent or ~/.ssh)".to_string() } else { tried.join(", ") })]
+    AuthRefused { node: String, user: String, address: String, tried: Vec<String> },
     #[error("node {node}: lost the connection to the agent: {source}")]
     Io { node: String, source: std::io::Error },
     #[error("node {node}: the agent sent something that is not a response ({message}): {line:?}")]
@@ -104,6 +131,8 @@ pub struct Session {
     link: Box<dyn Link>,
     next_id: u64,
     hello: Option<HelloResult>,
+    /// Longest silence accepted from the agent within one request.
+    idle_timeout: Option<Duration>,
 }
 
 impl Session {
@@ -116,12 +145,18 @@ impl Session {
             link,
             next_id: 1,
             hello: None,
+            idle_timeout: None,
         };
         let params = HelloParams { protocol: PROTOCOL_VERSION, client: format!("mcp {}", env!("CARGO_PKG_VERSION")) };
         let hello: HelloResult = s.call(proto::HELLO, &params, &mut |_| {}).await?;
         check_hello(&hello).map_err(CallError::Agent)?;
         s.hello = Some(hello);
         Ok(s)
+    }
+
+    pub fn with_idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = Some(t);
+        self
     }
 
     pub fn node(&self) -> &str {
@@ -150,7 +185,21 @@ impl Session {
         }
         self.writer.flush().await.map_err(io)?;
         loop {
-            let line = match self.reader.next_line().await {
+            let next = match self.idle_timeout {
+                Some(t) => match tokio::time::timeout(t, self.reader.next_line()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(TransportError::Timeout {
+                            node: self.node.clone(),
+                            what: format!("waiting for the agent to answer {method}"),
+                            secs: t.as_secs(),
+                        }
+                        .into())
+                    }
+                },
+                None => self.reader.next_line().await,
+            };
+            let line = match next {
                 Ok(Some(line)) => line,
                 Ok(None) => {
                     let stderr = self.link.diagnostics().await;

@@ -1,0 +1,224 @@
+//! Host key trust: OpenSSH `known_hosts` files (plain, hashed `|1|salt|hash`, `[host]:port`,
+//! wildcards, `@revoked`) plus mcp's own file, which `mcp login` writes. Pure parsing and
+//! matching; only [`KnownHosts::record`] writes.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use data_encoding::BASE64;
+use hmac::{Hmac, Mac};
+use russh::keys::{HashAlg, PublicKey};
+use sha1::Sha1;
+
+/// What the known-hosts files say of a server's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyStatus {
+    /// Recorded: trusted.
+    Known,
+    /// Not recorded. `other_types` lists key types recorded for the host, if any.
+    Unknown { other_types: Vec<String> },
+    /// A different key of the same type is recorded: refuse loudly.
+    Changed { file: PathBuf, line: usize },
+    /// Marked `@revoked`.
+    Revoked { file: PathBuf, line: usize },
+}
+
+/// `SHA256:...`, as `ssh-keygen -l` prints it.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// The name known_hosts uses for a host: `host`, or `[host]:port` off port 22.
+pub fn host_pattern(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// Does one known_hosts host field (comma-separated patterns) name `name`?
+pub fn field_matches(field: &str, name: &str) -> bool {
+    let mut matched = false;
+    for pat in field.split(',') {
+        if let Some(neg) = pat.strip_prefix('!') {
+            if glob(neg, name) {
+                return false;
+            }
+        } else if pat.starts_with("|1|") {
+            matched |= hashed_matches(pat, name);
+        } else {
+            matched |= glob(pat, name);
+        }
+    }
+    matched
+}
+
+fn hashed_matches(pat: &str, name: &str) -> bool {
+    let mut parts = pat.split('|').skip(2);
+    let (Some(salt), Some(hash)) = (parts.next(), parts.next()) else { return false };
+    let (Ok(salt), Ok(hash)) = (BASE64.decode(salt.as_bytes()), BASE64.decode(hash.as_bytes())) else { return false };
+    let Ok(mac) = Hmac::<Sha1>::new_from_slice(&salt) else { return false };
+    mac.chain_update(name.as_bytes()).verify_slice(&hash).is_ok()
+}
+
+/// `*` and `?` wildcards, as in ssh patterns.
+fn glob(pat: &str, s: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => go(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    go(pat.as_bytes(), s.as_bytes())
+}
+
+/// Check `key` for `name` against the text of one file. Unparsable lines are skipped.
+pub fn check_text(text: &str, file: &Path, name: &str, key: &PublicKey) -> HostKeyStatus {
+    let mut other_types = Vec::new();
+    let mut known = false;
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let mut fields = line.split_whitespace().peekable();
+        let marker = match fields.peek() {
+            Some(f) if f.starts_with('#') => continue,
+            Some(f) if f.starts_with('@') => fields.next(),
+            Some(_) => None,
+            None => continue,
+        };
+        let (Some(hosts), Some(_kind), Some(blob)) = (fields.next(), fields.next(), fields.next()) else { continue };
+        if !field_matches(hosts, name) {
+            continue;
+        }
+        let Ok(recorded) = russh::keys::parse_public_key_base64(blob) else { continue };
+        match marker {
+            Some("@revoked") => {
+                if recorded.key_data() == key.key_data() {
+                    return HostKeyStatus::Revoked { file: file.to_path_buf(), line: line_no };
+                }
+                continue;
+            }
+            Some(_) => continue, // @cert-authority: mcp does not use host certificates
+            None => {}
+        }
+        if recorded.key_data() == key.key_data() {
+            known = true;
+        } else if recorded.algorithm() == key.algorithm() {
+            return HostKeyStatus::Changed { file: file.to_path_buf(), line: line_no };
+        } else {
+            other_types.push(recorded.algorithm().to_string());
+        }
+    }
+    if known {
+        HostKeyStatus::Known
+    } else {
+        HostKeyStatus::Unknown { other_types }
+    }
+}
+
+/// The files mcp trusts, and the one `mcp login` records into.
+#[derive(Debug, Clone)]
+pub struct KnownHosts {
+    pub files: Vec<PathBuf>,
+    pub own: PathBuf,
+}
+
+impl KnownHosts {
+    /// `~/.ssh/known_hosts` and mcp's own `$XDG_CONFIG_HOME/mcp/known_hosts`.
+    pub fn for_user() -> KnownHosts {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+        let own = crate::cli::config::config_dir().unwrap_or_else(|| home.join(".config/mcp")).join("known_hosts");
+        KnownHosts { files: vec![home.join(".ssh/known_hosts"), own.clone()], own }
+    }
+
+    /// The verdict over all files: revoked or changed anywhere wins over known elsewhere.
+    pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> HostKeyStatus {
+        let name = host_pattern(host, port);
+        let mut verdict = HostKeyStatus::Unknown { other_types: Vec::new() };
+        for f in &self.files {
+            let Ok(text) = std::fs::read_to_string(f) else { continue };
+            match check_text(&text, f, &name, key) {
+                bad @ (HostKeyStatus::Changed { .. } | HostKeyStatus::Revoked { .. }) => return bad,
+                HostKeyStatus::Known => verdict = HostKeyStatus::Known,
+                HostKeyStatus::Unknown { other_types } => {
+                    if let HostKeyStatus::Unknown { other_types: acc } = &mut verdict {
+                        acc.extend(other_types);
+                    }
+                }
+            }
+        }
+        verdict
+    }
+
+    /// Append `key` for `host:port` to mcp's own file (created 0600).
+    pub fn record(&self, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
+        if let Some(dir) = self.own.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.own)?;
+        let openssh = key.to_openssh().map_err(std::io::Error::other)?;
+        // Drop any comment: "type base64".
+        let mut parts = openssh.split_whitespace();
+        let (kind, blob) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        writeln!(f, "{} {kind} {blob}", host_pattern(host, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED: &str = "AAAAC3NzaC1lZDI1NTE5AAAAINkfWiwC5HVoYOmZ/a/p/i5tEeQbNU/HO7zW/HI61xqq";
+    const ED2: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIDIU5yP7ijSLUED7dMl6tQzDd8hBF+5h787IvjDC6U/o";
+
+    fn key(b: &str) -> PublicKey {
+        russh::keys::parse_public_key_base64(b).unwrap()
+    }
+
+    fn hashed(name: &str) -> String {
+        let salt = b"0123456789abcdefghij";
+        let mac = Hmac::<Sha1>::new_from_slice(salt).unwrap().chain_update(name.as_bytes()).finalize().into_bytes();
+        format!("|1|{}|{}", BASE64.encode(salt), BASE64.encode(&mac))
+    }
+
+    #[test]
+    fn plain_port_and_hashed_entries() {
+        let f = Path::new("kh");
+        let text = format!("# comment\n\nrift,10.0.0.1 ssh-ed25519 {ED}\n[127.0.0.1]:2222 ssh-ed25519 {ED}\n{} ssh-ed25519 {ED}\n", hashed("[h.example]:2200"));
+        assert_eq!(check_text(&text, f, "rift", &key(ED)), HostKeyStatus::Known);
+        assert_eq!(check_text(&text, f, "10.0.0.1", &key(ED)), HostKeyStatus::Known);
+        assert_eq!(check_text(&text, f, &host_pattern("127.0.0.1", 2222), &key(ED)), HostKeyStatus::Known);
+        assert_eq!(check_text(&text, f, &host_pattern("h.example", 2200), &key(ED)), HostKeyStatus::Known);
+        assert_eq!(check_text(&text, f, "127.0.0.1", &key(ED)), HostKeyStatus::Unknown { other_types: vec![] });
+        assert_eq!(check_text(&text, f, "rift", &key(ED2)), HostKeyStatus::Changed { file: f.into(), line: 3 });
+        assert_eq!(check_text(&text, f, &host_pattern("h.example", 2200), &key(ED2)), HostKeyStatus::Changed { file: f.into(), line: 5 });
+    }
+
+    #[test]
+    fn markers_wildcards_and_garbage() {
+        let f = Path::new("kh");
+        let text = format!("garbage line\n@cert-authority *.example ssh-ed25519 {ED2}\n*.lan,!bad.lan ssh-ed25519 {ED}\n@revoked old.lan ssh-ed25519 {ED2}\nold.lan ssh-ed25519 {ED}\n");
+        assert_eq!(check_text(&text, f, "a.lan", &key(ED)), HostKeyStatus::Known);
+        assert_eq!(check_text(&text, f, "bad.lan", &key(ED)), HostKeyStatus::Unknown { other_types: vec![] });
+        assert_eq!(check_text(&text, f, "x.example", &key(ED2)), HostKeyStatus::Unknown { other_types: vec![] });
+        assert_eq!(check_text(&text, f, "old.lan", &key(ED2)), HostKeyStatus::Revoked { file: f.into(), line: 4 });
+    }
+
+    #[test]
+    fn record_then_known_with_private_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let kh = KnownHosts { files: vec![dir.path().join("none"), dir.path().join("mcp/known_hosts")], own: dir.path().join("mcp/known_hosts") };
+        assert!(matches!(kh.check("127.0.0.1", 2222, &key(ED)), HostKeyStatus::Unknown { .. }));
+        kh.record("127.0.0.1", 2222, &key(ED)).unwrap();
+        assert_eq!(kh.check("127.0.0.1", 2222, &key(ED)), HostKeyStatus::Known);
+        assert!(matches!(kh.check("127.0.0.1", 2222, &key(ED2)), HostKeyStatus::Changed { line: 1, .. }));
+        assert!(matches!(kh.check("127.0.0.1", 22, &key(ED)), HostKeyStatus::Unknown { .. }));
+        assert_eq!(std::fs::metadata(&kh.own).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(fingerprint(&key(ED)).starts_with("SHA256:"));
+    }
+}

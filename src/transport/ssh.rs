@@ -1,0 +1,372 @@
+//! Remote nodes: russh to `host[:port]`, host key verified against known_hosts, key auth
+//! (ssh-agent, then identity files), then exec of the node's agent command, whose stdio carries
+//! the protocol. Works unchanged under an authorized_keys `command="mcp-agent rpc",restrict`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, Handle};
+use russh::keys::agent::client::AgentClient;
+use russh::keys::{load_secret_key, PrivateKeyWithHashAlg, PublicKey};
+use russh::ChannelMsg;
+use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
+
+use super::known_hosts::{fingerprint, HostKeyStatus, KnownHosts};
+use super::{CallError, Link, Session, Transport, TransportError};
+use crate::cli::config::NodeConfig;
+
+pub const DEFAULT_AGENT_COMMAND: &str = "mcp-agent rpc";
+
+/// Settings shared by every SSH node.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    /// TCP connect plus SSH handshake and authentication.
+    pub connect_timeout: Duration,
+    /// Longest silence from the agent during one request.
+    pub request_timeout: Duration,
+    pub known_hosts: KnownHosts,
+}
+
+impl SshOptions {
+    pub fn for_user() -> SshOptions {
+        SshOptions {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(300),
+            known_hosts: KnownHosts::for_user(),
+        }
+    }
+}
+
+pub struct SshTransport {
+    node: String,
+    host: String,
+    port: u16,
+    user: String,
+    identities: Vec<PathBuf>,
+    explicit_identity: bool,
+    agent_command: String,
+    opts: SshOptions,
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`.
+pub fn parse_address(addr: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{addr:?} is not an address; expected host[:port] or [ipv6]:port");
+    if let Some(rest) = addr.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']').ok_or_else(bad)?;
+        return match tail {
+            "" => Ok((host.to_string(), 22)),
+            t => Ok((host.to_string(), t.strip_prefix(':').and_then(|p| p.parse().ok()).ok_or_else(bad)?)),
+        };
+    }
+    match addr.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Ok((h.to_string(), p.parse().map_err(|_| bad())?)),
+        Some(_) => Ok((addr.to_string(), 22)), // a bare IPv6 address
+        None if !addr.is_empty() => Ok((addr.to_string(), 22)),
+        None => Err(bad()),
+    }
+}
+
+fn local_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| if unsafe { libc::geteuid() } == 0 { "root".into() } else { "nobody".into() })
+}
+
+/// The key the server showed and what the known-hosts files said of it.
+type Seen = Arc<Mutex<Option<(PublicKey, HostKeyStatus)>>>;
+
+struct Client {
+    known: KnownHosts,
+    host: String,
+    port: u16,
+    seen: Seen,
+    /// Only look at the key (for `mcp login`): never continue.
+    capture_only: bool,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKey) -> Result<bool, Self::Error> {
+        let status = self.known.check(&self.host, self.port, key);
+        let ok = status == HostKeyStatus::Known && !self.capture_only;
+        *self.seen.lock().expect("not poisoned") = Some((key.clone(), status));
+        Ok(ok)
+    }
+}
+
+impl SshTransport {
+    pub fn new(node: &NodeConfig, opts: SshOptions) -> Result<SshTransport, TransportError> {
+        let (host, port) = parse_address(&node.address)
+            .map_err(|why| TransportError::Config { node: node.name.clone(), message: why })?;
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        let (identities, explicit_identity) = match &node.identity {
+            Some(p) => (vec![p.clone()], true),
+            None => (["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|f| home.join(".ssh").join(f)).collect(), false),
+        };
+        Ok(SshTransport {
+            node: node.name.clone(),
+            host,
+            port,
+            user: node.user.clone().unwrap_or_else(local_user),
+            identities,
+            explicit_identity,
+            agent_command: node.agent.clone().unwrap_or_else(|| DEFAULT_AGENT_COMMAND.into()),
+            opts,
+        })
+    }
+
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    pub fn known_hosts(&self) -> &KnownHosts {
+        &self.opts.known_hosts
+    }
+
+    pub fn host_port(&self) -> (&str, u16) {
+        (&self.host, self.port)
+    }
+
+    fn config() -> Arc<client::Config> {
+        Arc::new(client::Config {
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 4,
+            nodelay: true,
+            ..Default::default()
+        })
+    }
+
+    /// TCP + SSH handshake. The server key the handler saw is returned either way.
+    async fn connect_raw(&self, capture_only: bool) -> (Result<Handle<Client>, TransportError>, Seen) {
+        let seen: Seen = Arc::new(Mutex::new(None));
+        let handler = Client {
+            known: self.opts.known_hosts.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            seen: seen.clone(),
+            capture_only,
+        };
+        let connect = client::connect(Self::config(), (self.host.as_str(), self.port), handler);
+        let res = match tokio::time::timeout(self.opts.connect_timeout, connect).await {
+            Err(_) => Err(TransportError::Timeout {
+                node: self.node.clone(),
+                what: format!("connecting to {}", self.address()),
+                secs: self.opts.connect_timeout.as_secs(),
+            }),
+            Ok(Ok(handle)) => Ok(handle),
+            Ok(Err(russh::Error::IO(source))) => {
+                Err(TransportError::Connect { node: self.node.clone(), address: self.address(), source })
+            }
+            Ok(Err(other)) => Err(TransportError::Ssh { node: self.node.clone(), message: other.to_string() }),
+        };
+        (res, seen)
+    }
+
+    /// Connect with the host key verified.
+    async fn handshake(&self) -> Result<Handle<Client>, TransportError> {
+        let (res, seen) = self.connect_raw(false).await;
+        let verdict = seen.lock().expect("not poisoned").clone();
+        match (res, verdict) {
+            (Ok(handle), _) => Ok(handle),
+            // The key was refused by us: say why, in detail.
+            (Err(_), Some((key, status))) if status != HostKeyStatus::Known => Err(self.key_error(&key, &status)),
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// The server's host key and what the known-hosts files say of it, without logging in.
+    pub async fn probe_host_key(&self) -> Result<(PublicKey, HostKeyStatus), TransportError> {
+        let (res, seen) = self.connect_raw(true).await;
+        let verdict = seen.lock().expect("not poisoned").clone();
+        match (res, verdict) {
+            (_, Some(v)) => Ok(v),
+            (Err(e), None) => Err(e),
+            (Ok(_), None) => Err(TransportError::Ssh { node: self.node.clone(), message: "the server showed no host key".into() }),
+        }
+    }
+
+    fn key_error(&self, key: &PublicKey, status: &HostKeyStatus) -> TransportError {
+        let fp = fingerprint(key);
+        let algorithm = key.algorithm().to_string();
+        match status {
+            HostKeyStatus::Changed { file, line } => TransportError::HostKeyChanged {
+                node: self.node.clone(),
+                address: self.address(),
+                algorithm,
+                fingerprint: fp,
+                file: file.clone(),
+                line: *line,
+            },
+            HostKeyStatus::Revoked { file, line } => TransportError::HostKeyRevoked {
+                node: self.node.clone(),
+                address: self.address(),
+                fingerprint: fp,
+                file: file.clone(),
+                line: *line,
+            },
+            HostKeyStatus::Unknown { .. } | HostKeyStatus::Known => TransportError::HostKeyUnknown {
+                node: self.node.clone(),
+                address: self.address(),
+                algorithm,
+                fingerprint: fp,
+            },
+        }
+    }
+
+    async fn authenticate(&self, handle: &mut Handle<Client>) -> Result<(), TransportError> {
+        let ssh_err = |e: russh::Error| TransportError::Ssh { node: self.node.clone(), message: e.to_string() };
+        let rsa_hash = handle.best_supported_rsa_hash().await.map_err(ssh_err)?.flatten();
+        let mut tried = Vec::new();
+        if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+            match AgentClient::connect_env().await {
+                Ok(mut agent) => {
+                    let keys = agent.request_identities().await.unwrap_or_default();
+                    for key in keys {
+                        let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
+                        let fp = fingerprint(&key);
+                        match handle.authenticate_publickey_with(&self.user, key, hash, &mut agent).await {
+                            Ok(r) if r.success() => return Ok(()),
+                            Ok(_) => tried.push(format!("ssh-agent key {fp}")),
+                            Err(e) => tried.push(format!("ssh-agent key {fp} ({e})")),
+                        }
+                    }
+                    if tried.is_empty() {
+                        tried.push("ssh-agent (no keys)".into());
+                    }
+                }
+                Err(e) => tried.push(format!("ssh-agent ({e})")),
+            }
+        }
+        for path in &self.identities {
+            if !path.exists() {
+                if self.explicit_identity {
+                    tried.push(format!("{} (does not exist)", path.display()));
+                }
+                continue;
+            }
+            let key = match load_secret_key(path, None) {
+                Ok(k) => k,
+                Err(e) => {
+                    tried.push(format!("{} (cannot load: {e}; add it to ssh-agent if it has a passphrase)", path.display()));
+                    continue;
+                }
+            };
+            let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
+            let res = handle
+                .authenticate_publickey(&self.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+                .await
+                .map_err(ssh_err)?;
+            if res.success() {
+                return Ok(());
+            }
+            tried.push(path.display().to_string());
+        }
+        Err(TransportError::AuthRefused { node: self.node.clone(), user: self.user.clone(), address: self.address(), tried })
+    }
+
+    async fn open_session(&self) -> Result<Session, TransportError> {
+        let mut handle = self.handshake().await?;
+        tokio::time::timeout(self.opts.connect_timeout, self.authenticate(&mut handle))
+            .await
+            .map_err(|_| TransportError::Timeout {
+                node: self.node.clone(),
+                what: format!("authenticating to {}", self.address()),
+                secs: self.opts.connect_timeout.as_secs(),
+            })??;
+        let ssh_err = |e: russh::Error| TransportError::Ssh { node: self.node.clone(), message: e.to_string() };
+        let channel = handle.channel_open_session().await.map_err(ssh_err)?;
+        channel.exec(true, self.agent_command.as_bytes()).await.map_err(ssh_err)?;
+        let (mut read, write) = channel.split();
+        let writer = write.make_writer();
+        let (mut to_reader, reader) = tokio::io::duplex(256 * 1024);
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let exit = Arc::new(Mutex::new(None::<u32>));
+        let (err2, exit2) = (stderr.clone(), exit.clone());
+        let pump = tokio::spawn(async move {
+            let mut open = true;
+            while let Some(msg) = read.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } if open => {
+                        open = to_reader.write_all(&data).await.is_ok();
+                    }
+                    ChannelMsg::ExtendedData { data, .. } => {
+                        err2.lock().expect("not poisoned").push_str(&String::from_utf8_lossy(&data));
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => *exit2.lock().expect("not poisoned") = Some(exit_status),
+                    ChannelMsg::Eof => {
+                        let _ = to_reader.shutdown().await;
+                        open = false;
+                    }
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            let _ = to_reader.shutdown().await;
+        });
+        let link = SshLink { _handle: handle, _write: write, pump: Some(pump), stderr, exit, command: self.agent_command.clone() };
+        let session = Session::start(&self.node, Box::new(reader), Box::new(writer), Box::new(link))
+            .await
+            .map_err(|e| match e {
+                CallError::Transport(t) => t,
+                CallError::Agent(error) => TransportError::Handshake { node: self.node.clone(), error },
+            })?;
+        Ok(session.with_idle_timeout(self.opts.request_timeout))
+    }
+}
+
+struct SshLink {
+    _handle: Handle<Client>,
+    _write: russh::ChannelWriteHalf<client::Msg>,
+    pump: Option<JoinHandle<()>>,
+    stderr: Arc<Mutex<String>>,
+    exit: Arc<Mutex<Option<u32>>>,
+    command: String,
+}
+
+impl Link for SshLink {
+    fn diagnostics(&mut self) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
+        Box::pin(async move {
+            if let Some(p) = self.pump.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+            }
+            let mut text = self.stderr.lock().expect("not poisoned").trim().to_string();
+            match *self.exit.lock().expect("not poisoned") {
+                Some(127) => text.push_str(&format!(
+                    " (exit 127: `{}` was not found on the node; install mcp-agent there or set `agent` for the node in mcp.toml)",
+                    self.command
+                )),
+                Some(0) | None => {}
+                Some(code) => text.push_str(&format!(" (exit {code})")),
+            }
+            text
+        })
+    }
+}
+
+impl Transport for SshTransport {
+    fn open(&self) -> Pin<Box<dyn Future<Output = Result<Session, TransportError>> + Send + '_>> {
+        Box::pin(self.open_session())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_address("rift").unwrap(), ("rift".into(), 22));
+        assert_eq!(parse_address("10.0.0.1:9444").unwrap(), ("10.0.0.1".into(), 9444));
+        assert_eq!(parse_address("[::1]:2222").unwrap(), ("::1".into(), 2222));
+        assert_eq!(parse_address("[::1]").unwrap(), ("::1".into(), 22));
+        assert_eq!(parse_address("fe80::1").unwrap(), ("fe80::1".into(), 22));
+        for bad in ["", "h:", "h:x", "h:70000", "[::1", "[::1]x"] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+}
