@@ -77,10 +77,12 @@ fn glob(pat: &str, s: &str) -> bool {
     go(pat.as_bytes(), s.as_bytes())
 }
 
-/// Check `key` for `name` against the text of one file. Unparsable lines are skipped.
+/// Check `key` for `name` against the text of one file. Unparsable lines are skipped. As in
+/// OpenSSH, one matching line makes the key known even if another line differs.
 pub fn check_text(text: &str, file: &Path, name: &str, key: &PublicKey) -> HostKeyStatus {
     let mut other_types = Vec::new();
     let mut known = false;
+    let mut changed = None;
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         let mut fields = line.split_whitespace().peekable();
@@ -108,15 +110,16 @@ pub fn check_text(text: &str, file: &Path, name: &str, key: &PublicKey) -> HostK
         if recorded.key_data() == key.key_data() {
             known = true;
         } else if recorded.algorithm() == key.algorithm() {
-            return HostKeyStatus::Changed { file: file.to_path_buf(), line: line_no };
+            changed = changed.or(Some(line_no));
         } else {
             other_types.push(recorded.algorithm().to_string());
         }
     }
-    if known {
-        HostKeyStatus::Known
-    } else {
-        HostKeyStatus::Unknown { other_types }
+    // Revoked (returned above) wins, then a matching line, then a differing one.
+    match (known, changed) {
+        (true, _) => HostKeyStatus::Known,
+        (false, Some(line)) => HostKeyStatus::Changed { file: file.to_path_buf(), line },
+        (false, None) => HostKeyStatus::Unknown { other_types },
     }
 }
 
