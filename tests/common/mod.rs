@@ -2,6 +2,8 @@
 //! unique per test, and cleanup of every container the test made, by id.
 #![allow(dead_code)]
 
+pub mod sshd;
+
 use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -97,6 +99,10 @@ pub struct Env {
     pub config: PathBuf,
     /// Every podman call the agent makes is appended here (through a logging wrapper).
     pub podman_log: PathBuf,
+    /// HOME for mcp: ~/.ssh (known_hosts, identities) and ~/.config/mcp are private to the test.
+    pub home: PathBuf,
+    /// Extra environment for mcp (e.g. SSH_AUTH_SOCK).
+    pub extra_env: RefCell<Vec<(String, String)>>,
     services_made: RefCell<Vec<String>>,
 }
 
@@ -118,7 +124,19 @@ impl Env {
         .unwrap();
         std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let config = dir.path().join("mcp.toml");
-        let env = Env { dir, prefix, state, services, config, podman_log, services_made: RefCell::new(Vec::new()) };
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        let env = Env {
+            dir,
+            prefix,
+            state,
+            services,
+            config,
+            podman_log,
+            home,
+            extra_env: RefCell::new(Vec::new()),
+            services_made: RefCell::new(Vec::new()),
+        };
         env.write_config(&format!(
             "{AGENT} rpc --state-dir {} --podman {}",
             env.state.display(),
@@ -136,6 +154,11 @@ impl Env {
             ),
         )
         .unwrap();
+    }
+
+    /// Replace mcp.toml with `text`.
+    pub fn write_config_text(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
     }
 
     /// A service name unique to this test (cleaned up at the end).
@@ -157,7 +180,13 @@ impl Env {
     }
 
     pub fn mcp_in(&self, args: &[&str], cwd: &Path) -> Run {
-        let out = Command::new(MCP).arg("--config").arg(&self.config).args(args).current_dir(cwd).output().unwrap();
+        let mut cmd = Command::new(MCP);
+        cmd.arg("--config").arg(&self.config).args(args).current_dir(cwd);
+        cmd.env("HOME", &self.home).env("XDG_CONFIG_HOME", self.home.join(".config")).env_remove("SSH_AUTH_SOCK");
+        for (k, v) in self.extra_env.borrow().iter() {
+            cmd.env(k, v);
+        }
+        let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

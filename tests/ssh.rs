@@ -1,0 +1,295 @@
+//! Remote nodes over SSH: real OpenSSH sshd on 127.0.0.1, real keys, real ssh-agent, the real
+//! agent binary behind them, real podman.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::sshd::{agent_command, keygen, public_key, SshAgent, Sshd};
+use common::*;
+
+const ANSWER: Duration = Duration::from_secs(20);
+
+/// A node entry for mcp.toml.
+struct Node<'a> {
+    name: &'a str,
+    address: String,
+    agent: String,
+    extra: String,
+}
+
+impl<'a> Node<'a> {
+    fn of(name: &'a str, sshd: &Sshd) -> Node<'a> {
+        Node { name, address: sshd.address(), agent: agent_command(&sshd.state), extra: String::new() }
+    }
+}
+
+fn write_nodes(env: &Env, nodes: &[Node]) {
+    let mut text = format!("# test fleet\n[services]\ndir = \"{}\"\n", env.services.display());
+    for n in nodes {
+        text.push_str(&format!(
+            "\n[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nuser = \"root\"\nagent = \"{}\"\n{}",
+            n.name, n.address, n.agent, n.extra
+        ));
+    }
+    env.write_config_text(&text);
+}
+
+/// The test's client key as ~/.ssh/id_ed25519 (a default identity); its authorized_keys line.
+fn client_key(env: &Env) -> String {
+    let key = env.home.join(".ssh/id_ed25519");
+    keygen(&key);
+    public_key(&key)
+}
+
+fn node_dir(env: &Env, name: &str) -> std::path::PathBuf {
+    env.dir.path().join(format!("node-{name}"))
+}
+
+#[test]
+fn two_nodes_login_deploy_and_fan_out() {
+    let env = Env::new();
+    let auth = client_key(&env);
+    let a = Sshd::start(&node_dir(&env, "a"), &[auth.clone()]);
+    let b = Sshd::start(&node_dir(&env, "b"), &[auth]);
+    write_nodes(&env, &[Node::of("a", &a), Node::of("b", &b)]);
+
+    let r = env.ok(&["login", "--yes", "--json"]);
+    let reports = r.json();
+    for rep in reports.as_array().unwrap() {
+        assert_eq!(rep["trust"], "recorded", "{rep}");
+        assert_eq!(rep["agent"], env!("CARGO_PKG_VERSION"));
+        assert!(rep["host_key"].as_str().unwrap().starts_with("SHA256:"));
+    }
+    let known = std::fs::read_to_string(env.home.join(".config/mcp/known_hosts")).unwrap();
+    assert!(known.contains(&format!("[127.0.0.1]:{} ssh-ed25519 ", a.port)), "{known}");
+    let again = env.ok(&["login"]).stdout;
+    assert_eq!(again.matches(" known ").count(), 2, "{again}");
+
+    let (sa, sb) = (env.svc("on-a"), env.svc("on-b"));
+    let (pa, pb) = (free_port(), free_port());
+    env.define(&sa, &http_service(&sa, pa, "").replace("node = \"local\"", "node = \"a\""));
+    env.define(&sb, &http_service(&sb, pb, "").replace("node = \"local\"", "node = \"b\""));
+    assert!(env.ok(&["deploy", &sa]).stdout.contains("deployed on a"));
+    assert!(env.ok(&["deploy", &sb]).stdout.contains("deployed on b"));
+    assert!(http_get(pa, ANSWER).is_some());
+    assert!(http_get(pb, ANSWER).is_some());
+    assert!(env.ok(&["deploy", &sa]).stdout.contains("unchanged on a"));
+    // Each node's registry holds its own service.
+    assert!(a.state.join("registry.db").exists() && b.state.join("registry.db").exists());
+
+    // Both test nodes share this host's podman, so each sees the other's containers as
+    // orphans in status; the registries (list) are separate.
+    let status = env.ok(&["status", "--json"]).json();
+    let list = env.ok(&["list", "--json"]).json();
+    for doc in [&status, &list] {
+        assert_eq!(doc["nodes"].as_array().unwrap().len(), 2);
+    }
+    let names = |doc: &serde_json::Value, i: usize| -> Vec<String> {
+        doc["nodes"][i]["result"]["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect()
+    };
+    assert!(names(&status, 0).contains(&sa) && names(&status, 1).contains(&sb), "{status}");
+    assert_eq!(names(&list, 0), vec![sa.clone()], "{list}");
+    assert_eq!(names(&list, 1), vec![sb.clone()], "{list}");
+    let list = env.ok(&["node", "list", "--json"]).json();
+    assert_eq!(list[0]["reachable"], true);
+    assert_eq!(list[0]["services"], 1);
+    assert_eq!(list[1]["agent"], env!("CARGO_PKG_VERSION"));
+
+    // Lifecycle commands find the service's node from its definition.
+    env.ok(&["stop", &sb]);
+    assert_eq!(env.container_state(&format!("{sb}-web")).as_deref(), Some("exited"));
+    env.ok(&["start", &sb]);
+    assert!(http_get(pb, ANSWER).is_some());
+    assert!(env.ok(&["ps"]).stdout.contains(&format!("{sa}-web")));
+}
+
+#[test]
+fn unknown_host_key_is_refused_until_trusted() {
+    let env = Env::new();
+    let auth = client_key(&env);
+    let a = Sshd::start(&node_dir(&env, "a"), &[auth]);
+    write_nodes(&env, &[Node::of("a", &a)]);
+    let svc = env.svc("trust");
+    env.define(&svc, &http_service(&svc, free_port(), "").replace("node = \"local\"", "node = \"a\""));
+
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let fp = String::from_utf8(
+        std::process::Command::new("ssh-keygen").arg("-lf").arg(a.dir.join("host_ed25519.pub")).output().unwrap().stdout,
+    )
+    .unwrap();
+    let fp = fp.split_whitespace().nth(1).unwrap().to_string();
+    assert!(r.stderr.contains("is not trusted yet") && r.stderr.contains(&fp) && r.stderr.contains("mcp login a"), "{}", r.stderr);
+    assert!(a.state.join("registry.db").exists() == false, "nothing ran on the node");
+
+    // No terminal and no --yes: not accepted, nothing recorded.
+    let r = env.mcp(&["login", "a"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stdout.contains("not-accepted"), "{}", r.stdout);
+    assert!(!env.home.join(".config/mcp/known_hosts").exists());
+
+    env.ok(&["login", "a", "--yes"]);
+    env.ok(&["deploy", &svc]);
+}
+
+#[test]
+fn changed_host_key_is_refused_loudly() {
+    let env = Env::new();
+    let auth = client_key(&env);
+    let a = Sshd::start(&node_dir(&env, "a"), &[auth]);
+    write_nodes(&env, &[Node::of("a", &a)]);
+    env.ok(&["login", "--yes"]);
+    env.ok(&["list"]);
+
+    let a = a.change_host_key();
+    let r = env.mcp(&["list"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("HAS CHANGED") && r.stderr.contains("line 1 of") && r.stderr.contains("known_hosts"), "{}", r.stderr);
+    // login refuses too, and does not record the new key.
+    let before = std::fs::read_to_string(env.home.join(".config/mcp/known_hosts")).unwrap();
+    let r = env.mcp(&["login", "--yes"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stdout.contains("CHANGED"), "{}", r.stdout);
+    assert_eq!(std::fs::read_to_string(env.home.join(".config/mcp/known_hosts")).unwrap(), before);
+    drop(a);
+}
+
+#[test]
+fn hashed_openssh_known_hosts_entries_are_trusted() {
+    let env = Env::new();
+    let auth = client_key(&env);
+    let a = Sshd::start(&node_dir(&env, "a"), &[auth]);
+    write_nodes(&env, &[Node::of("a", &a)]);
+    // What `ssh` itself records with HashKnownHosts: hashed [127.0.0.1]:port entries.
+    let out = std::process::Command::new("ssh-keyscan").args(["-H", "-t", "ed25519", "-p", &a.port.to_string(), "127.0.0.1"]).output().unwrap();
+    let lines = String::from_utf8(out.stdout).unwrap();
+    assert!(lines.starts_with("|1|"), "{lines}");
+    std::fs::write(env.home.join(".ssh/known_hosts"), lines).unwrap();
+    let r = env.ok(&["node", "list", "--json"]).json();
+    assert_eq!(r[0]["reachable"], true, "{r}");
+}
+
+#[test]
+fn ssh_agent_auth_and_refused_auth() {
+    let env = Env::new();
+    // The key lives only in a real ssh-agent: no identity file anywhere.
+    let key = env.dir.path().join("agent-key");
+    keygen(&key);
+    let a = Sshd::start(&node_dir(&env, "a"), &[public_key(&key)]);
+    write_nodes(&env, &[Node::of("a", &a)]);
+
+    let r = env.mcp(&["login", "--yes", "--json"]);
+    assert_ne!(r.code, 0);
+    let rep = &r.json()[0];
+    assert!(rep["error"].as_str().unwrap().contains("refused authentication as \"root\""), "{rep}");
+
+    let agent = SshAgent::start(env.dir.path(), &key);
+    env.extra_env.borrow_mut().push(("SSH_AUTH_SOCK".into(), agent.socket.display().to_string()));
+    let r = env.ok(&["login", "--yes", "--json"]).json();
+    assert_eq!(r[0]["agent"], env!("CARGO_PKG_VERSION"));
+
+    // An explicit identity file that is not authorized, without the agent: refused, and says what was tried.
+    env.extra_env.borrow_mut().clear();
+    let other = env.dir.path().join("other-key");
+    keygen(&other);
+    let mut n = Node::of("a", &a);
+    n.extra = format!("identity = \"{}\"\n", other.display());
+    write_nodes(&env, &[n]);
+    let r = env.mcp(&["list"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("refused authentication") && r.stderr.contains("other-key"), "{}", r.stderr);
+}
+
+#[test]
+fn forced_command_in_authorized_keys_works() {
+    let env = Env::new();
+    let auth = client_key(&env);
+    let dir = node_dir(&env, "a");
+    let state = dir.join("agent-state");
+    let forced = format!("command=\"{}\",restrict {auth}", agent_command(&state));
+    let a = Sshd::start(&dir, &[forced]);
+    // The node's agent command is irrelevant: sshd runs the forced one.
+    let mut n = Node::of("a", &a);
+    n.agent = "this-is-ignored".into();
+    write_nodes(&env, &[n]);
+    env.ok(&["login", "--yes"]);
+    let svc = env.svc("forced");
+    let port = free_port();
+    env.define(&svc, &http_service(&svc, port, "").replace("node = \"local\"", "node = \"a\""));
+    env.ok(&["deploy", &svc]);
+    assert!(http_get(port, ANSWER).is_some());
+    assert!(state.join("registry.db").exists());
+}
+
+#[test]
+fn agent_missing_on_the_node_is_a_clear_error() {
+    let env = Env::new();
+    let auth = client_key(&env);
+    let a = Sshd::start(&node_dir(&env, "a"), &[auth]);
+    let mut n = Node::of("a", &a);
+    n.agent = "/nonexistent/bin/mcp-agent rpc".into();
+    write_nodes(&env, &[n]);
+    let r = env.mcp(&["login", "--yes"]);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("was not found on the node") && r.stdout.contains("install mcp-agent"), "{}", r.stdout);
+}
+
+#[test]
+fn one_node_down_does_not_fail_the_others() {
+    let env = Env::new();
+    let auth = client_key(&env);
+    let a = Sshd::start(&node_dir(&env, "a"), &[auth]);
+    // c: nothing listens. d: accepts TCP and never speaks (a hung host).
+    let closed = free_port();
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    write_nodes(
+        &env,
+        &[
+            Node::of("a", &a),
+            Node { name: "c", address: format!("127.0.0.1:{closed}"), agent: "x".into(), extra: String::new() },
+            Node { name: "d", address: format!("127.0.0.1:{silent_port}"), agent: "x".into(), extra: String::new() },
+        ],
+    );
+    env.ok(&["login", "a", "--yes"]);
+    let svc = env.svc("survivor");
+    env.define(&svc, &http_service(&svc, free_port(), "").replace("node = \"local\"", "node = \"a\""));
+    env.ok(&["deploy", &svc]);
+
+    let r = env.mcp(&["--connect-timeout", "2", "status", "--json"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let st = r.json();
+    let nodes = st["nodes"].as_array().unwrap();
+    assert_eq!(nodes[0]["result"]["services"][0]["name"], svc.as_str());
+    assert!(nodes[1]["error"].as_str().unwrap().contains("cannot reach node c"), "{st}");
+    assert!(nodes[2]["error"].as_str().unwrap().contains("timed out after 2s"), "{st}");
+    let table = env.mcp(&["--connect-timeout", "2", "node", "list"]).stdout;
+    assert!(table.lines().any(|l| l.starts_with("a ") && l.contains("yes")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("c ") && l.contains("no")), "{table}");
+    drop(silent);
+}
+
+#[test]
+fn node_add_and_remove_keep_comments_and_order() {
+    let env = Env::new();
+    env.write_config_text("# my fleet\n[services]\ndir = \"svc\" # where services live\n\n# the first node\n[[nodes]]\nname = \"local\"\naddress = \"local\"\n");
+    env.ok(&["node", "add", "rift", "10.0.0.5:9444", "--user", "deploy"]);
+    env.ok(&["node", "add", "edge", "edge.example"]);
+    let r = env.mcp(&["node", "add", "rift", "h"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("already exists"));
+    let r = env.mcp(&["node", "add", "bad", "h:notaport"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    env.ok(&["node", "remove", "rift"]);
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    assert!(text.starts_with("# my fleet\n[services]\ndir = \"svc\" # where services live\n"), "{text}");
+    assert!(text.contains("# the first node\n[[nodes]]\nname = \"local\""), "{text}");
+    assert!(!text.contains("rift"), "{text}");
+    let local = text.find("name = \"local\"").unwrap();
+    let edge = text.find("name = \"edge\"").unwrap();
+    assert!(local < edge);
+    let r = env.mcp(&["node", "remove", "nope"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+}
