@@ -89,6 +89,10 @@ pub const RESTART: &str = "restart";
 pub const LIST: &str = "list";
 pub const PS: &str = "ps";
 pub const STATUS: &str = "status";
+/// The plan the agent holds for a service.
+pub const SHOW: &str = "show";
+/// Stop and delete a service's containers and forget it (sync --prune).
+pub const REMOVE: &str = "remove";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HelloParams {
@@ -161,6 +165,11 @@ impl ApplyResult {
 }
 
 pub type TargetParams = Target;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceParams {
+    pub service: String,
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StatusParams {

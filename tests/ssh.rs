@@ -293,3 +293,77 @@ fn node_add_and_remove_keep_comments_and_order() {
     let r = env.mcp(&["node", "remove", "nope"]);
     assert_eq!(r.code, 4, "{}", r.stderr);
 }
+
+#[test]
+fn sync_prune_and_service_show_export_edit_over_ssh() {
+    let env = Env::new();
+    let auth = client_key(&env);
+    let a = Sshd::start(&node_dir(&env, "a"), &[auth.clone()]);
+    let b = Sshd::start(&node_dir(&env, "b"), &[auth]);
+    write_nodes(&env, &[Node::of("a", &a), Node::of("b", &b)]);
+    env.ok(&["login", "--yes"]);
+    let (s1, s2, s3) = (env.svc("one"), env.svc("two"), env.svc("three"));
+    let on = |svc: &str, node: &str| http_service(svc, free_port(), "").replace("node = \"local\"", &format!("node = \"{node}\""));
+    env.define(&s1, &on(&s1, "a"));
+    env.define(&s2, &on(&s2, "b"));
+
+    let lines = env.ok(&["sync", "--json"]).json();
+    let results: Vec<(String, String, String)> = lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["service"].as_str().unwrap().into(), l["node"].as_str().unwrap().into(), l["result"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(results, vec![(s1.clone(), "a".into(), "1 created".into()), (s2.clone(), "b".into(), "1 created".into())]);
+    let again = env.ok(&["sync"]).stdout;
+    assert_eq!(again.matches("unchanged").count(), 2, "{again}");
+
+    // s3 is deployed to a from a file outside the services dir: sync keeps it, --prune removes it.
+    let outside = env.dir.path().join(format!("{s3}.toml"));
+    std::fs::write(&outside, on(&s3, "a")).unwrap();
+    env.ok(&["deploy", outside.to_str().unwrap()]);
+    env.ok(&["sync"]);
+    assert!(env.container_id(&format!("{s3}-web")).is_some(), "never removed without --prune");
+    let pruned = env.ok(&["sync", "--prune", "--json"]).json();
+    assert!(pruned.as_array().unwrap().iter().any(|l| l["service"] == s3.as_str() && l["result"] == "pruned"), "{pruned}");
+    assert_eq!(env.container_id(&format!("{s3}-web")), None);
+    let list = env.ok(&["list", "--json"]).json();
+    assert!(!list.to_string().contains(&s3));
+
+    // show / export: the agent's spec, as JSON and as a service file that loads back the same.
+    let shown = env.ok(&["service", "show", &s1, "--json"]).json();
+    assert_eq!(shown["name"], s1.as_str());
+    assert_eq!(shown["node"], "a");
+    assert_eq!(shown["components"][0]["image"], IMAGE);
+    assert!(env.ok(&["service", "show", &s1]).stdout.contains(&format!("name = \"{s1}\"")));
+    let exported = env.dir.path().join("exported.toml");
+    env.ok(&["service", "export", &s1, exported.to_str().unwrap()]);
+    let original = std::fs::read_to_string(env.services.join(format!("{s1}.toml"))).unwrap();
+    let p1 = mcp::plan::parse_service_toml(&original, std::path::Path::new("a")).unwrap();
+    let p2 = mcp::plan::parse_service_toml(&std::fs::read_to_string(&exported).unwrap(), std::path::Path::new("b")).unwrap();
+    assert_eq!(p1, p2);
+
+    // edit: an invalid edit is refused and the file kept; a valid one is saved and deployed.
+    let editor = env.dir.path().join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i \"$SED_SCRIPT\" \"$1\"\n").unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let file = env.services.join(format!("{s1}.toml"));
+    env.extra_env.borrow_mut().push(("EDITOR".into(), editor.display().to_string()));
+    env.extra_env.borrow_mut().push(("SED_SCRIPT".into(), "s/^ports = .*/ports = [\"nope\"]/".into()));
+    let r = env.mcp(&["service", "edit", &s1]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("the edit was refused") && r.stderr.contains("ports[0]"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
+    assert!(file.with_extension("toml.rejected").exists());
+    env.extra_env.borrow_mut().pop();
+    env.extra_env.borrow_mut().push(("SED_SCRIPT".into(), "$ a env = { EDITED = \"yes\" }".into()));
+    let r = env.ok(&["service", "edit", &s1]);
+    assert!(r.stdout.contains("1 replaced"), "{}", r.stdout);
+    assert!(std::fs::read_to_string(&file).unwrap().contains("EDITED"));
+
+    // An invalid file in the services dir: sync refuses before touching any node.
+    env.define("broken", "name = \"broken\"\n[[components]]\nname = \"x\"\n");
+    let r = env.mcp(&["sync"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("nothing was synced") && r.stderr.contains("broken.toml"), "{}", r.stderr);
+}

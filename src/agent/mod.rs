@@ -394,6 +394,40 @@ impl Agent {
         errors
     }
 
+    /// The plan as the registry holds it.
+    pub fn show(&self, service: &str) -> Result<Plan, RpcError> {
+        self.registry
+            .plan(service)?
+            .ok_or_else(|| RpcError::new(ErrorCode::NotFound, format!("service {service:?} is not deployed on this node")))
+    }
+
+    /// Remove every container of a service and forget it.
+    pub fn remove(&mut self, service: &str, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
+        let _lock = self.lock()?;
+        let record = self.known(&Target { service: service.to_string(), component: None })?;
+        let mut changes = Vec::new();
+        let mut events = Vec::new();
+        for o in self.runtime.list(Some(service))? {
+            note(&mut *progress, &o.component, format!("removing {}", o.name));
+            self.runtime.remove(&o.id)?;
+            changes.push(Change { component: o.component.clone(), change: ChangeKind::Removed, spec: o.spec.clone() });
+            events.push(NewEvent {
+                service: service.to_string(),
+                component: Some(o.component.clone()),
+                kind: "removed".into(),
+                message: format!("removed {} ({})", o.name, short(&o.id)),
+            });
+        }
+        events.push(NewEvent {
+            service: service.to_string(),
+            component: None,
+            kind: "forgotten".into(),
+            message: format!("service removed from the registry ({} components)", record.components.len()),
+        });
+        self.registry.delete_service(service, &events)?;
+        Ok(ApplyResult { service: service.to_string(), changes })
+    }
+
     pub fn list(&self) -> Result<ListResult, RpcError> {
         let services = self
             .registry

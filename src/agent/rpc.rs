@@ -98,6 +98,14 @@ fn dispatch(agent: &mut Agent, req: &Request, progress: &mut dyn FnMut(Progress)
         proto::LIST => to_value(agent.list()?),
         proto::PS => to_value(agent.ps()?),
         proto::STATUS => to_value(agent.status(&params_of(&req.params)?)?),
+        proto::SHOW => {
+            let p: proto::ServiceParams = params_of(&req.params)?;
+            to_value(agent.show(&p.service)?)
+        }
+        proto::REMOVE => {
+            let p: proto::ServiceParams = params_of(&req.params)?;
+            to_value(agent.remove(&p.service, progress)?)
+        }
         other => Err(RpcError::new(ErrorCode::BadRequest, format!("unknown method {other:?}"))),
     }
 }

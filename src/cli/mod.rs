@@ -9,7 +9,9 @@ pub mod login;
 pub mod node;
 pub mod output;
 pub mod ps;
+pub mod service;
 pub mod status;
+pub mod sync;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -82,6 +84,11 @@ pub enum Command {
     /// List, add and remove nodes in mcp.toml.
     #[command(subcommand)]
     Node(node::Cmd),
+    /// Deploy every definition in the services dir to its node (--prune removes the undefined).
+    Sync(sync::Opts),
+    /// Show, edit or export one service's definition.
+    #[command(subcommand)]
+    Service(service::Cmd),
 }
 
 /// `--json` for commands that read.
@@ -125,6 +132,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status(o) => status::run(&ctx, o).await,
         Command::Login(o) => login::run(&ctx, o).await,
         Command::Node(c) => node::run(&ctx, c).await,
+        Command::Sync(o) => sync::run(&ctx, o).await,
+        Command::Service(c) => service::run(&ctx, c).await,
     }
 }
 

@@ -32,6 +32,22 @@ struct ServiceFile {
     components: Vec<Component>,
 }
 
+/// The service file as written out (`service export`): the plan minus `version`.
+#[derive(serde::Serialize)]
+struct ServiceFileOut<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
+    active: bool,
+    components: &'a [Component],
+}
+
+/// Render a plan in the seed's TOML format; [`parse_service_toml`] reads it back unchanged.
+pub fn to_toml(plan: &Plan) -> String {
+    let out = ServiceFileOut { name: &plan.name, node: plan.node.as_deref(), active: plan.active, components: &plan.components };
+    toml::to_string(&out).expect("plans render as TOML")
+}
+
 /// Parse (not yet validate) TOML text into a plan.
 pub fn parse_service_toml(text: &str, source: &Path) -> Result<Plan, LoadError> {
     let file: ServiceFile = toml::from_str(text)
@@ -82,6 +98,17 @@ cmd = ["server", "--config", "/srv/myservice/myservice.toml"]
         assert_eq!(plan.version, PLAN_VERSION);
         assert_eq!(plan.node.as_deref(), Some("rift"));
         assert_eq!(plan.components[0].cmd.len(), 3);
+    }
+
+    #[test]
+    fn toml_roundtrip() {
+        let mut comp = Component { name: "a".into(), image: "i".into(), cmd: vec!["x".into()], ..Default::default() };
+        comp.env.insert("K".into(), "v".into());
+        comp.ports = vec!["127.0.0.1:1:2".into()];
+        let plan = Plan { version: PLAN_VERSION, name: "s".into(), node: Some("n".into()), active: false, components: vec![comp] };
+        let text = to_toml(&plan);
+        assert!(!text.contains("version"), "{text}");
+        assert_eq!(parse_service_toml(&text, Path::new("x.toml")).unwrap(), plan);
     }
 
     #[test]

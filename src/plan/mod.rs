@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use file::{load_service_file, parse_service_toml, LoadError};
+pub use file::{load_service_file, parse_service_toml, to_toml, LoadError};
 pub use hash::spec_hash;
 pub use validate::{validate, FieldError, PlanErrors};
 

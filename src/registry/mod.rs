@@ -229,6 +229,16 @@ impl Registry {
         Ok(())
     }
 
+    /// Forget a service (its events stay), recording `events`.
+    pub fn delete_service(&mut self, name: &str, events: &[NewEvent]) -> Result<(), RegistryError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM components WHERE service = ?1", [name])?;
+        tx.execute("DELETE FROM services WHERE name = ?1", [name])?;
+        insert_events(&tx, events)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn record_events(&mut self, events: &[NewEvent]) -> Result<(), RegistryError> {
         let tx = self.conn.transaction()?;
         insert_events(&tx, events)?;
