@@ -93,6 +93,66 @@ pub const STATUS: &str = "status";
 pub const SHOW: &str = "show";
 /// Stop and delete a service's containers and forget it (sync --prune).
 pub const REMOVE: &str = "remove";
+/// push: begin, chunks, end (atomic rename after the hash checks).
+pub const PUT_BEGIN: &str = "put_begin";
+pub const PUT_CHUNK: &str = "put_chunk";
+pub const PUT_END: &str = "put_end";
+/// pull: begin, chunks by offset, end.
+pub const GET_BEGIN: &str = "get_begin";
+pub const GET_CHUNK: &str = "get_chunk";
+pub const GET_END: &str = "get_end";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutBeginParams {
+    pub service: String,
+    /// Relative to the first volume dir, or absolute inside one; default `name`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The file's own name (used when `path` is absent or a directory).
+    pub name: String,
+    pub mode: u32,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutChunkParams {
+    pub token: u64,
+    /// Base64.
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutEndParams {
+    pub token: u64,
+    /// Hex SHA-256 of the whole file.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetBeginParams {
+    pub service: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetChunkParams {
+    pub token: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenParams {
+    pub token: u64,
+}
+
+/// An open transfer: where, how big, which mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferInfo {
+    pub token: u64,
+    pub path: String,
+    pub size: u64,
+    pub mode: u32,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HelloParams {

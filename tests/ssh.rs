@@ -367,3 +367,82 @@ fn sync_prune_and_service_show_export_edit_over_ssh() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("nothing was synced") && r.stderr.contains("broken.toml"), "{}", r.stderr);
 }
+
+#[test]
+fn push_and_pull_are_confined_atomic_and_stream_large_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let auth = client_key(&env);
+    let a = Sshd::start(&node_dir(&env, "a"), &[auth]);
+    write_nodes(&env, &[Node::of("a", &a)]);
+    env.ok(&["login", "--yes"]);
+    let svc = env.svc("files");
+    let srv = env.dir.path().join("srv");
+    let (data, certs) = (srv.join(&svc), srv.join(format!("{svc}-certs")));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&certs).unwrap();
+    let extra = format!("volumes = [\"{}:/data\", \"{}:/certs:ro\"]", data.display(), certs.display());
+    env.define(&svc, &http_service(&svc, free_port(), &extra).replace("node = \"local\"", "node = \"a\""));
+    env.ok(&["deploy", &svc]);
+
+    let local = env.dir.path().join("app.toml");
+    std::fs::write(&local, "key = 1\n").unwrap();
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = env.ok(&["push", local.to_str().unwrap(), &svc]).stdout;
+    assert!(out.contains("mode 0640"), "{out}");
+    assert_eq!(std::fs::read_to_string(data.join("app.toml")).unwrap(), "key = 1\n");
+    assert_eq!(std::fs::metadata(data.join("app.toml")).unwrap().permissions().mode() & 0o777, 0o640);
+    // The container sees it through its volume.
+    assert_eq!(podman_ok(&["exec", &format!("{svc}-web"), "cat", "/data/app.toml"]), "key = 1");
+
+    env.ok(&["push", local.to_str().unwrap(), &svc, "sub/dir/x.conf", "--mode", "0600"]);
+    assert_eq!(std::fs::metadata(data.join("sub/dir/x.conf")).unwrap().permissions().mode() & 0o777, 0o600);
+    let abs = certs.join("cert.pem");
+    env.ok(&["push", local.to_str().unwrap(), &svc, abs.to_str().unwrap()]);
+    assert!(abs.exists());
+
+    // Escapes are refused and write nothing.
+    let outside = env.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, data.join("link")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), data.join("filelink")).unwrap();
+    std::fs::write(outside.join("secret"), "do not read").unwrap();
+    let escape_to = outside.join("escaped");
+    for target in ["../escaped", "sub/../../escaped", escape_to.to_str().unwrap(), "link/escaped", "filelink"] {
+        let r = env.mcp(&["push", local.to_str().unwrap(), &svc, target]);
+        assert_eq!(r.code, 2, "push to {target} must be refused: {}", r.stderr);
+    }
+    assert!(!escape_to.exists() && !env.dir.path().join("escaped").exists());
+    assert_eq!(std::fs::read_to_string(outside.join("secret")).unwrap(), "do not read");
+    for source in ["../outside/secret", "filelink", "link/secret", "/etc/passwd"] {
+        let r = env.mcp(&["pull", &svc, source, env.dir.path().join("stolen").to_str().unwrap()]);
+        assert_ne!(r.code, 0, "pull of {source} must be refused");
+    }
+    assert!(!env.dir.path().join("stolen").exists());
+
+    // Pull back with the node's mode.
+    let back = env.dir.path().join("back.conf");
+    env.ok(&["pull", &svc, "sub/dir/x.conf", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "key = 1\n");
+    assert_eq!(std::fs::metadata(&back).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // 50 MiB round trip, byte for byte.
+    let big = env.dir.path().join("big.bin");
+    let mut bytes = vec![0u8; 50 * 1024 * 1024 + 7];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in bytes.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(&big, &bytes).unwrap();
+    env.ok(&["push", big.to_str().unwrap(), &svc, "blobs/big.bin"]);
+    let big_back = env.dir.path().join("big.back");
+    env.ok(&["pull", &svc, "blobs/big.bin", big_back.to_str().unwrap()]);
+    let got = std::fs::read(&big_back).unwrap();
+    assert_eq!(got.len(), bytes.len());
+    assert!(got == bytes, "50 MiB file differs after the round trip");
+    let leftovers: Vec<_> = std::fs::read_dir(data.join("blobs")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "no temp files left: {leftovers:?}");
+}

@@ -2,6 +2,7 @@
 //! from [`reconcile`] (pure); this module only executes them, all-or-nothing.
 
 pub mod config;
+pub mod files;
 pub mod reconcile;
 pub mod rpc;
 pub mod status;
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::plan::{instance_name, validate, Plan, Target, PLAN_VERSION};
 use crate::proto::{
-    ApplyResult, Change, ChangeKind, ComponentSummary, ErrorCode, ListResult, Progress, PsEntry, PsResult, RpcError,
-    ServiceSummary, StatusParams, StatusResult,
+    ApplyResult, Change, ChangeKind, ComponentSummary, ErrorCode, GetBeginParams, ListResult, Progress, PsEntry, PsResult,
+    PutBeginParams, RpcError, ServiceSummary, StatusParams, StatusResult, TransferInfo,
 };
 use crate::registry::{now_ms, ComponentRecord, Desired, NewEvent, Registry, RegistryError, ServiceRecord};
 use crate::runtime::{Observed, Runtime, RuntimeError};
@@ -41,6 +42,7 @@ pub struct Agent {
     state_dir: PathBuf,
     registry: Registry,
     runtime: Box<dyn Runtime>,
+    transfers: files::Transfers,
 }
 
 /// What to undo if a later step fails.
@@ -64,7 +66,7 @@ impl Agent {
     /// Open the registry in `state_dir` (created 0700) with the given runtime.
     pub fn open(state_dir: &Path, runtime: Box<dyn Runtime>) -> Result<Agent, RegistryError> {
         let registry = Registry::open(&state_dir.join(REGISTRY_FILE))?;
-        Ok(Agent { state_dir: state_dir.to_path_buf(), registry, runtime })
+        Ok(Agent { state_dir: state_dir.to_path_buf(), registry, runtime, transfers: Default::default() })
     }
 
     /// Serialize mutations across agent processes on this node.
@@ -426,6 +428,44 @@ impl Agent {
         });
         self.registry.delete_service(service, &events)?;
         Ok(ApplyResult { service: service.to_string(), changes })
+    }
+
+    /// Begin a push into the service's volume dirs.
+    pub fn put_begin(&mut self, p: &PutBeginParams) -> Result<TransferInfo, RpcError> {
+        let roots = files::volume_roots(&self.show(&p.service)?);
+        let requested = p.path.clone().unwrap_or_else(|| p.name.clone());
+        let (root, mut target) = files::resolve(&roots, &requested)?;
+        if requested.ends_with('/') || target.is_dir() {
+            target = target.join(&p.name);
+            files::resolve(&roots, &target.to_string_lossy())?;
+        }
+        std::fs::create_dir_all(&root)
+            .map_err(|e| RpcError::new(ErrorCode::Runtime, format!("cannot create {}: {e}", root.display())))?;
+        files::check_on_disk(&root, &target)?;
+        self.transfers.put_begin(&root, &target, p.mode, p.size)
+    }
+
+    pub fn put_chunk(&mut self, token: u64, data: &str) -> Result<u64, RpcError> {
+        self.transfers.put_chunk(token, data)
+    }
+
+    pub fn put_end(&mut self, token: u64, sha256: &str) -> Result<TransferInfo, RpcError> {
+        self.transfers.put_end(token, sha256)
+    }
+
+    /// Begin a pull from the service's volume dirs.
+    pub fn get_begin(&mut self, p: &GetBeginParams) -> Result<TransferInfo, RpcError> {
+        let roots = files::volume_roots(&self.show(&p.service)?);
+        let (root, target) = files::resolve(&roots, &p.path)?;
+        self.transfers.get_begin(&root, &target)
+    }
+
+    pub fn get_chunk(&mut self, token: u64, offset: u64) -> Result<String, RpcError> {
+        self.transfers.get_chunk(token, offset)
+    }
+
+    pub fn end_transfer(&mut self, token: u64) {
+        self.transfers.end(token)
     }
 
     pub fn list(&self) -> Result<ListResult, RpcError> {

@@ -106,6 +106,25 @@ fn dispatch(agent: &mut Agent, req: &Request, progress: &mut dyn FnMut(Progress)
             let p: proto::ServiceParams = params_of(&req.params)?;
             to_value(agent.remove(&p.service, progress)?)
         }
+        proto::PUT_BEGIN => to_value(agent.put_begin(&params_of(&req.params)?)?),
+        proto::PUT_CHUNK => {
+            let p: proto::PutChunkParams = params_of(&req.params)?;
+            to_value(agent.put_chunk(p.token, &p.data)?)
+        }
+        proto::PUT_END => {
+            let p: proto::PutEndParams = params_of(&req.params)?;
+            to_value(agent.put_end(p.token, &p.sha256)?)
+        }
+        proto::GET_BEGIN => to_value(agent.get_begin(&params_of(&req.params)?)?),
+        proto::GET_CHUNK => {
+            let p: proto::GetChunkParams = params_of(&req.params)?;
+            to_value(agent.get_chunk(p.token, p.offset)?)
+        }
+        proto::GET_END => {
+            let p: proto::TokenParams = params_of(&req.params)?;
+            agent.end_transfer(p.token);
+            to_value(true)
+        }
         other => Err(RpcError::new(ErrorCode::BadRequest, format!("unknown method {other:?}"))),
     }
 }

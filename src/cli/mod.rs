@@ -9,6 +9,8 @@ pub mod login;
 pub mod node;
 pub mod output;
 pub mod ps;
+pub mod pull;
+pub mod push;
 pub mod service;
 pub mod status;
 pub mod sync;
@@ -89,6 +91,10 @@ pub enum Command {
     /// Show, edit or export one service's definition.
     #[command(subcommand)]
     Service(service::Cmd),
+    /// Copy a file into a service's volume dir on its node.
+    Push(push::Opts),
+    /// Copy a file out of a service's volume dir on its node.
+    Pull(pull::Opts),
 }
 
 /// `--json` for commands that read.
@@ -134,6 +140,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Node(c) => node::run(&ctx, c).await,
         Command::Sync(o) => sync::run(&ctx, o).await,
         Command::Service(c) => service::run(&ctx, c).await,
+        Command::Push(o) => push::run(&ctx, o).await,
+        Command::Pull(o) => pull::run(&ctx, o).await,
     }
 }
 

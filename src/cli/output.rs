@@ -84,3 +84,36 @@ mod tests {
         assert_eq!(timestamp(1_795_609_974_000), "2026-11-25 12:32:54");
     }
 }
+
+/// A one-line progress meter on stderr, shown only on a terminal.
+pub struct Meter {
+    label: String,
+    total: u64,
+    shown: bool,
+    last_pct: u64,
+}
+
+impl Meter {
+    pub fn new(label: &str, total: u64, quiet: bool) -> Meter {
+        use std::io::IsTerminal;
+        Meter { label: label.to_string(), total, shown: !quiet && std::io::stderr().is_terminal(), last_pct: u64::MAX }
+    }
+
+    pub fn update(&mut self, done: u64) {
+        if !self.shown {
+            return;
+        }
+        let pct = if self.total == 0 { 100 } else { done * 100 / self.total };
+        if pct != self.last_pct {
+            self.last_pct = pct;
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            eprint!("\r{}: {:.1}/{:.1} MiB ({pct}%)", self.label, mib(done), mib(self.total));
+        }
+    }
+
+    pub fn finish(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
