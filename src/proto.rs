@@ -93,6 +93,8 @@ pub const STATUS: &str = "status";
 pub const SHOW: &str = "show";
 /// Stop and delete a service's containers and forget it (sync --prune).
 pub const REMOVE: &str = "remove";
+/// Take over containers named `<service>-*` that mcp did not create, without restarting them.
+pub const ADOPT: &str = "adopt";
 /// push: begin, chunks, end (atomic rename after the hash checks).
 pub const PUT_BEGIN: &str = "put_begin";
 pub const PUT_CHUNK: &str = "put_chunk";
@@ -186,6 +188,7 @@ pub enum ChangeKind {
     Stopped,
     Restarted,
     Removed,
+    Adopted,
     Unchanged,
 }
 
@@ -198,6 +201,7 @@ impl ChangeKind {
             ChangeKind::Stopped => "stopped",
             ChangeKind::Restarted => "restarted",
             ChangeKind::Removed => "removed",
+            ChangeKind::Adopted => "adopted",
             ChangeKind::Unchanged => "unchanged",
         }
     }

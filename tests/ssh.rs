@@ -446,3 +446,57 @@ fn push_and_pull_are_confined_atomic_and_stream_large_files() {
     let leftovers: Vec<_> = std::fs::read_dir(data.join("blobs")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "no temp files left: {leftovers:?}");
 }
+
+#[test]
+fn adopt_takes_over_running_containers_without_restarting_them() {
+    let env = Env::new();
+    let auth = client_key(&env);
+    let a = Sshd::start(&node_dir(&env, "a"), &[auth]);
+    write_nodes(&env, &[Node::of("a", &a)]);
+    env.ok(&["login", "--yes"]);
+    let svc = env.svc("legacy");
+    let port = free_port();
+    let web = podman_ok(&["run", "-d", "--name", &format!("{svc}-web"), "-p", &format!("127.0.0.1:{port}:8080"), "-e", "MODE=old", IMAGE, "sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"]);
+    let side = podman_ok(&["run", "-d", "--name", &format!("{svc}-side"), "--stop-timeout", "1", IMAGE, "sleep", "300"]);
+    let started = |id: &str| podman_ok(&["inspect", "--format", "{{.State.StartedAt}}", id]);
+    let (web_t, side_t) = (started(&web), started(&side));
+
+    let r = env.ok(&["adopt", &svc, "--node", "a", "--json"]).json();
+    let changes = r["result"]["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{r}");
+    assert!(changes.iter().all(|c| c["change"] == "adopted"));
+    assert_eq!((started(&web), started(&side)), (web_t, side_t), "adoption must not restart anything");
+    let st = env.ok(&["status", &svc, "--node", "a", "--json"]).json();
+    for c in st["nodes"][0]["result"]["services"][0]["components"].as_array().unwrap() {
+        assert!(c["drift"].is_null(), "adopted containers are not drift: {st}");
+    }
+    let shown = env.ok(&["service", "show", &svc, "--node", "a", "--json"]).json();
+    let web_spec = shown["components"].as_array().unwrap().iter().find(|c| c["name"] == "web").unwrap().clone();
+    assert_eq!(web_spec["ports"][0], format!("127.0.0.1:{port}:8080"));
+    assert_eq!(web_spec["env"]["MODE"], "old");
+    assert_eq!(web_spec["image"], IMAGE);
+    let side_spec = shown["components"].as_array().unwrap().iter().find(|c| c["name"] == "side").unwrap().clone();
+    assert_eq!(side_spec["stop_timeout"], 1);
+    assert_eq!(side_spec["cmd"], serde_json::json!(["sleep", "300"]));
+
+    // Lifecycle works on adopted components.
+    env.ok(&["stop", &format!("{svc}/side"), "--node", "a"]);
+    assert_eq!(env.container_state(&format!("{svc}-side")).as_deref(), Some("exited"));
+    env.ok(&["start", &format!("{svc}/side"), "--node", "a"]);
+    assert_eq!(env.container_id(&format!("{svc}-side")).as_deref(), Some(side.as_str()), "started, not recreated");
+
+    // Exported, it is a valid definition; deploying it replaces the containers with labelled ones.
+    let file = env.services.join(format!("{svc}.toml"));
+    env.ok(&["service", "export", &svc, file.to_str().unwrap(), "--node", "a"]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("node = \"a\"\n{text}")).unwrap();
+    let r = env.ok(&["deploy", &svc, "--json"]).json();
+    assert!(r["result"]["changes"].as_array().unwrap().iter().all(|c| c["change"] == "replaced"), "{r}");
+    assert!(http_get(port, ANSWER).is_some());
+
+    let r = env.mcp(&["adopt", &svc, "--node", "a"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("already managed"), "{}", r.stderr);
+    let r = env.mcp(&["adopt", "nothing-like-this", "--node", "a"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+}

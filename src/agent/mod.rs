@@ -176,6 +176,9 @@ impl Agent {
         // A service the registry has never seen has nothing on the node to look at; if that
         // is wrong (a container already holds a name) creation says so and we look then.
         let mut observed = if assume_empty { Vec::new() } else { self.runtime.list(Some(service))? };
+        if let Some(prev) = self.registry.service(service)? {
+            reconcile::claim_adopted(&mut observed, &prev.components);
+        }
         let mut actions = reconcile(service, &record.components, &observed, only);
         if restart {
             actions = actions.into_iter().map(|a| restart_kept(a, service, &observed)).collect();
@@ -183,7 +186,7 @@ impl Agent {
         let result = match self.execute(record, &actions, progress) {
             Err(ExecError::NameInUse(name)) if assume_empty => {
                 observed = self.runtime.list(Some(service))?;
-                if !observed.iter().any(|o| o.name == name) {
+                if !observed.iter().any(|o| o.name == name && o.managed) {
                     return Err(self.conflict(service, &name));
                 }
                 actions = reconcile(service, &record.components, &observed, only);
@@ -427,6 +430,59 @@ impl Agent {
             message: format!("service removed from the registry ({} components)", record.components.len()),
         });
         self.registry.delete_service(service, &events)?;
+        Ok(ApplyResult { service: service.to_string(), changes })
+    }
+
+    /// Record running containers named `<service>-<component>` as the service's components,
+    /// with the spec they were created with, without touching them.
+    pub fn adopt(&mut self, service: &str, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
+        crate::plan::check_name(service).map_err(|why| RpcError::new(ErrorCode::BadRequest, why))?;
+        let _lock = self.lock()?;
+        if self.registry.service(service)?.is_some() {
+            return Err(RpcError::new(
+                ErrorCode::Conflict,
+                format!("service {service:?} is already managed by mcp here; nothing to adopt"),
+            ));
+        }
+        let prefix = format!("{service}-");
+        let mut components = Vec::new();
+        let mut changes = Vec::new();
+        let mut events = Vec::new();
+        let mut found = self.runtime.by_name_prefix(&prefix)?;
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        for o in found {
+            let component = o.name[prefix.len()..].to_string();
+            if crate::plan::check_name(&component).is_err() || (!o.service.is_empty() && o.service != service) {
+                note(&mut *progress, &component, format!("skipping {}: not a component name of {service}", o.name));
+                continue;
+            }
+            let spec = self.runtime.describe(&o.id, &component)?;
+            let hash = match &o.spec {
+                Some(label) if o.service == service => label.clone(),
+                _ => format!("{}{}", crate::runtime::ADOPTED_PREFIX, short(&o.id)),
+            };
+            note(&mut *progress, &component, format!("adopting {} ({}, {})", o.name, short(&o.id), o.state));
+            let desired = Desired::from_active(o.running());
+            changes.push(Change { component: component.clone(), change: ChangeKind::Adopted, spec: Some(hash.clone()) });
+            events.push(NewEvent {
+                service: service.to_string(),
+                component: Some(component.clone()),
+                kind: "adopted".into(),
+                message: format!("adopted {} ({}, image {}) without restarting it", o.name, short(&o.id), spec.image),
+            });
+            components.push(ComponentRecord { spec, hash, desired });
+        }
+        if components.is_empty() {
+            return Err(RpcError::new(ErrorCode::NotFound, format!("no container named {prefix}* to adopt on this node")));
+        }
+        let record = ServiceRecord {
+            name: service.to_string(),
+            node: None,
+            active: components.iter().any(|c| c.desired == Desired::Running),
+            updated_at: now_ms(),
+            components,
+        };
+        self.registry.save_service(&record, &events)?;
         Ok(ApplyResult { service: service.to_string(), changes })
     }
 

@@ -42,6 +42,16 @@ impl Action {
     }
 }
 
+/// Unlabelled objects the registry adopted earlier are mcp's: mark them managed, so that a
+/// new definition replaces them (and a removed one removes them) like labelled ones.
+pub fn claim_adopted(observed: &mut [Observed], registered: &[ComponentRecord]) {
+    for o in observed.iter_mut().filter(|o| !o.managed) {
+        if registered.iter().any(|c| c.hash.starts_with(crate::runtime::ADOPTED_PREFIX) && o.runs_spec(&c.hash)) {
+            o.managed = true;
+        }
+    }
+}
+
 /// Decide what to do for `service`.
 ///
 /// - `desired`: the components the service should have, in definition order.
@@ -60,7 +70,9 @@ pub fn reconcile(service: &str, desired: &[ComponentRecord], observed: &[Observe
     for want in desired.iter().filter(|c| in_scope(&c.spec.name)) {
         let name = want.spec.name.clone();
         let primary_name = instance_name(service, &name);
-        let mine: Vec<&Observed> = observed.iter().filter(|o| o.component == name).collect();
+        // Unmanaged objects under the name count only for an adopted component.
+        let adopted = want.hash.starts_with(crate::runtime::ADOPTED_PREFIX);
+        let mine: Vec<&Observed> = observed.iter().filter(|o| o.component == name && (o.managed || adopted)).collect();
         // The one under the canonical name is the component; any other is a leftover.
         let current = mine.iter().find(|o| o.name == primary_name).copied();
         for stray in mine.iter().filter(|o| Some(o.id.as_str()) != current.map(|c| c.id.as_str())) {
@@ -68,7 +80,7 @@ pub fn reconcile(service: &str, desired: &[ComponentRecord], observed: &[Observe
         }
         let action = match (want.desired, current) {
             (Desired::Running, None) => Action::Create { component: name },
-            (Desired::Running, Some(cur)) if cur.spec.as_deref() != Some(want.hash.as_str()) => {
+            (Desired::Running, Some(cur)) if !cur.runs_spec(&want.hash) => {
                 Action::Replace { component: name, old_id: cur.id.clone(), old_running: cur.running() }
             }
             (Desired::Running, Some(cur)) if !cur.running() => Action::Start { component: name, id: cur.id.clone() },
@@ -83,7 +95,7 @@ pub fn reconcile(service: &str, desired: &[ComponentRecord], observed: &[Observe
     }
 
     if only.is_none() {
-        for o in observed {
+        for o in observed.iter().filter(|o| o.managed) {
             if !desired.iter().any(|d| d.spec.name == o.component) {
                 removes.push(Action::Remove { component: o.component.clone(), id: o.id.clone() });
             }
@@ -112,6 +124,7 @@ mod tests {
             component: name.into(),
             spec: Some(spec.into()),
             state: state.into(),
+            managed: true,
             ..Default::default()
         }
     }
@@ -147,6 +160,37 @@ mod tests {
         let mut o = seen("a", "x", "running");
         o.spec = None;
         assert!(matches!(reconcile("svc", &d, &[o], None)[0], Action::Replace { old_running: true, .. }));
+    }
+
+    #[test]
+    fn adopted_container_matches_by_id_until_redefined() {
+        let mut d = [want("a", "i", Desired::Running)];
+        d[0].hash = "adopted:0123456789ab".into();
+        let mut o = seen("a", "x", "exited");
+        o.spec = None;
+        o.managed = false;
+        o.id = "0123456789abcdef".into();
+        assert_eq!(reconcile("svc", &d, &[o.clone()], None), vec![Action::Start { component: "a".into(), id: o.id.clone() }]);
+        // Redefined (a real spec hash): an unmanaged container is never touched...
+        let fresh = [want("a", "i", Desired::Running)];
+        assert_eq!(reconcile("svc", &fresh, &[o.clone()], None), vec![Action::Create { component: "a".into() }]);
+        // ...nor removed when it is not in the definition.
+        assert_eq!(reconcile("svc", &[], &[o], None), vec![]);
+    }
+
+    #[test]
+    fn claimed_adopted_container_is_replaced_by_a_definition() {
+        let mut adopted = want("a", "i", Desired::Running);
+        adopted.hash = "adopted:0123456789ab".into();
+        let mut o = seen("a", "x", "running");
+        o.spec = None;
+        o.managed = false;
+        o.id = "0123456789abcdef".into();
+        let mut observed = vec![o];
+        claim_adopted(&mut observed, &[adopted]);
+        assert!(observed[0].managed);
+        let fresh = [want("a", "i", Desired::Running)];
+        assert!(matches!(reconcile("svc", &fresh, &observed, None)[0], Action::Replace { old_running: true, .. }));
     }
 
     #[test]

@@ -106,6 +106,10 @@ fn dispatch(agent: &mut Agent, req: &Request, progress: &mut dyn FnMut(Progress)
             let p: proto::ServiceParams = params_of(&req.params)?;
             to_value(agent.remove(&p.service, progress)?)
         }
+        proto::ADOPT => {
+            let p: proto::ServiceParams = params_of(&req.params)?;
+            to_value(agent.adopt(&p.service, progress)?)
+        }
         proto::PUT_BEGIN => to_value(agent.put_begin(&params_of(&req.params)?)?),
         proto::PUT_CHUNK => {
             let p: proto::PutChunkParams = params_of(&req.params)?;

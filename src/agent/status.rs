@@ -11,7 +11,7 @@ pub fn drift(want: &ComponentRecord, observed: Option<&Observed>) -> Option<Stri
         (Desired::Running, None) => Some("missing: desired running, no container".into()),
         (Desired::Stopped, None) => None,
         (desired, Some(o)) => {
-            if o.spec.as_deref() != Some(want.hash.as_str()) {
+            if !o.runs_spec(&want.hash) {
                 Some(format!(
                     "spec changed outside mcp: runs {}, registry has {}",
                     o.spec.as_deref().unwrap_or("(no label)"),
@@ -40,7 +40,8 @@ pub fn service_statuses(records: &[ServiceRecord], observed: &[Observed], now: i
                 .iter()
                 .map(|c| {
                     let name = instance_name(&r.name, &c.spec.name);
-                    let o = observed.iter().find(|o| o.name == name && o.service == r.name);
+                    let adopted = c.hash.starts_with(crate::runtime::ADOPTED_PREFIX);
+                    let o = observed.iter().find(|o| o.name == name && o.service == r.name && (o.managed || adopted));
                     ComponentStatus {
                         name: c.spec.name.clone(),
                         desired: c.desired.as_str().into(),
@@ -53,7 +54,9 @@ pub fn service_statuses(records: &[ServiceRecord], observed: &[Observed], now: i
                 })
                 .collect();
             for o in observed.iter().filter(|o| o.service == r.name) {
-                let known = r.components.iter().any(|c| instance_name(&r.name, &c.spec.name) == o.name);
+                let known = r.components.iter().any(|c| {
+                    instance_name(&r.name, &c.spec.name) == o.name && (o.managed || c.hash.starts_with(crate::runtime::ADOPTED_PREFIX))
+                });
                 if !known {
                     components.push(orphan(o, uptime(o)));
                 }
@@ -88,7 +91,11 @@ fn orphan(o: &Observed, uptime_secs: Option<u64>) -> ComponentStatus {
         observed: o.state.clone(),
         observed_spec: o.spec.clone(),
         uptime_secs,
-        drift: Some(format!("orphan: {} carries mcp labels but is not in the registry", o.name)),
+        drift: Some(if o.managed {
+            format!("orphan: {} carries mcp labels but is not in the registry", o.name)
+        } else {
+            format!("unmanaged: {} uses the service's name but was not created by mcp (see `mcp adopt`)", o.name)
+        }),
     }
 }
 
@@ -110,6 +117,7 @@ mod tests {
             spec: Some(spec.into()),
             state: state.into(),
             started_at: Some(90),
+            managed: true,
             ..Default::default()
         }
     }

@@ -1,6 +1,7 @@
 //! The `mcp` command line. One module per subcommand, each exposing `Opts` and
 //! `run(ctx, opts)`; option groups shared by several commands are flattened in.
 
+pub mod adopt;
 pub mod config;
 pub mod deploy;
 pub mod lifecycle;
@@ -91,6 +92,8 @@ pub enum Command {
     /// Show, edit or export one service's definition.
     #[command(subcommand)]
     Service(service::Cmd),
+    /// Take over running containers named <service>-* that mcp did not create.
+    Adopt(adopt::Opts),
     /// Copy a file into a service's volume dir on its node.
     Push(push::Opts),
     /// Copy a file out of a service's volume dir on its node.
@@ -140,6 +143,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Node(c) => node::run(&ctx, c).await,
         Command::Sync(o) => sync::run(&ctx, o).await,
         Command::Service(c) => service::run(&ctx, c).await,
+        Command::Adopt(o) => adopt::run(&ctx, o).await,
         Command::Push(o) => push::run(&ctx, o).await,
         Command::Pull(o) => pull::run(&ctx, o).await,
     }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use file::{load_service_file, parse_service_toml, to_toml, LoadError};
 pub use hash::spec_hash;
-pub use validate::{validate, FieldError, PlanErrors};
+pub use validate::{check_name, validate, FieldError, PlanErrors};
 
 /// The plan schema version this build reads and writes. Bump it on any incompatible change.
 pub const PLAN_VERSION: u32 = 1;

@@ -30,13 +30,26 @@ pub struct Observed {
     pub ports: Vec<String>,
     /// How often the runtime restarted it by itself (crash loops); only from [`Runtime::state`].
     pub restarts: u32,
+    /// Carries mcp labels. Unmanaged objects are only listed because their name is
+    /// `<service>-...`; mcp never changes them unless they were adopted.
+    pub managed: bool,
 }
 
 impl Observed {
     pub fn running(&self) -> bool {
         self.state == "running"
     }
+
+    /// Does this object run the spec `hash`? Adopted objects carry no mcp label: their
+    /// registry hash is `adopted:<id prefix>` and matches by id.
+    pub fn runs_spec(&self, hash: &str) -> bool {
+        self.spec.as_deref() == Some(hash)
+            || hash.strip_prefix(ADOPTED_PREFIX).is_some_and(|id| !id.is_empty() && self.id.starts_with(id))
+    }
 }
+
+/// Registry hash of a component adopted from an unlabelled container.
+pub const ADOPTED_PREFIX: &str = "adopted:";
 
 /// Failures, each naming the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +73,8 @@ pub enum RuntimeError {
 /// What a component runs on. Implementations are blocking; the agent calls them off the async
 /// executor.
 pub trait Runtime: Send + Sync {
-    /// Every object carrying mcp labels (of one service, or all).
+    /// Every object carrying mcp labels (all services), or, for one service, its labelled
+    /// objects plus unlabelled ones named `<service>-<component>` (`managed: false`).
     fn list(&self, service: Option<&str>) -> Result<Vec<Observed>, RuntimeError>;
     /// The object with exactly this name, managed or not.
     fn by_name(&self, name: &str) -> Result<Option<Observed>, RuntimeError>;
@@ -73,6 +87,10 @@ pub trait Runtime: Send + Sync {
     fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError>;
     /// State of one object, restart count included (`None` when it is gone).
     fn state(&self, id: &str) -> Result<Option<Observed>, RuntimeError>;
+    /// Every object whose name starts with `prefix`, managed or not (for adopt).
+    fn by_name_prefix(&self, prefix: &str) -> Result<Vec<Observed>, RuntimeError>;
+    /// What an existing object runs, as a component spec named `component` (for adopt).
+    fn describe(&self, id: &str, component: &str) -> Result<Component, RuntimeError>;
     /// The last lines the object printed, for error messages.
     fn tail_logs(&self, id: &str, lines: u32) -> String;
     /// How long a fresh replacement must stay up before the old one is discarded.

@@ -73,10 +73,11 @@ pub fn run_argv(service: &str, comp: &Component, spec: &str, env_file: Option<&P
     a
 }
 
-/// `podman ps` of mcp-labelled containers (of one service or all).
+/// `podman ps` of mcp-labelled containers (all), or of those named `<service>-*` (every
+/// container mcp makes for a service is named so; see [`scope_to_service`]).
 pub fn ps_argv(service: Option<&str>) -> Vec<String> {
     let filter = match service {
-        Some(s) => format!("label={LABEL_SERVICE}={s}"),
+        Some(s) => format!("name=^{s}-"),
         None => format!("label={LABEL_SERVICE}"),
     };
     vec!["ps".into(), "-a".into(), "--format".into(), "json".into(), "--filter".into(), filter]
@@ -123,6 +124,25 @@ struct PortJson {
     protocol: String,
 }
 
+/// From containers named `<service>-*`: those labelled for `service`, and unlabelled ones
+/// (named after it, so `service`/`component` are taken from the name). Containers labelled
+/// for another service (`a-b-web` when listing `a`) are dropped.
+pub fn scope_to_service(found: Vec<Observed>, service: &str) -> Vec<Observed> {
+    let prefix = format!("{service}-");
+    found
+        .into_iter()
+        .filter_map(|mut o| {
+            if o.managed {
+                return (o.service == service).then_some(o);
+            }
+            let rest = o.name.strip_prefix(&prefix)?.to_string();
+            o.service = service.to_string();
+            o.component = rest;
+            Some(o)
+        })
+        .collect()
+}
+
 /// Parse `podman ps --format json` output.
 pub fn parse_ps(json: &str) -> Result<Vec<Observed>, String> {
     let text = json.trim();
@@ -152,6 +172,7 @@ pub fn parse_ps(json: &str) -> Result<Vec<Observed>, String> {
                         format!("{ip}{}->{}/{}", p.host_port, p.container_port, p.protocol)
                     })
                     .collect(),
+                managed: labels.contains_key(LABEL_SERVICE),
                 id: r.id,
                 restarts: 0,
             }
@@ -202,9 +223,68 @@ pub fn parse_inspect(json: &str) -> Result<Option<Observed>, String> {
             image: r.image_name,
             state: r.state.status,
             restarts: r.restart_count,
+            managed: labels.contains_key(LABEL_SERVICE),
             ..Default::default()
         }
     }))
+}
+
+/// What `podman inspect` says a container was created with, as a component spec (for
+/// `mcp adopt`). Environment the runtime adds itself (PATH, HOSTNAME, ...) is left out.
+pub fn component_from_inspect(json: &str, name: &str) -> Result<Component, String> {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).map_err(|e| e.to_string())?;
+    let c = v.get(0).ok_or("no such container")?;
+    let cfg = &c["Config"];
+    let host = &c["HostConfig"];
+    let strs = |x: &serde_json::Value| -> Vec<String> {
+        x.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+    };
+    let mut comp = Component { name: name.to_string(), image: c["ImageName"].as_str().unwrap_or_default().to_string(), ..Default::default() };
+    comp.cmd = strs(&cfg["Cmd"]);
+    for kv in strs(&cfg["Env"]) {
+        if let Some((k, v)) = kv.split_once('=') {
+            if !["PATH", "TERM", "container", "HOSTNAME", "HOME"].contains(&k) {
+                comp.env.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    comp.user = cfg["User"].as_str().filter(|u| !u.is_empty()).map(str::to_string);
+    let restart = host["RestartPolicy"]["Name"].as_str().unwrap_or("");
+    comp.restart = match (restart, host["RestartPolicy"]["MaximumRetryCount"].as_u64().unwrap_or(0)) {
+        ("" | "no", _) => None,
+        ("on-failure", n) if n > 0 => Some(format!("on-failure:{n}")),
+        (r, _) => Some(r.to_string()),
+    };
+    if let Some(bindings) = host["PortBindings"].as_object() {
+        for (ctr, binds) in bindings {
+            let (port, proto) = ctr.split_once('/').unwrap_or((ctr.as_str(), "tcp"));
+            for b in binds.as_array().into_iter().flatten() {
+                let ip = b["HostIp"].as_str().unwrap_or("");
+                let hp = b["HostPort"].as_str().unwrap_or("");
+                let ip = if ip.is_empty() { String::new() } else { format!("{ip}:") };
+                let suffix = if proto == "tcp" { String::new() } else { format!("/{proto}") };
+                comp.ports.push(format!("{ip}{hp}:{port}{suffix}"));
+            }
+        }
+        comp.ports.sort();
+    }
+    for b in strs(&host["Binds"]) {
+        let mut parts = b.splitn(3, ':');
+        let (src, dst, opts) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let ro = opts.split(',').any(|o| o == "ro");
+        comp.volumes.push(if ro { format!("{src}:{dst}:ro") } else { format!("{src}:{dst}") });
+    }
+    let mode = host["NetworkMode"].as_str().unwrap_or("bridge");
+    comp.network = match mode {
+        "bridge" => c["NetworkSettings"]["Networks"]
+            .as_object()
+            .and_then(|n| if n.len() == 1 { n.keys().next().cloned() } else { None })
+            .filter(|n| n != "podman"),
+        "" | "default" => None,
+        other => Some(other.to_string()),
+    };
+    comp.stop_timeout = cfg["StopTimeout"].as_u64().filter(|t| *t != 10).map(|t| t as u32);
+    Ok(comp)
 }
 
 /// Classify a failed podman call from its stderr.
@@ -294,7 +374,11 @@ impl Podman {
 impl Runtime for Podman {
     fn list(&self, service: Option<&str>) -> Result<Vec<Observed>, RuntimeError> {
         let out = self.run(&ps_argv(service))?;
-        parse_ps(&out).map_err(|message| RuntimeError::Output { step: "ps".into(), message })
+        let found = parse_ps(&out).map_err(|message| RuntimeError::Output { step: "ps".into(), message })?;
+        Ok(match service {
+            Some(s) => scope_to_service(found, s),
+            None => found,
+        })
     }
 
     fn by_name(&self, name: &str) -> Result<Option<Observed>, RuntimeError> {
@@ -354,6 +438,17 @@ impl Runtime for Podman {
             Err(RuntimeError::Exit { stderr, .. }) if stderr.contains("no such") => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn by_name_prefix(&self, prefix: &str) -> Result<Vec<Observed>, RuntimeError> {
+        let out = self.run(&["ps".into(), "-a".into(), "--format".into(), "json".into(), "--filter".into(), format!("name=^{prefix}")])?;
+        let found = parse_ps(&out).map_err(|message| RuntimeError::Output { step: "ps".into(), message })?;
+        Ok(found.into_iter().filter(|o| o.name.starts_with(prefix)).collect())
+    }
+
+    fn describe(&self, id: &str, component: &str) -> Result<Component, RuntimeError> {
+        let out = self.run(&["inspect".into(), "--type".into(), "container".into(), "--format".into(), "json".into(), id.into()])?;
+        component_from_inspect(&out, component).map_err(|message| RuntimeError::Output { step: "inspect".into(), message })
     }
 
     fn tail_logs(&self, id: &str, lines: u32) -> String {
@@ -423,7 +518,7 @@ mod tests {
 
     #[test]
     fn ps_argvs() {
-        assert_eq!(ps_argv(Some("x")), vec!["ps", "-a", "--format", "json", "--filter", "label=mcp.service=x"]);
+        assert_eq!(ps_argv(Some("x")), vec!["ps", "-a", "--format", "json", "--filter", "name=^x-"]);
         assert_eq!(ps_argv(None), vec!["ps", "-a", "--format", "json", "--filter", "label=mcp.service"]);
         assert_eq!(ps_name_argv("a-b"), vec!["ps", "-a", "--format", "json", "--filter", "name=^a-b$"]);
         assert_eq!(simple_argv("rm", "id1"), vec!["rm", "-f", "-t", "10", "id1"]);
@@ -448,12 +543,51 @@ mod tests {
     }
 
     #[test]
+    fn scoping_to_a_service() {
+        let o = |name: &str, svc: &str| Observed {
+            name: name.into(),
+            service: svc.into(),
+            component: if svc.is_empty() { String::new() } else { name.rsplit('-').next().unwrap().into() },
+            managed: !svc.is_empty(),
+            ..Default::default()
+        };
+        let got = scope_to_service(vec![o("a-web", "a"), o("a-b-web", "a-b"), o("a-legacy", ""), o("zz", "")], "a");
+        let names: Vec<(&str, &str, bool)> = got.iter().map(|o| (o.name.as_str(), o.component.as_str(), o.managed)).collect();
+        assert_eq!(names, vec![("a-web", "web", true), ("a-legacy", "legacy", false)]);
+    }
+
+    #[test]
     fn parse_inspect_output() {
         let json = r#"[{"Id":"abc","Name":"s-w","ImageName":"localhost/x:1","State":{"Status":"running","Pid":4},
             "RestartCount":5,"Config":{"Labels":{"mcp.service":"s","mcp.component":"w","mcp.spec":"h"}}}]"#;
         let o = parse_inspect(json).unwrap().unwrap();
         assert_eq!((o.id.as_str(), o.state.as_str(), o.restarts, o.spec.as_deref()), ("abc", "running", 5, Some("h")));
         assert_eq!(parse_inspect("[]").unwrap(), None);
+    }
+
+    #[test]
+    fn component_from_podman_inspect() {
+        let json = r#"[{"Id":"abc","ImageName":"localhost/mcp-test:latest",
+            "Config":{"Cmd":["sleep","300"],"Env":["TERM=xterm","container=podman","FOO=bar","PATH=/bin","HOSTNAME=x"],"User":"0:0","StopTimeout":10},
+            "HostConfig":{"RestartPolicy":{"Name":"on-failure","MaximumRetryCount":3},
+              "PortBindings":{"8080/tcp":[{"HostIp":"127.0.0.1","HostPort":"18099"}],"53/udp":[{"HostIp":"","HostPort":"5353"}]},
+              "Binds":["/tmp:/hosttmp:ro,rprivate,rbind","/srv/a:/a:rw,rprivate,rbind"],"NetworkMode":"bridge"},
+            "NetworkSettings":{"Networks":{"adoptnet":{}}}}]"#;
+        let c = component_from_inspect(json, "web").unwrap();
+        assert_eq!(c.image, "localhost/mcp-test:latest");
+        assert_eq!(c.cmd, vec!["sleep", "300"]);
+        assert_eq!(c.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(), vec!["FOO=bar"]);
+        assert_eq!(c.user.as_deref(), Some("0:0"));
+        assert_eq!(c.restart.as_deref(), Some("on-failure:3"));
+        assert_eq!(c.ports, vec!["127.0.0.1:18099:8080", "5353:53/udp"]);
+        assert_eq!(c.volumes, vec!["/tmp:/hosttmp:ro", "/srv/a:/a"]);
+        assert_eq!(c.network.as_deref(), Some("adoptnet"));
+        assert_eq!(c.stop_timeout, None);
+        crate::plan::validate(
+            &crate::plan::Plan { version: 1, name: "s".into(), node: None, active: true, components: vec![c] },
+            "adopted",
+        )
+        .unwrap();
     }
 
     #[test]
