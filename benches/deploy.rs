@@ -10,6 +10,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::sshd::{agent_command, keygen, public_key, Sshd};
 use common::*;
 
 const ROUNDS: usize = 7;
@@ -74,4 +75,86 @@ fn main() {
     println!("{:<44} {:>10} {:>9.2}x", "mcp deploy, 1 container (target <= 1.3x)", ms(d), d.as_secs_f64() / r.as_secs_f64());
     println!("{:<44} {:>10} {:>9.2}x", "mcp deploy, unchanged (no-op)", ms(n), n.as_secs_f64() / r.as_secs_f64());
     println!("deploy samples: {:?}", deploy.iter().map(|d| ms(*d)).collect::<Vec<_>>());
+    drop(env);
+    println!();
+    ssh_section(&cmd);
+}
+
+fn row(what: &str, value: Duration, base: Duration) {
+    println!("{:<52} {:>10} {:>9.2}x", what, ms(value), value.as_secs_f64() / base.as_secs_f64());
+}
+
+/// Over SSH (real sshd on 127.0.0.1): mcp vs the same work done with `ssh` by hand.
+fn ssh_section(cmd: &[String]) {
+    const NODES: usize = 10;
+    let env = Env::new();
+    let key = env.home.join(".ssh/id_ed25519");
+    keygen(&key);
+    let auth = public_key(&key);
+    let nodes: Vec<Sshd> = (0..NODES).map(|i| Sshd::start(&env.dir.path().join(format!("n{i}")), &[auth.clone()])).collect();
+    let config = |count: usize| {
+        let mut text = format!("[services]\ndir = \"{}\"\n", env.services.display());
+        for (i, n) in nodes.iter().take(count).enumerate() {
+            text.push_str(&format!(
+                "[[nodes]]\nname = \"n{i}\"\naddress = \"{}\"\nuser = \"root\"\nagent = \"{}\"\n",
+                n.address(),
+                agent_command(&n.state)
+            ));
+        }
+        env.write_config_text(&text);
+    };
+    config(NODES);
+    env.ok(&["login", "--yes"]);
+    let ssh = |remote: &str| {
+        let st = Command::new("ssh")
+            .args(["-q", "-i", key.to_str().unwrap(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+            .args(["-p", &nodes[0].port.to_string(), "root@127.0.0.1", remote])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "ssh {remote}");
+    };
+    let conf = std::env::var("CONTAINERS_CONF").map(|c| format!("CONTAINERS_CONF={c} ")).unwrap_or_default();
+    let port = free_port();
+    let quoted: Vec<String> = cmd.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+
+    let (mut ssh_true, mut ssh_run, mut deploy, mut noop, mut st1, mut st10) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        ssh_true.push(time(|| ssh("true")));
+        let name = format!("{}-sshraw{round}-web", env.prefix);
+        ssh_run.push(time(|| {
+            ssh(&format!("{conf}podman run -d --name {name} -p 127.0.0.1:{port}:8080 {IMAGE} {}", quoted.join(" ")))
+        }));
+        podman_ok(&["rm", "-f", "-t", "0", &name]);
+        let svc = env.svc(&format!("s{round}"));
+        env.define(&svc, &http_service(&svc, port, "").replace("node = \"local\"", "node = \"n0\""));
+        deploy.push(time(|| {
+            env.ok(&["deploy", &svc, "--quiet"]);
+        }));
+        noop.push(time(|| {
+            assert!(env.ok(&["deploy", &svc, "--quiet"]).stdout.contains("unchanged"));
+        }));
+        podman_ok(&["rm", "-f", "-t", "0", &format!("{svc}-web")]);
+        std::fs::remove_file(env.services.join(format!("{svc}.toml"))).unwrap();
+    }
+    for _ in 0..ROUNDS {
+        config(1);
+        st1.push(time(|| {
+            env.ok(&["status", "--json"]);
+        }));
+        config(NODES);
+        st10.push(time(|| {
+            env.ok(&["status", "--json"]);
+        }));
+    }
+    let (t, r, d, n, s1, s10) = (median(ssh_true), median(ssh_run), median(deploy), median(noop), median(st1), median(st10));
+    println!("over SSH (sshd on 127.0.0.1), median of {ROUNDS} (ms)");
+    println!("{:<52} {:>10} {:>10}", "what", "median", "ratio");
+    row("ssh node true", t, t);
+    row("ssh node podman run -d (raw)", r, r);
+    row("mcp deploy over SSH vs raw (target <= 1.2x)", d, r);
+    row("mcp deploy unchanged over SSH vs ssh true (<= 1.5x)", n, t);
+    row("mcp status, 1 node", s1, s1);
+    row(&format!("mcp status, {NODES} nodes vs 1 (target <= 2x)"), s10, s1);
 }
