@@ -138,7 +138,28 @@ fn ssh_section(cmd: &[String]) {
         podman_ok(&["rm", "-f", "-t", "0", &format!("{svc}-web")]);
         std::fs::remove_file(env.services.join(format!("{svc}.toml"))).unwrap();
     }
+    // The same per-node work by hand: ssh + podman ps on every node at once.
+    let fan = |count: usize| {
+        let children: Vec<_> = nodes
+            .iter()
+            .take(count)
+            .map(|n| {
+                Command::new("ssh")
+                    .args(["-q", "-i", key.to_str().unwrap(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+                    .args(["-p", &n.port.to_string(), "root@127.0.0.1", &format!("{conf}podman ps -a --format json")])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+    };
+    let (mut raw1, mut raw10) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
+        raw1.push(time(|| fan(1)));
+        raw10.push(time(|| fan(NODES)));
         config(1);
         st1.push(time(|| {
             env.ok(&["status", "--json"]);
@@ -157,4 +178,8 @@ fn ssh_section(cmd: &[String]) {
     row("mcp deploy unchanged over SSH vs ssh true (<= 1.5x)", n, t);
     row("mcp status, 1 node", s1, s1);
     row(&format!("mcp status, {NODES} nodes vs 1 (target <= 2x)"), s10, s1);
+    let (r1, r10) = (median(raw1), median(raw10));
+    row("by hand: ssh node podman ps, 1 node", r1, r1);
+    row(&format!("by hand: the same on {NODES} nodes at once vs 1"), r10, r1);
+    println!("(all {NODES} nodes share this machine's cores: per-node work adds up here, unlike on a real fleet)");
 }
