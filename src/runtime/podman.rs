@@ -328,18 +328,22 @@ impl Podman {
         Ok(self.program.get_or_init(|| found))
     }
 
-    /// Run podman with `args`; stdout on success.
-    fn run(&self, args: &[String]) -> Result<String, RuntimeError> {
-        let step = args.first().cloned().unwrap_or_default();
-        let program = self.program()?;
-        let mut cmd = Command::new(program);
+    /// `podman <global flags> <args>` with the configured environment, not yet run.
+    fn command(&self, args: &[String]) -> Result<Command, RuntimeError> {
+        let mut cmd = Command::new(self.program()?);
         cmd.args(&self.config.args).args(args).stdin(Stdio::null());
         if let Some(conf) = &self.config.containers_conf {
             cmd.env("CONTAINERS_CONF", conf);
         }
+        Ok(cmd)
+    }
+
+    /// Run podman with `args`; stdout on success.
+    fn run(&self, args: &[String]) -> Result<String, RuntimeError> {
+        let step = args.first().cloned().unwrap_or_default();
         tracing::debug!(step = %step, "podman");
-        let out = cmd.output().map_err(|source| RuntimeError::Spawn {
-            program: program.display().to_string(),
+        let out = self.command(args)?.output().map_err(|source| RuntimeError::Spawn {
+            program: self.program().map(|p| p.display().to_string()).unwrap_or_default(),
             step: step.clone(),
             source,
         })?;
@@ -452,15 +456,8 @@ impl Runtime for Podman {
     }
 
     fn tail_logs(&self, id: &str, lines: u32) -> String {
-        let program = match self.program() {
-            Ok(p) => p,
-            Err(_) => return String::new(),
-        };
-        let mut cmd = Command::new(program);
-        cmd.args(&self.config.args).args(["logs", "--tail", &lines.to_string(), id]).stdin(Stdio::null());
-        if let Some(conf) = &self.config.containers_conf {
-            cmd.env("CONTAINERS_CONF", conf);
-        }
+        let args = ["logs".to_string(), "--tail".into(), lines.to_string(), id.to_string()];
+        let Ok(mut cmd) = self.command(&args) else { return String::new() };
         match cmd.output() {
             Ok(out) => {
                 let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
