@@ -11,7 +11,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::plan::{instance_name, validate, Plan, Target, PLAN_VERSION};
+use crate::plan::{instance_name, validate, Plan, Target};
 use crate::proto::{
     ApplyResult, Change, ChangeKind, ComponentSummary, ErrorCode, GetBeginParams, ListResult, Progress, PsEntry, PsResult,
     PutBeginParams, RpcError, ServiceSummary, StatusParams, StatusResult, TransferInfo,
@@ -583,10 +583,6 @@ impl Agent {
             s.events = self.registry.events(Some(&s.name), params.events)?;
         }
         Ok(StatusResult { services })
-    }
-
-    pub fn plan_version(&self) -> u32 {
-        PLAN_VERSION
     }
 }
 

@@ -76,16 +76,20 @@ pub fn run_argv(service: &str, comp: &Component, spec: &str, env_file: Option<&P
 /// `podman ps` of mcp-labelled containers (all), or of those named `<service>-*` (every
 /// container mcp makes for a service is named so; see [`scope_to_service`]).
 pub fn ps_argv(service: Option<&str>) -> Vec<String> {
-    let filter = match service {
-        Some(s) => format!("name=^{s}-"),
-        None => format!("label={LABEL_SERVICE}"),
-    };
-    vec!["ps".into(), "-a".into(), "--format".into(), "json".into(), "--filter".into(), filter]
+    match service {
+        Some(s) => ps_filter_argv(format!("name=^{s}-")),
+        None => ps_filter_argv(format!("label={LABEL_SERVICE}")),
+    }
 }
 
 /// `podman ps` of the container with exactly this name (the filter is a regex).
 pub fn ps_name_argv(name: &str) -> Vec<String> {
-    vec!["ps".into(), "-a".into(), "--format".into(), "json".into(), "--filter".into(), format!("name=^{name}$")]
+    ps_filter_argv(format!("name=^{name}$"))
+}
+
+/// `podman ps -a` as JSON with one filter.
+pub fn ps_filter_argv(filter: String) -> Vec<String> {
+    vec!["ps".into(), "-a".into(), "--format".into(), "json".into(), "--filter".into(), filter]
 }
 
 pub fn simple_argv(step: &str, id: &str) -> Vec<String> {
@@ -369,6 +373,12 @@ impl Podman {
         Ok(Some(f))
     }
 
+    /// Run a `podman ps ... --format json` and parse it.
+    fn ps(&self, args: &[String]) -> Result<Vec<Observed>, RuntimeError> {
+        let out = self.run(args)?;
+        parse_ps(&out).map_err(|message| RuntimeError::Output { step: "ps".into(), message })
+    }
+
     fn ensure_network(&self, network: &str) -> Result<(), RuntimeError> {
         tracing::info!(network, "creating missing podman network");
         self.run(&["network".into(), "create".into(), network.into()]).map(|_| ())
@@ -377,8 +387,7 @@ impl Podman {
 
 impl Runtime for Podman {
     fn list(&self, service: Option<&str>) -> Result<Vec<Observed>, RuntimeError> {
-        let out = self.run(&ps_argv(service))?;
-        let found = parse_ps(&out).map_err(|message| RuntimeError::Output { step: "ps".into(), message })?;
+        let found = self.ps(&ps_argv(service))?;
         Ok(match service {
             Some(s) => scope_to_service(found, s),
             None => found,
@@ -386,9 +395,7 @@ impl Runtime for Podman {
     }
 
     fn by_name(&self, name: &str) -> Result<Option<Observed>, RuntimeError> {
-        let out = self.run(&ps_name_argv(name))?;
-        let found = parse_ps(&out).map_err(|message| RuntimeError::Output { step: "ps".into(), message })?;
-        Ok(found.into_iter().find(|o| o.name == name))
+        Ok(self.ps(&ps_name_argv(name))?.into_iter().find(|o| o.name == name))
     }
 
     fn create(&self, service: &str, comp: &Component, spec: &str) -> Result<String, RuntimeError> {
@@ -445,8 +452,7 @@ impl Runtime for Podman {
     }
 
     fn by_name_prefix(&self, prefix: &str) -> Result<Vec<Observed>, RuntimeError> {
-        let out = self.run(&["ps".into(), "-a".into(), "--format".into(), "json".into(), "--filter".into(), format!("name=^{prefix}")])?;
-        let found = parse_ps(&out).map_err(|message| RuntimeError::Output { step: "ps".into(), message })?;
+        let found = self.ps(&ps_filter_argv(format!("name=^{prefix}")))?;
         Ok(found.into_iter().filter(|o| o.name.starts_with(prefix)).collect())
     }
 

@@ -36,10 +36,6 @@ impl LocalTransport {
         argv[0] = program.to_string_lossy().into_owned();
         Ok(LocalTransport { node: node.to_string(), argv })
     }
-
-    pub fn argv(&self) -> &[String] {
-        &self.argv
-    }
 }
 
 fn default_agent(node: &str) -> Result<PathBuf, TransportError> {

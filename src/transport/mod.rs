@@ -159,10 +159,6 @@ impl Session {
         self
     }
 
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     pub fn agent_version(&self) -> &str {
         self.hello.as_ref().map(|h| h.agent.as_str()).unwrap_or("?")
     }
