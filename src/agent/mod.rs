@@ -114,7 +114,7 @@ impl Agent {
             updated_at: now_ms(),
             components,
         };
-        self.apply(&record, only, prev.is_none(), false, progress)
+        self.apply(&record, prev.as_ref().map(|p| p.components.as_slice()), only, false, progress)
     }
 
     /// Set components' desired state (stop/start) and make it so.
@@ -129,7 +129,8 @@ impl Agent {
             record.active = run;
         }
         record.updated_at = now_ms();
-        self.apply(&record, target.component.as_deref(), false, false, progress)
+        // Only desired states changed: the components' hashes are the registered ones.
+        self.apply(&record, Some(&record.components), target.component.as_deref(), false, progress)
     }
 
     pub fn restart(&mut self, target: &Target, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
@@ -142,7 +143,7 @@ impl Agent {
             record.active = true;
         }
         record.updated_at = now_ms();
-        self.apply(&record, target.component.as_deref(), false, true, progress)
+        self.apply(&record, Some(&record.components), target.component.as_deref(), true, progress)
     }
 
     /// The registry's record of `target`, or a not-found error naming what exists.
@@ -163,22 +164,28 @@ impl Agent {
     }
 
     /// Make the node match `record` (within `only`), then store it. All-or-nothing: on failure
-    /// every step taken is undone and the registry keeps the previous record.
+    /// every step taken is undone and the registry keeps the previous record. `registered` is
+    /// what the registry held for the service before (None: never deployed here).
     fn apply(
         &mut self,
         record: &ServiceRecord,
+        registered: Option<&[ComponentRecord]>,
         only: Option<&str>,
-        assume_empty: bool,
         restart: bool,
         progress: ProgressFn,
     ) -> Result<ApplyResult, RpcError> {
         let service = record.name.as_str();
         // A service the registry has never seen has nothing on the node to look at; if that
         // is wrong (a container already holds a name) creation says so and we look then.
-        let mut observed = if assume_empty { Vec::new() } else { self.runtime.list(Some(service))? };
-        if let Some(prev) = self.registry.service(service)? {
-            reconcile::claim_adopted(&mut observed, &prev.components);
-        }
+        let assume_empty = registered.is_none();
+        let mut observed = match registered {
+            None => Vec::new(),
+            Some(components) => {
+                let mut found = self.runtime.list(Some(service))?;
+                reconcile::claim_adopted(&mut found, components);
+                found
+            }
+        };
         let mut actions = reconcile(service, &record.components, &observed, only);
         if restart {
             actions = actions.into_iter().map(|a| restart_kept(a, service, &observed)).collect();
