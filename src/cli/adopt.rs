@@ -5,8 +5,8 @@
 use anyhow::{Context as _, Result};
 use clap::Args;
 
-use super::deploy::print_apply;
-use super::{print_json, Ctx, NodeOpts, OutputOpts};
+use super::deploy::report;
+use super::{Ctx, NodeOpts, OutputOpts};
 use crate::proto::{self, ApplyResult, ServiceParams};
 
 #[derive(Debug, Args)]
@@ -25,9 +25,5 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         .call(proto::ADOPT, &ServiceParams { service: opts.service.clone() }, &mut ctx.progress())
         .await
         .with_context(|| format!("adopt of {} on node {}", opts.service, node.name))?;
-    if opts.output.json {
-        return print_json(&serde_json::json!({ "node": node.name, "result": result }));
-    }
-    print_apply(&node.name, &result, "adopted");
-    Ok(())
+    report(&node.name, &result, opts.output.json, "adopted")
 }

@@ -37,10 +37,15 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         .call(proto::DEPLOY, &params, &mut ctx.progress())
         .await
         .with_context(|| format!("deploy of {} to node {} failed", opts.target, node.name))?;
-    if opts.output.json {
-        return print_json(&serde_json::json!({ "node": node.name, "result": result }));
+    report(&node.name, &result, opts.output.json, "deployed")
+}
+
+/// A deploy-like result: `{"node", "result"}` as JSON, or [`print_apply`]'s lines.
+pub fn report(node: &str, result: &ApplyResult, json: bool, verb: &str) -> Result<()> {
+    if json {
+        return print_json(&serde_json::json!({ "node": node, "result": result }));
     }
-    print_apply(&node.name, &result, "deployed");
+    print_apply(node, result, verb);
     Ok(())
 }
 

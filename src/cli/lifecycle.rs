@@ -4,8 +4,8 @@
 use anyhow::{Context as _, Result};
 use clap::Args;
 
-use super::deploy::print_apply;
-use super::{print_json, Ctx, NodeOpts, OutputOpts};
+use super::deploy::report;
+use super::{Ctx, NodeOpts, OutputOpts};
 use crate::plan::Target;
 use crate::proto::ApplyResult;
 
@@ -30,9 +30,5 @@ pub async fn run(ctx: &Ctx, opts: Opts, method: &str, verb: &str) -> Result<()> 
         .call(method, &target, &mut ctx.progress())
         .await
         .with_context(|| format!("{method} of {target} on node {} failed", node.name))?;
-    if output.json {
-        return print_json(&serde_json::json!({ "node": node.name, "result": result }));
-    }
-    print_apply(&node.name, &result, verb);
-    Ok(())
+    report(&node.name, &result, output.json, verb)
 }
