@@ -105,13 +105,16 @@ fn ssh_section(cmd: &[String]) {
     };
     config(NODES);
     env.ok(&["login", "--yes"]);
+    // `ssh` by hand to one node, as an operator would script it.
+    let ssh_cmd = |port: u16, remote: &str| {
+        let mut c = Command::new("ssh");
+        c.args(["-q", "-i", key.to_str().unwrap(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+            .args(["-p", &port.to_string(), "root@127.0.0.1", remote])
+            .stdout(std::process::Stdio::null());
+        c
+    };
     let ssh = |remote: &str| {
-        let st = Command::new("ssh")
-            .args(["-q", "-i", key.to_str().unwrap(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-            .args(["-p", &nodes[0].port.to_string(), "root@127.0.0.1", remote])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
+        let st = ssh_cmd(nodes[0].port, remote).status().unwrap();
         assert!(st.success(), "ssh {remote}");
     };
     let conf = std::env::var("CONTAINERS_CONF").map(|c| format!("CONTAINERS_CONF={c} ")).unwrap_or_default();
@@ -143,14 +146,7 @@ fn ssh_section(cmd: &[String]) {
         let children: Vec<_> = nodes
             .iter()
             .take(count)
-            .map(|n| {
-                Command::new("ssh")
-                    .args(["-q", "-i", key.to_str().unwrap(), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-                    .args(["-p", &n.port.to_string(), "root@127.0.0.1", &format!("{conf}podman ps -a --format json")])
-                    .stdout(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
+            .map(|n| ssh_cmd(n.port, &format!("{conf}podman ps -a --format json")).spawn().unwrap())
             .collect();
         for mut c in children {
             assert!(c.wait().unwrap().success());
