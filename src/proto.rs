@@ -31,6 +31,36 @@ pub struct Response {
     pub result: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RpcError>,
+    /// A line of output, streamed by `logs` before its result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogLine>,
+}
+
+/// One line a component printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub component: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogsParams {
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// Only the last N lines (of each component).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<u32>,
+    /// Keep streaming new lines until the client goes away.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogsResult {
+    pub lines: u64,
 }
 
 /// A step of long work, streamed before the result.
@@ -103,6 +133,8 @@ pub const PUT_END: &str = "put_end";
 pub const GET_BEGIN: &str = "get_begin";
 pub const GET_CHUNK: &str = "get_chunk";
 pub const GET_END: &str = "get_end";
+/// A service's output: `log` lines, then the result; with `follow` until the client goes away.
+pub const LOGS: &str = "logs";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PutBeginParams {
@@ -167,6 +199,10 @@ pub struct HelloResult {
     pub protocol: u32,
     pub agent: String,
     pub plan_version: u32,
+    /// Answered by the `mcp-agent serve` daemon (through `mcp-agent rpc`), not by a
+    /// standalone `mcp-agent rpc`.
+    #[serde(default)]
+    pub daemon: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -318,6 +354,15 @@ pub struct ComponentStatus {
     /// Why observed differs from desired, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<String>,
+    /// `missing`, `stopped`, `running`, `spec`, `orphan` or `unmanaged`, with `drift`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_kind: Option<String>,
+    /// How often the agent's monitor brought it back (restart policy).
+    #[serde(default)]
+    pub repairs: u32,
+    /// Unix milliseconds of the last repair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_repair: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::alert::AlertConfig;
+use super::monitor::{MonitorConfig, RetentionConfig};
 use crate::runtime::podman::PodmanConfig;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,6 +14,15 @@ use crate::runtime::podman::PodmanConfig;
 pub struct AgentConfig {
     #[serde(default)]
     pub podman: PodmanConfig,
+    /// The daemon's drift monitor.
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+    /// How many events the registry keeps.
+    #[serde(default)]
+    pub events: RetentionConfig,
+    /// The daemon's alert hook.
+    #[serde(default)]
+    pub alert: AlertConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +72,10 @@ mod tests {
         let c = AgentConfig::load(&p, true).unwrap();
         assert_eq!(c.podman.args, vec!["--runtime", "runc"]);
         assert_eq!(c.podman.settle_ms, Some(0));
+        std::fs::write(&p, "[monitor]\nsweep_secs = 5\n[events]\nmax_count = 100\n[alert]\ncommand = [\"/bin/hook\", \"-x\"]\nkinds = [\"drift\"]\n").unwrap();
+        let c = AgentConfig::load(&p, true).unwrap();
+        assert_eq!((c.monitor.sweep_secs, c.events.max_count), (Some(5), Some(100)));
+        assert_eq!(c.alert.command, vec!["/bin/hook", "-x"]);
         std::fs::write(&p, "[podman]\nargz = []\n").unwrap();
         let e = AgentConfig::load(&p, true).unwrap_err().to_string();
         assert!(e.contains("agent.toml") && e.contains("argz"), "{e}");

@@ -1,14 +1,19 @@
 //! The agent core: owns the registry and a runtime, and carries out requests. Decisions come
 //! from [`reconcile`] (pure); this module only executes them, all-or-nothing.
 
+pub mod alert;
 pub mod config;
 pub mod files;
+pub mod logs;
+pub mod monitor;
 pub mod reconcile;
 pub mod rpc;
+pub mod serve;
 pub mod status;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::plan::{instance_name, validate, Plan, Target};
@@ -21,7 +26,9 @@ use crate::runtime::{Observed, Runtime, RuntimeError};
 use reconcile::{reconcile, Action};
 
 pub const REGISTRY_FILE: &str = "registry.db";
-const LOCK_FILE: &str = "agent.lock";
+/// Per-service lock files (`<state>/locks/<service>.lock`): deploys of one service are
+/// serialized across threads and processes; other services proceed.
+const LOCK_DIR: &str = "locks";
 
 impl From<RegistryError> for RpcError {
     fn from(e: RegistryError) -> Self {
@@ -38,11 +45,16 @@ impl From<RuntimeError> for RpcError {
 /// Sink for progress messages of long work.
 pub type ProgressFn<'a> = &'a mut dyn FnMut(Progress);
 
+/// Shared by every request of a process (the `serve` daemon runs them concurrently): the
+/// registry connection is held only for single queries and transactions, runtime work runs
+/// under the service's lock.
 pub struct Agent {
     state_dir: PathBuf,
-    registry: Registry,
+    registry: Mutex<Registry>,
     runtime: Box<dyn Runtime>,
-    transfers: files::Transfers,
+    transfers: Mutex<files::Transfers>,
+    /// What the monitor last observed, when a daemon keeps it current.
+    cache: Option<std::sync::Arc<monitor::ObservedCache>>,
 }
 
 /// What to undo if a later step fails.
@@ -65,20 +77,70 @@ struct Applied {
 impl Agent {
     /// Open the registry in `state_dir` (created 0700) with the given runtime.
     pub fn open(state_dir: &Path, runtime: Box<dyn Runtime>) -> Result<Agent, RegistryError> {
-        let registry = Registry::open(&state_dir.join(REGISTRY_FILE))?;
-        Ok(Agent { state_dir: state_dir.to_path_buf(), registry, runtime, transfers: Default::default() })
+        let registry = Mutex::new(Registry::open(&state_dir.join(REGISTRY_FILE))?);
+        Ok(Agent { state_dir: state_dir.to_path_buf(), registry, runtime, transfers: Default::default(), cache: None })
     }
 
-    /// Serialize mutations across agent processes on this node.
-    fn lock(&self) -> Result<File, RpcError> {
-        let path = self.state_dir.join(LOCK_FILE);
-        let f = File::create(&path)
-            .map_err(|e| RpcError::new(ErrorCode::Registry, format!("cannot create lock {}: {e}", path.display())))?;
-        f.lock().map_err(|e| RpcError::new(ErrorCode::Registry, format!("cannot lock {}: {e}", path.display())))?;
+    /// Answer `status`/`ps` from `cache` while it is current (the daemon's monitor keeps it so).
+    pub fn with_cache(mut self, cache: std::sync::Arc<monitor::ObservedCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn runtime(&self) -> &dyn Runtime {
+        self.runtime.as_ref()
+    }
+
+    /// The registry, for one query or transaction.
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn transfers(&self) -> MutexGuard<'_, files::Transfers> {
+        self.transfers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wait for the service's lock (serializes changes to one service across threads and
+    /// processes on this node).
+    fn lock(&self, service: &str) -> Result<File, RpcError> {
+        let f = self.lock_file(service)?;
+        f.lock().map_err(|e| RpcError::new(ErrorCode::Registry, format!("cannot lock service {service}: {e}")))?;
         Ok(f)
     }
 
-    pub fn deploy(&mut self, plan: &Plan, only: Option<&str>, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
+    /// The service's lock if nobody holds it (the monitor skips services being changed).
+    pub fn try_lock(&self, service: &str) -> Result<Option<File>, RpcError> {
+        let f = self.lock_file(service)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(RpcError::new(ErrorCode::Registry, format!("cannot lock service {service}: {e}")))
+            }
+        }
+    }
+
+    fn lock_file(&self, service: &str) -> Result<File, RpcError> {
+        // The name becomes a file name: only valid service names get that far.
+        crate::plan::check_name(service).map_err(|why| RpcError::new(ErrorCode::BadRequest, why))?;
+        let dir = self.state_dir.join(LOCK_DIR);
+        let err = |e: std::io::Error| RpcError::new(ErrorCode::Registry, format!("cannot create lock in {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        File::create(dir.join(format!("{service}.lock"))).map_err(err)
+    }
+
+    /// Tell the cache that the runtime changed under it.
+    fn changed(&self) {
+        if let Some(c) = &self.cache {
+            c.invalidate();
+        }
+    }
+
+    pub fn deploy(&self, plan: &Plan, only: Option<&str>, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
         if let Err(errors) = validate(plan, "plan") {
             return Err(RpcError {
                 code: ErrorCode::InvalidPlan,
@@ -94,8 +156,8 @@ impl Agent {
                 ));
             }
         }
-        let _lock = self.lock()?;
-        let prev = self.registry.service(&plan.name)?;
+        let _lock = self.lock(&plan.name)?;
+        let prev = self.registry().service(&plan.name)?;
         let desired = Desired::from_active(plan.active);
         let wanted: Vec<ComponentRecord> =
             plan.components.iter().map(|c| ComponentRecord::new(c.clone(), desired)).collect();
@@ -118,8 +180,8 @@ impl Agent {
     }
 
     /// Set components' desired state (stop/start) and make it so.
-    pub fn set_running(&mut self, target: &Target, run: bool, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
-        let _lock = self.lock()?;
+    pub fn set_running(&self, target: &Target, run: bool, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
+        let _lock = self.lock(&target.service)?;
         let mut record = self.known(target)?;
         let desired = Desired::from_active(run);
         for c in record.components.iter_mut().filter(|c| target.component.as_deref().is_none_or(|o| o == c.spec.name)) {
@@ -133,8 +195,8 @@ impl Agent {
         self.apply(&record, Some(&record.components), target.component.as_deref(), false, progress)
     }
 
-    pub fn restart(&mut self, target: &Target, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
-        let _lock = self.lock()?;
+    pub fn restart(&self, target: &Target, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
+        let _lock = self.lock(&target.service)?;
         let mut record = self.known(target)?;
         for c in record.components.iter_mut().filter(|c| target.component.as_deref().is_none_or(|o| o == c.spec.name)) {
             c.desired = Desired::Running;
@@ -147,8 +209,8 @@ impl Agent {
     }
 
     /// The registry's record of `target`, or a not-found error naming what exists.
-    fn known(&self, target: &Target) -> Result<ServiceRecord, RpcError> {
-        let record = self.registry.service(&target.service)?.ok_or_else(|| {
+    pub(crate) fn known(&self, target: &Target) -> Result<ServiceRecord, RpcError> {
+        let record = self.registry().service(&target.service)?.ok_or_else(|| {
             RpcError::new(ErrorCode::NotFound, format!("service {:?} is not deployed on this node", target.service))
         })?;
         if let Some(c) = &target.component {
@@ -167,7 +229,7 @@ impl Agent {
     /// every step taken is undone and the registry keeps the previous record. `registered` is
     /// what the registry held for the service before (None: never deployed here).
     fn apply(
-        &mut self,
+        &self,
         record: &ServiceRecord,
         registered: Option<&[ComponentRecord]>,
         only: Option<&str>,
@@ -187,17 +249,36 @@ impl Agent {
             }
         };
         let mut actions = reconcile(service, &record.components, &observed, only);
-        if restart {
-            actions = actions.into_iter().map(|a| restart_kept(a, service, &observed)).collect();
+        let result = self.apply_actions(record, &mut observed, &mut actions, assume_empty, only, restart, progress);
+        if actions.iter().any(|a| !matches!(a, Action::Keep { .. })) {
+            self.changed();
         }
-        let result = match self.execute(record, &actions, progress) {
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_actions(
+        &self,
+        record: &ServiceRecord,
+        observed: &mut Vec<Observed>,
+        actions: &mut Vec<Action>,
+        assume_empty: bool,
+        only: Option<&str>,
+        restart: bool,
+        progress: ProgressFn,
+    ) -> Result<ApplyResult, RpcError> {
+        let service = record.name.as_str();
+        if restart {
+            *actions = std::mem::take(actions).into_iter().map(|a| restart_kept(a, service, observed)).collect();
+        }
+        let result = match self.execute(record, actions, progress) {
             Err(ExecError::NameInUse(name)) if assume_empty => {
-                observed = self.runtime.list(Some(service))?;
+                *observed = self.runtime.list(Some(service))?;
                 if !observed.iter().any(|o| o.name == name && o.managed) {
                     return Err(self.conflict(service, &name));
                 }
-                actions = reconcile(service, &record.components, &observed, only);
-                self.execute(record, &actions, progress)
+                *actions = reconcile(service, &record.components, observed, only);
+                self.execute(record, actions, progress)
             }
             other => other,
         };
@@ -205,7 +286,7 @@ impl Agent {
             Ok(applied) => applied,
             Err(ExecError::NameInUse(name)) => return Err(self.conflict(service, &name)),
             Err(ExecError::Failed(e)) => {
-                let _ = self.registry.record_events(&[NewEvent {
+                let _ = self.registry().record_events(&[NewEvent {
                     service: service.to_string(),
                     component: None,
                     kind: "deploy_failed".into(),
@@ -214,7 +295,7 @@ impl Agent {
                 return Err(e);
             }
         };
-        self.registry.save_service(record, &applied.events)?;
+        self.registry().save_service(record, &applied.events)?;
         let mut cleanup_errors = Vec::new();
         for (component, id) in &applied.to_remove {
             progress(Progress { component: Some(component.clone()), message: format!("removing {}", short(id)) });
@@ -408,14 +489,14 @@ impl Agent {
 
     /// The plan as the registry holds it.
     pub fn show(&self, service: &str) -> Result<Plan, RpcError> {
-        self.registry
+        self.registry()
             .plan(service)?
             .ok_or_else(|| RpcError::new(ErrorCode::NotFound, format!("service {service:?} is not deployed on this node")))
     }
 
     /// Remove every container of a service and forget it.
-    pub fn remove(&mut self, service: &str, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
-        let _lock = self.lock()?;
+    pub fn remove(&self, service: &str, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
+        let _lock = self.lock(service)?;
         let record = self.known(&Target { service: service.to_string(), component: None })?;
         let mut changes = Vec::new();
         let mut events = Vec::new();
@@ -436,16 +517,16 @@ impl Agent {
             kind: "forgotten".into(),
             message: format!("service removed from the registry ({} components)", record.components.len()),
         });
-        self.registry.delete_service(service, &events)?;
+        self.changed();
+        self.registry().delete_service(service, &events)?;
         Ok(ApplyResult { service: service.to_string(), changes })
     }
 
     /// Record running containers named `<service>-<component>` as the service's components,
     /// with the spec they were created with, without touching them.
-    pub fn adopt(&mut self, service: &str, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
-        crate::plan::check_name(service).map_err(|why| RpcError::new(ErrorCode::BadRequest, why))?;
-        let _lock = self.lock()?;
-        if self.registry.service(service)?.is_some() {
+    pub fn adopt(&self, service: &str, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
+        let _lock = self.lock(service)?;
+        if self.registry().service(service)?.is_some() {
             return Err(RpcError::new(
                 ErrorCode::Conflict,
                 format!("service {service:?} is already managed by mcp here; nothing to adopt"),
@@ -489,12 +570,12 @@ impl Agent {
             updated_at: now_ms(),
             components,
         };
-        self.registry.save_service(&record, &events)?;
+        self.registry().save_service(&record, &events)?;
         Ok(ApplyResult { service: service.to_string(), changes })
     }
 
     /// Begin a push into the service's volume dirs.
-    pub fn put_begin(&mut self, p: &PutBeginParams) -> Result<TransferInfo, RpcError> {
+    pub fn put_begin(&self, p: &PutBeginParams) -> Result<TransferInfo, RpcError> {
         let roots = files::volume_roots(&self.show(&p.service)?);
         let requested = p.path.clone().unwrap_or_else(|| p.name.clone());
         let (root, mut target) = files::resolve(&roots, &requested)?;
@@ -505,35 +586,35 @@ impl Agent {
         std::fs::create_dir_all(&root)
             .map_err(|e| RpcError::new(ErrorCode::Runtime, format!("cannot create {}: {e}", root.display())))?;
         files::check_on_disk(&root, &target)?;
-        self.transfers.put_begin(&root, &target, p.mode, p.size)
+        self.transfers().put_begin(&root, &target, p.mode, p.size)
     }
 
-    pub fn put_chunk(&mut self, token: u64, data: &str) -> Result<u64, RpcError> {
-        self.transfers.put_chunk(token, data)
+    pub fn put_chunk(&self, token: u64, data: &str) -> Result<u64, RpcError> {
+        self.transfers().put_chunk(token, data)
     }
 
-    pub fn put_end(&mut self, token: u64, sha256: &str) -> Result<TransferInfo, RpcError> {
-        self.transfers.put_end(token, sha256)
+    pub fn put_end(&self, token: u64, sha256: &str) -> Result<TransferInfo, RpcError> {
+        self.transfers().put_end(token, sha256)
     }
 
     /// Begin a pull from the service's volume dirs.
-    pub fn get_begin(&mut self, p: &GetBeginParams) -> Result<TransferInfo, RpcError> {
+    pub fn get_begin(&self, p: &GetBeginParams) -> Result<TransferInfo, RpcError> {
         let roots = files::volume_roots(&self.show(&p.service)?);
         let (root, target) = files::resolve(&roots, &p.path)?;
-        self.transfers.get_begin(&root, &target)
+        self.transfers().get_begin(&root, &target)
     }
 
-    pub fn get_chunk(&mut self, token: u64, offset: u64) -> Result<String, RpcError> {
-        self.transfers.get_chunk(token, offset)
+    pub fn get_chunk(&self, token: u64, offset: u64) -> Result<String, RpcError> {
+        self.transfers().get_chunk(token, offset)
     }
 
-    pub fn end_transfer(&mut self, token: u64) {
-        self.transfers.end(token)
+    pub fn end_transfer(&self, token: u64) {
+        self.transfers().end(token)
     }
 
     pub fn list(&self) -> Result<ListResult, RpcError> {
         let services = self
-            .registry
+            .registry()
             .services()?
             .into_iter()
             .map(|s| ServiceSummary {
@@ -556,11 +637,24 @@ impl Agent {
         Ok(ListResult { services })
     }
 
+    /// What the runtime shows for `service` (all mcp objects when None): from the monitor's
+    /// cache while it is current, else from the runtime.
+    pub fn observe(&self, service: Option<&str>) -> Result<Vec<Observed>, RpcError> {
+        let Some(cache) = &self.cache else { return Ok(self.runtime.list(service)?) };
+        let all = match cache.current() {
+            Some(all) => all,
+            None => {
+                let g = cache.generation();
+                cache.store(g, self.runtime.list_all()?)
+            }
+        };
+        Ok(crate::runtime::select(&all, service))
+    }
+
     pub fn ps(&self) -> Result<PsResult, RpcError> {
         let now = now_ms() / 1000;
         let containers = self
-            .runtime
-            .list(None)?
+            .observe(None)?
             .into_iter()
             .map(|o| PsEntry {
                 uptime_secs: o.started_at.map(|t| (now - t).max(0) as u64),
@@ -579,15 +673,16 @@ impl Agent {
 
     pub fn status(&self, params: &StatusParams) -> Result<StatusResult, RpcError> {
         let records = match &params.service {
-            Some(name) => vec![self.registry.service(name)?.ok_or_else(|| {
+            Some(name) => vec![self.registry().service(name)?.ok_or_else(|| {
                 RpcError::new(ErrorCode::NotFound, format!("service {name:?} is not deployed on this node"))
             })?],
-            None => self.registry.services()?,
+            None => self.registry().services()?,
         };
-        let observed = self.runtime.list(params.service.as_deref())?;
-        let mut services = status::service_statuses(&records, &observed, now_ms() / 1000);
+        let observed = self.observe(params.service.as_deref())?;
+        let repairs = |service: &str| self.registry().repairs(service).unwrap_or_default();
+        let mut services = status::service_statuses(&records, &observed, &repairs, now_ms() / 1000);
         for s in &mut services {
-            s.events = self.registry.events(Some(&s.name), params.events)?;
+            s.events = self.registry().events(Some(&s.name), params.events)?;
         }
         Ok(StatusResult { services })
     }

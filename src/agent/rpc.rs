@@ -1,5 +1,8 @@
-//! `mcp-agent rpc`: the JSON-lines protocol on stdin/stdout. One request at a time; the
-//! blocking agent work runs off the async executor, progress streams while it runs.
+//! The JSON-lines protocol, served on any byte stream: stdin/stdout for a standalone
+//! `mcp-agent rpc`, a unix socket connection in the `serve` daemon.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -8,22 +11,33 @@ use tokio::sync::mpsc;
 
 use super::Agent;
 use crate::plan::PLAN_VERSION;
-use crate::proto::{self, ErrorCode, HelloParams, HelloResult, Progress, Request, Response, RpcError, PROTOCOL_VERSION};
+use crate::proto::{self, ErrorCode, HelloParams, HelloResult, LogLine, Progress, Request, Response, RpcError, PROTOCOL_VERSION};
 
 /// How the agent was opened: an error is answered to every request (after hello), so the
 /// operator sees why instead of a dead pipe.
-pub type AgentSlot = Result<Agent, String>;
+pub type AgentSlot = Result<Arc<Agent>, String>;
 
-/// Serve requests from `input` until it closes.
-pub async fn serve<R, W>(agent: AgentSlot, input: R, mut output: W) -> std::io::Result<()>
+/// Serve requests from `input` until it closes. Requests of one session run one at a time (off
+/// the async executor, streaming progress and log lines while they run); the `serve` daemon
+/// runs one such session per connection, concurrently. `daemon` says which of the two answers.
+/// When the input closes during a request, the request is told to stop (a followed log ends;
+/// a deploy finishes, because stopping half-way would leave the node half-changed).
+pub async fn serve<R, W>(agent: AgentSlot, daemon: bool, input: R, mut output: W) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut lines = BufReader::new(input).lines();
-    let mut agent = Some(agent);
     let mut greeted = false;
-    while let Some(line) = lines.next_line().await? {
+    let mut pending: Option<String> = None;
+    loop {
+        let line = match pending.take() {
+            Some(l) => l,
+            None => match lines.next_line().await? {
+                Some(l) => l,
+                None => break,
+            },
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -37,7 +51,7 @@ where
         };
         let id = req.id;
         if req.method == proto::HELLO {
-            let result = hello(&req.params);
+            let result = hello(&req.params, daemon);
             greeted = result.is_ok();
             write(&mut output, &finish(id, result)).await?;
             continue;
@@ -47,29 +61,54 @@ where
             write(&mut output, &finish(id, Err(err))).await?;
             continue;
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
-        let taken = agent.take().expect("agent is returned after every request");
-        let job = tokio::task::spawn_blocking(move || {
-            let mut slot = taken;
-            let result = match &mut slot {
-                Ok(a) => dispatch(a, &req, &mut |p| {
-                    let _ = tx.send(p);
-                }),
-                Err(why) => Err(RpcError::new(ErrorCode::Registry, why.clone())),
-            };
-            (slot, result)
+        let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let slot = agent.clone();
+        let job_cancel = cancel.clone();
+        let job = tokio::task::spawn_blocking(move || match &slot {
+            Ok(a) => {
+                let progress_tx = tx.clone();
+                let mut progress = |p| {
+                    let _ = progress_tx.send(Response { id, progress: Some(p), ..Default::default() });
+                };
+                let mut log = |l| {
+                    let _ = tx.send(Response { id, log: Some(l), ..Default::default() });
+                };
+                dispatch(a, &req, &mut progress, &mut log, &job_cancel)
+            }
+            Err(why) => Err(RpcError::new(ErrorCode::Registry, why.clone())),
         });
-        while let Some(p) = rx.recv().await {
-            write(&mut output, &Response { id, progress: Some(p), ..Default::default() }).await?;
+        let mut input_open = true;
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => write(&mut output, &m).await?,
+                    None => break,
+                },
+                next = lines.next_line(), if input_open && pending.is_none() => match next {
+                    // Clients wait for the answer before they ask again; a line now (or the
+                    // end of input) means: stop what you are streaming.
+                    Ok(Some(l)) => {
+                        pending = Some(l);
+                        cancel.store(true, Ordering::SeqCst);
+                    }
+                    _ => {
+                        input_open = false;
+                        cancel.store(true, Ordering::SeqCst);
+                    }
+                },
+            }
         }
-        let (slot, result) = job.await.map_err(std::io::Error::other)?;
-        agent = Some(slot);
+        let result = job.await.map_err(std::io::Error::other)?;
         write(&mut output, &finish(id, result)).await?;
+        if !input_open {
+            break;
+        }
     }
     Ok(())
 }
 
-fn hello(params: &Value) -> Result<Value, RpcError> {
+fn hello(params: &Value, daemon: bool) -> Result<Value, RpcError> {
     let p: HelloParams = params_of(params)?;
     if p.protocol != PROTOCOL_VERSION {
         return Err(RpcError::new(
@@ -83,10 +122,16 @@ fn hello(params: &Value) -> Result<Value, RpcError> {
             ),
         ));
     }
-    to_value(HelloResult { protocol: PROTOCOL_VERSION, agent: env!("CARGO_PKG_VERSION").into(), plan_version: PLAN_VERSION })
+    to_value(HelloResult { protocol: PROTOCOL_VERSION, agent: env!("CARGO_PKG_VERSION").into(), plan_version: PLAN_VERSION, daemon })
 }
 
-fn dispatch(agent: &mut Agent, req: &Request, progress: &mut dyn FnMut(Progress)) -> Result<Value, RpcError> {
+fn dispatch(
+    agent: &Agent,
+    req: &Request,
+    progress: &mut dyn FnMut(Progress),
+    log: &mut dyn FnMut(LogLine),
+    cancel: &AtomicBool,
+) -> Result<Value, RpcError> {
     match req.method.as_str() {
         proto::DEPLOY => {
             let p: proto::DeployParams = params_of(&req.params).map_err(|e| RpcError { code: ErrorCode::InvalidPlan, ..e })?;
@@ -129,6 +174,7 @@ fn dispatch(agent: &mut Agent, req: &Request, progress: &mut dyn FnMut(Progress)
             agent.end_transfer(p.token);
             to_value(true)
         }
+        proto::LOGS => to_value(super::logs::logs(agent, &params_of(&req.params)?, log, cancel)?),
         other => Err(RpcError::new(ErrorCode::BadRequest, format!("unknown method {other:?}"))),
     }
 }

@@ -1,26 +1,72 @@
-//! Desired vs observed, per component: pure functions behind `mcp status`.
+//! Desired vs observed, per component: pure functions behind `mcp status` and the monitor.
 
 use crate::plan::instance_name;
 use crate::proto::{ComponentStatus, ServiceStatus};
-use crate::registry::{ComponentRecord, Desired, ServiceRecord};
-use crate::runtime::Observed;
+use crate::registry::{ComponentRecord, Desired, RepairCount, ServiceRecord};
+use crate::runtime::{select, Observed, ADOPTED_PREFIX};
+
+/// The kinds of drift the agent records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftKind {
+    /// Desired running, nothing there.
+    Missing,
+    /// There, desired running, not running.
+    Stopped,
+    /// Running, desired stopped.
+    Running,
+    /// Runs a spec other than the registry's (changed outside mcp).
+    Spec,
+    /// Carries mcp labels, unknown to the registry.
+    Orphan,
+    /// Not made by mcp, but uses a service's name.
+    Unmanaged,
+}
+
+impl DriftKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::Missing => "missing",
+            DriftKind::Stopped => "stopped",
+            DriftKind::Running => "running",
+            DriftKind::Spec => "spec",
+            DriftKind::Orphan => "orphan",
+            DriftKind::Unmanaged => "unmanaged",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub kind: DriftKind,
+    pub detail: String,
+}
+
+impl Drift {
+    fn new(kind: DriftKind, detail: impl Into<String>) -> Self {
+        Drift { kind, detail: detail.into() }
+    }
+}
 
 /// Why `observed` differs from `want`, if it does.
-pub fn drift(want: &ComponentRecord, observed: Option<&Observed>) -> Option<String> {
+pub fn drift(want: &ComponentRecord, observed: Option<&Observed>) -> Option<Drift> {
     match (want.desired, observed) {
-        (Desired::Running, None) => Some("missing: desired running, no container".into()),
+        (Desired::Running, None) => Some(Drift::new(DriftKind::Missing, "missing: desired running, no container")),
         (Desired::Stopped, None) => None,
         (desired, Some(o)) => {
             if !o.runs_spec(&want.hash) {
-                Some(format!(
-                    "spec changed outside mcp: runs {}, registry has {}",
-                    o.spec.as_deref().unwrap_or("(no label)"),
-                    want.hash
+                Some(Drift::new(
+                    DriftKind::Spec,
+                    format!(
+                        "spec changed outside mcp: runs {}, registry has {}",
+                        o.spec.as_deref().unwrap_or("(no label)"),
+                        want.hash
+                    ),
                 ))
             } else if desired == Desired::Running && !o.running() {
-                Some(format!("not running ({}) but desired running", o.state))
+                let code = o.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default();
+                Some(Drift::new(DriftKind::Stopped, format!("not running ({}{code}) but desired running", o.state)))
             } else if desired == Desired::Stopped && o.running() {
-                Some("running but desired stopped".into())
+                Some(Drift::new(DriftKind::Running, "running but desired stopped"))
             } else {
                 None
             }
@@ -28,62 +74,181 @@ pub fn drift(want: &ComponentRecord, observed: Option<&Observed>) -> Option<Stri
     }
 }
 
+/// One registered component and what holds its name.
+pub struct Slot<'a> {
+    pub want: &'a ComponentRecord,
+    pub name: String,
+    /// The object that is this component (labelled, or adopted by id).
+    pub mine: Option<&'a Observed>,
+    /// An unmanaged object holding the component's name when `mine` is None.
+    pub squatter: Option<&'a Observed>,
+}
+
+impl Slot<'_> {
+    pub fn drift(&self) -> Option<Drift> {
+        match (self.mine, self.squatter) {
+            (None, Some(s)) => Some(Drift::new(
+                DriftKind::Unmanaged,
+                format!(
+                    "unmanaged: {} holds the name of component {} but was not created by mcp \
+                     (remove it, or take it over with `mcp adopt`)",
+                    s.name, self.want.spec.name
+                ),
+            )),
+            (mine, _) => drift(self.want, mine),
+        }
+    }
+}
+
+/// Pair a service's components with the objects `scoped` (the service's objects, see
+/// [`select`]) holds; the rest are extras (orphans or unmanaged objects using its name).
+pub fn match_service<'a>(r: &'a ServiceRecord, scoped: &'a [Observed]) -> (Vec<Slot<'a>>, Vec<&'a Observed>) {
+    let slots: Vec<Slot> = r
+        .components
+        .iter()
+        .map(|c| {
+            let name = instance_name(&r.name, &c.spec.name);
+            let adopted = c.hash.starts_with(ADOPTED_PREFIX);
+            let mine = scoped.iter().find(|o| o.name == name && o.service == r.name && (o.managed || adopted));
+            let squatter = if mine.is_none() { scoped.iter().find(|o| o.name == name && !o.managed) } else { None };
+            Slot { want: c, name, mine, squatter }
+        })
+        .collect();
+    let claimed = |o: &Observed| {
+        slots.iter().any(|s| s.mine.is_some_and(|m| std::ptr::eq(m, o)) || s.squatter.is_some_and(|m| std::ptr::eq(m, o)))
+    };
+    let extras = scoped.iter().filter(|o| o.service == r.name && !claimed(o)).collect();
+    (slots, extras)
+}
+
+fn extra_drift(o: &Observed) -> Drift {
+    if o.managed {
+        Drift::new(DriftKind::Orphan, format!("orphan: {} carries mcp labels but is not in the registry", o.name))
+    } else {
+        Drift::new(
+            DriftKind::Unmanaged,
+            format!("unmanaged: {} uses the service's name but was not created by mcp (see `mcp adopt`)", o.name),
+        )
+    }
+}
+
+/// Labelled objects of services the registry does not know, by service name.
+fn unknown_services<'a>(records: &[ServiceRecord], observed: &'a [Observed]) -> Vec<(&'a str, Vec<&'a Observed>)> {
+    let mut names: Vec<&str> = observed
+        .iter()
+        .filter(|o| o.managed && !o.service.is_empty() && !records.iter().any(|r| r.name == o.service))
+        .map(|o| o.service.as_str())
+        .collect();
+    names.sort();
+    names.dedup();
+    names.into_iter().map(|s| (s, observed.iter().filter(|o| o.managed && o.service == s).collect())).collect()
+}
+
+/// An object that differs from the registry, as the monitor records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub service: String,
+    pub component: String,
+    /// The object's name (for a registered component: `<service>-<component>`).
+    pub name: String,
+    pub drift: Drift,
+    /// What is there, if anything.
+    pub observed: Option<Observed>,
+    /// Whether the component is registered (only those are repaired).
+    pub registered: bool,
+}
+
+/// Every drift on the node: `all` is a listing of every runtime object.
+pub fn findings(records: &[ServiceRecord], all: &[Observed]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for r in records {
+        let scoped = select(all, Some(&r.name));
+        let (slots, extras) = match_service(r, &scoped);
+        for s in &slots {
+            if let Some(d) = s.drift() {
+                out.push(Finding {
+                    service: r.name.clone(),
+                    component: s.want.spec.name.clone(),
+                    name: s.name.clone(),
+                    drift: d,
+                    observed: s.mine.or(s.squatter).cloned(),
+                    registered: true,
+                });
+            }
+        }
+        for o in extras {
+            out.push(extra_finding(o));
+        }
+    }
+    for (_, objects) in unknown_services(records, all) {
+        out.extend(objects.into_iter().map(extra_finding));
+    }
+    out
+}
+
+fn extra_finding(o: &Observed) -> Finding {
+    Finding {
+        service: o.service.clone(),
+        component: if o.component.is_empty() { o.name.clone() } else { o.component.clone() },
+        name: o.name.clone(),
+        drift: extra_drift(o),
+        observed: Some(o.clone()),
+        registered: false,
+    }
+}
+
 /// Status of every service in `records`, plus orphans: objects labelled for a service or
-/// component the registry does not know. `now` is unix seconds.
-pub fn service_statuses(records: &[ServiceRecord], observed: &[Observed], now: i64) -> Vec<ServiceStatus> {
+/// component the registry does not know. `observed` is what [`select`] gives for the scope;
+/// `now` is unix seconds.
+pub fn service_statuses(
+    records: &[ServiceRecord],
+    observed: &[Observed],
+    repairs: &dyn Fn(&str) -> Vec<RepairCount>,
+    now: i64,
+) -> Vec<ServiceStatus> {
     let uptime = |o: &Observed| o.started_at.map(|t| (now - t).max(0) as u64);
     let mut out: Vec<ServiceStatus> = records
         .iter()
         .map(|r| {
-            let mut components: Vec<ComponentStatus> = r
-                .components
+            let scoped = select(observed, Some(&r.name));
+            let (slots, extras) = match_service(r, &scoped);
+            let counts = repairs(&r.name);
+            let mut components: Vec<ComponentStatus> = slots
                 .iter()
-                .map(|c| {
-                    let name = instance_name(&r.name, &c.spec.name);
-                    let adopted = c.hash.starts_with(crate::runtime::ADOPTED_PREFIX);
-                    let o = observed.iter().find(|o| o.name == name && o.service == r.name && (o.managed || adopted));
+                .map(|s| {
+                    let repaired = counts.iter().find(|c| c.component == s.want.spec.name);
+                    let d = s.drift();
                     ComponentStatus {
-                        name: c.spec.name.clone(),
-                        desired: c.desired.as_str().into(),
-                        spec: c.hash.clone(),
-                        observed: o.map(|o| o.state.clone()).unwrap_or_else(|| "missing".into()),
-                        observed_spec: o.and_then(|o| o.spec.clone()),
-                        uptime_secs: o.and_then(uptime),
-                        drift: drift(c, o),
+                        name: s.want.spec.name.clone(),
+                        desired: s.want.desired.as_str().into(),
+                        spec: s.want.hash.clone(),
+                        observed: s.mine.map(|o| o.state.clone()).unwrap_or_else(|| "missing".into()),
+                        observed_spec: s.mine.and_then(|o| o.spec.clone()),
+                        uptime_secs: s.mine.and_then(uptime),
+                        drift_kind: d.as_ref().map(|d| d.kind.as_str().to_string()),
+                        drift: d.map(|d| d.detail),
+                        repairs: repaired.map(|c| c.count).unwrap_or(0),
+                        last_repair: repaired.map(|c| c.last),
                     }
                 })
                 .collect();
-            for o in observed.iter().filter(|o| o.service == r.name) {
-                let known = r.components.iter().any(|c| {
-                    instance_name(&r.name, &c.spec.name) == o.name && (o.managed || c.hash.starts_with(crate::runtime::ADOPTED_PREFIX))
-                });
-                if !known {
-                    components.push(orphan(o, uptime(o)));
-                }
-            }
+            components.extend(extras.into_iter().map(|o| extra_status(o, uptime(o))));
             ServiceStatus { name: r.name.clone(), active: r.active, components, events: Vec::new() }
         })
         .collect();
-    // Whole services the registry does not know.
-    let mut unknown: Vec<&str> = observed
-        .iter()
-        .map(|o| o.service.as_str())
-        .filter(|s| !s.is_empty() && !records.iter().any(|r| r.name == *s))
-        .collect();
-    unknown.sort();
-    unknown.dedup();
-    for svc in unknown {
+    for (svc, objects) in unknown_services(records, observed) {
         out.push(ServiceStatus {
             name: svc.to_string(),
             active: false,
-            components: observed.iter().filter(|o| o.service == svc).map(|o| orphan(o, uptime(o))).collect(),
+            components: objects.into_iter().map(|o| extra_status(o, uptime(o))).collect(),
             events: Vec::new(),
         });
     }
     out
 }
 
-fn orphan(o: &Observed, uptime_secs: Option<u64>) -> ComponentStatus {
+fn extra_status(o: &Observed, uptime_secs: Option<u64>) -> ComponentStatus {
+    let d = extra_drift(o);
     ComponentStatus {
         name: if o.component.is_empty() { o.name.clone() } else { o.component.clone() },
         desired: "absent".into(),
@@ -91,11 +256,10 @@ fn orphan(o: &Observed, uptime_secs: Option<u64>) -> ComponentStatus {
         observed: o.state.clone(),
         observed_spec: o.spec.clone(),
         uptime_secs,
-        drift: Some(if o.managed {
-            format!("orphan: {} carries mcp labels but is not in the registry", o.name)
-        } else {
-            format!("unmanaged: {} uses the service's name but was not created by mcp (see `mcp adopt`)", o.name)
-        }),
+        drift_kind: Some(d.kind.as_str().to_string()),
+        drift: Some(d.detail),
+        repairs: 0,
+        last_repair: None,
     }
 }
 
@@ -125,14 +289,20 @@ mod tests {
     #[test]
     fn drift_kinds() {
         let r = rec(Desired::Running);
-        assert!(drift(&r, None).unwrap().starts_with("missing"));
-        assert!(drift(&r, Some(&obs(&r.hash, "exited"))).unwrap().starts_with("not running (exited)"));
-        assert!(drift(&r, Some(&obs("other", "running"))).unwrap().starts_with("spec changed outside mcp"));
+        let kind = |d: Option<Drift>| d.map(|d| d.kind);
+        assert_eq!(kind(drift(&r, None)), Some(DriftKind::Missing));
+        let mut exited = obs(&r.hash, "exited");
+        exited.exit_code = Some(137);
+        let d = drift(&r, Some(&exited)).unwrap();
+        assert_eq!((d.kind, d.detail.as_str()), (DriftKind::Stopped, "not running (exited, exit code 137) but desired running"));
+        let d = drift(&r, Some(&obs("other", "running"))).unwrap();
+        assert_eq!(d.kind, DriftKind::Spec);
+        assert!(d.detail.starts_with("spec changed outside mcp"));
         assert_eq!(drift(&r, Some(&obs(&r.hash, "running"))), None);
         let s = rec(Desired::Stopped);
         assert_eq!(drift(&s, None), None);
         assert_eq!(drift(&s, Some(&obs(&s.hash, "exited"))), None);
-        assert_eq!(drift(&s, Some(&obs(&s.hash, "running"))).unwrap(), "running but desired stopped");
+        assert_eq!(kind(drift(&s, Some(&obs(&s.hash, "running")))), Some(DriftKind::Running));
     }
 
     #[test]
@@ -146,12 +316,35 @@ mod tests {
         let mut other = obs("h", "exited");
         other.service = "t".into();
         other.name = "t-a".into();
-        let st = service_statuses(&records, &[obs(&r.hash, "running"), stray, other], 100);
+        let observed = [obs(&r.hash, "running"), stray, other];
+        let st = service_statuses(&records, &observed, &|_| Vec::new(), 100);
         assert_eq!(st.len(), 2);
         assert_eq!(st[0].components[0].uptime_secs, Some(10));
         assert_eq!(st[0].components[0].drift, None);
         assert!(st[0].components[1].drift.as_deref().unwrap().starts_with("orphan"));
         assert_eq!(st[1].name, "t");
         assert_eq!(st[1].components[0].desired, "absent");
+        // The monitor sees the same two orphans and nothing else.
+        let f = findings(&records, &observed);
+        let got: Vec<(&str, &str, DriftKind, bool)> =
+            f.iter().map(|f| (f.service.as_str(), f.name.as_str(), f.drift.kind, f.registered)).collect();
+        assert_eq!(got, vec![("s", "s-b", DriftKind::Orphan, false), ("t", "t-a", DriftKind::Orphan, false)]);
+    }
+
+    #[test]
+    fn squatter_on_a_component_name_is_unmanaged_drift_not_missing() {
+        let r = rec(Desired::Running);
+        let records =
+            vec![ServiceRecord { name: "s".into(), node: None, active: true, updated_at: 0, components: vec![r.clone()] }];
+        let mut squatter = obs("", "running");
+        squatter.spec = None;
+        squatter.managed = false;
+        squatter.service = String::new();
+        let f = findings(&records, &[squatter]);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].drift.kind, f[0].registered, f[0].component.as_str()), (DriftKind::Unmanaged, true, "a"));
+        assert!(findings(&records, &[obs(&r.hash, "running")]).is_empty());
+        let missing = findings(&records, &[]);
+        assert_eq!(missing[0].drift.kind, DriftKind::Missing);
     }
 }

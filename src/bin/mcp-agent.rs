@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use std::sync::Arc;
+
 use mcp::agent::config::{default_state_dir, AgentConfig};
-use mcp::agent::{rpc, Agent};
+use mcp::agent::monitor::ObservedCache;
+use mcp::agent::{rpc, serve, Agent};
 use mcp::runtime::podman::Podman;
 
 #[derive(Debug, Parser)]
@@ -40,6 +43,9 @@ struct AgentOpts {
     /// Milliseconds a replacement must stay up before the old container is removed.
     #[arg(long, global = true, env = "MCP_AGENT_SETTLE_MS", value_name = "MS")]
     settle_ms: Option<u64>,
+    /// Seconds between the daemon's full sweeps (default 30; events trigger sweeps between).
+    #[arg(long, global = true, env = "MCP_AGENT_SWEEP_SECS", value_name = "SECS")]
+    sweep_secs: Option<u64>,
     /// More log output on stderr (-v, -vv).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -47,8 +53,12 @@ struct AgentOpts {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Serve the JSON-lines protocol on stdin/stdout (one client session).
+    /// Serve the JSON-lines protocol on stdin/stdout (one client session). Forwards to the
+    /// `serve` daemon when it runs; works alone when it does not.
     Rpc,
+    /// Run the daemon: registry owner, drift monitor (podman events + periodic sweeps),
+    /// restart policy, alert hook, protocol on <state dir>/agent.sock. Stops on SIGTERM.
+    Serve,
     /// Print the effective configuration and state dir.
     Config,
 }
@@ -65,14 +75,36 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Rpc => {
-            let runtime = Podman::new(config.podman, state_dir.join("scratch"));
-            let agent = Agent::open(&state_dir, Box::new(runtime)).map_err(|e| {
-                format!("{e} (state dir {}; set --state-dir or MCP_AGENT_STATE to a writable dir)", state_dir.display())
-            });
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
-            rt.block_on(rpc::serve(agent, tokio::io::stdin(), tokio::io::stdout())).context("rpc session")
+            let result = match serve::connect(&state_dir) {
+                Some(socket) => rt.block_on(serve::forward(socket)).context("forwarding to the mcp-agent daemon"),
+                None => {
+                    let agent = open_agent(&config, &state_dir).map(Arc::new).map_err(|e| e.to_string());
+                    rt.block_on(rpc::serve(agent, false, tokio::io::stdin(), tokio::io::stdout())).context("rpc session")
+                }
+            };
+            // tokio's stdin reader is a blocking thread that may still wait for input.
+            rt.shutdown_background();
+            result
+        }
+        Cmd::Serve => {
+            let cache = Arc::new(ObservedCache::default());
+            let agent = Arc::new(open_agent(&config, &state_dir)?.with_cache(cache.clone()));
+            let daemon = serve::Daemon { monitor: config.monitor, retention: config.events, alert: config.alert };
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting tokio")?;
+            let result = rt.block_on(serve::run(agent, cache, daemon)).context("mcp-agent serve");
+            // Requests still running get time to finish (they must not stop half-way).
+            rt.shutdown_timeout(std::time::Duration::from_secs(60));
+            result
         }
     }
+}
+
+fn open_agent(config: &AgentConfig, state_dir: &std::path::Path) -> Result<Agent> {
+    let runtime = Podman::new(config.podman.clone(), state_dir.join("scratch"));
+    Agent::open(state_dir, Box::new(runtime)).with_context(|| {
+        format!("opening the agent (state dir {}; set --state-dir or MCP_AGENT_STATE to a writable dir)", state_dir.display())
+    })
 }
 
 fn load_config(opts: &AgentOpts, state_dir: &std::path::Path) -> Result<AgentConfig> {
@@ -89,6 +121,9 @@ fn load_config(opts: &AgentOpts, state_dir: &std::path::Path) -> Result<AgentCon
     }
     if let Some(ms) = opts.settle_ms {
         config.podman.settle_ms = Some(ms);
+    }
+    if let Some(s) = opts.sweep_secs {
+        config.monitor.sweep_secs = Some(s);
     }
     Ok(config)
 }

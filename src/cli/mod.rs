@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod lifecycle;
 pub mod list;
 pub mod login;
+pub mod logs;
 pub mod node;
 pub mod output;
 pub mod ps;
@@ -80,8 +81,10 @@ pub enum Command {
     List(list::Opts),
     /// Live view of the containers on the nodes, with uptime.
     Ps(ps::Opts),
-    /// Desired vs observed state, drift and recent events.
+    /// Desired vs observed state, drift, repairs and recent events.
     Status(status::Opts),
+    /// Show what a service's components printed (-f to follow).
+    Logs(logs::Opts),
     /// Check every node (or one): show and record SSH host keys, check the agent answers.
     Login(login::Opts),
     /// List, add and remove nodes in mcp.toml.
@@ -138,6 +141,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Restart(o) => lifecycle::run(&ctx, o, proto::RESTART, "restarted").await,
         Command::List(o) => list::run(&ctx, o).await,
         Command::Ps(o) => ps::run(&ctx, o).await,
+        Command::Logs(o) => logs::run(&ctx, o).await,
         Command::Status(o) => status::run(&ctx, o).await,
         Command::Login(o) => login::run(&ctx, o).await,
         Command::Node(c) => node::run(&ctx, c).await,

@@ -1,4 +1,5 @@
-//! `mcp status [service]`: desired vs observed per component, drift, recent events.
+//! `mcp status [service]`: desired vs observed per component, drift, repairs by the agent's
+//! monitor, recent events.
 
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -56,6 +57,10 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                     c.observed.clone(),
                     c.uptime_secs.map(duration).unwrap_or_else(|| "-".into()),
                     c.spec.clone(),
+                    match c.last_repair {
+                        Some(t) => format!("{} (last {})", c.repairs, timestamp(t)),
+                        None => c.repairs.to_string(),
+                    },
                     c.drift.clone().unwrap_or_else(|| "-".into()),
                 ]);
             }
@@ -68,7 +73,7 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
             }
         }
     }
-    print!("{}", table(&["COMPONENT", "NODE", "DESIRED", "OBSERVED", "UPTIME", "SPEC", "DRIFT"], &rows));
+    print!("{}", table(&["COMPONENT", "NODE", "DESIRED", "OBSERVED", "UPTIME", "SPEC", "REPAIRS", "DRIFT"], &rows));
     if !events.is_empty() {
         events.sort_by_key(|(t, _)| *t);
         println!("\nRecent events (UTC):");

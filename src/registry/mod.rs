@@ -102,8 +102,34 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Drift of one object as the monitor last recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftRow {
+    pub service: String,
+    /// The object's name (`<service>-<component>` for registered components).
+    pub name: String,
+    pub component: String,
+    /// `missing`, `stopped`, `running`, `spec`, `orphan`, `unmanaged`.
+    pub kind: String,
+    pub detail: String,
+    /// Unix milliseconds when this kind of drift was first seen.
+    pub since: i64,
+}
+
+/// How often the monitor repaired a component, and when last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairCount {
+    pub component: String,
+    pub count: u32,
+    pub last: i64,
+}
+
+/// Gets every event once it is committed (the daemon's alert hook).
+pub type EventSink = Box<dyn Fn(&[Event]) + Send>;
+
 pub struct Registry {
     conn: Connection,
+    sink: Option<EventSink>,
 }
 
 impl Registry {
@@ -129,9 +155,20 @@ impl Registry {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut reg = Registry { conn };
+        let mut reg = Registry { conn, sink: None };
         schema::migrate(&mut reg.conn)?;
         Ok(reg)
+    }
+
+    /// Hand every committed event to `sink` from now on.
+    pub fn set_event_sink(&mut self, sink: EventSink) {
+        self.sink = Some(sink);
+    }
+
+    fn committed(&self, events: Vec<Event>) {
+        if let (Some(sink), false) = (&self.sink, events.is_empty()) {
+            sink(&events);
+        }
     }
 
     pub fn schema_version(&self) -> Result<i64, RegistryError> {
@@ -205,8 +242,9 @@ impl Registry {
                 params![record.name, c.spec.name, c.spec.kind.as_str(), spec, c.hash, c.desired.as_str(), i as i64],
             )?;
         }
-        insert_events(&tx, events)?;
+        let stored = insert_events(&tx, events)?;
         tx.commit()?;
+        self.committed(stored);
         Ok(())
     }
 
@@ -224,8 +262,9 @@ impl Registry {
             params![desired.as_str(), service, component],
         )?;
         tx.execute("UPDATE services SET updated_at = ?1 WHERE name = ?2", params![now_ms(), service])?;
-        insert_events(&tx, events)?;
+        let stored = insert_events(&tx, events)?;
         tx.commit()?;
+        self.committed(stored);
         Ok(())
     }
 
@@ -234,16 +273,99 @@ impl Registry {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM components WHERE service = ?1", [name])?;
         tx.execute("DELETE FROM services WHERE name = ?1", [name])?;
-        insert_events(&tx, events)?;
+        tx.execute("DELETE FROM repairs WHERE service = ?1", [name])?;
+        let stored = insert_events(&tx, events)?;
         tx.commit()?;
+        self.committed(stored);
         Ok(())
     }
 
     pub fn record_events(&mut self, events: &[NewEvent]) -> Result<(), RegistryError> {
         let tx = self.conn.transaction()?;
-        insert_events(&tx, events)?;
+        let stored = insert_events(&tx, events)?;
         tx.commit()?;
+        self.committed(stored);
         Ok(())
+    }
+
+    /// Every drift row (all services).
+    pub fn drift(&self) -> Result<Vec<DriftRow>, RegistryError> {
+        let mut st = self.conn.prepare("SELECT service, name, component, kind, detail, since FROM drift ORDER BY service, name")?;
+        let rows = st.query_map([], |r| {
+            Ok(DriftRow {
+                service: r.get(0)?,
+                name: r.get(1)?,
+                component: r.get(2)?,
+                kind: r.get(3)?,
+                detail: r.get(4)?,
+                since: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Record drift transitions in one transaction: rows that start or change, rows that end
+    /// (by service and name), and their events.
+    pub fn record_drift(
+        &mut self,
+        upsert: &[DriftRow],
+        resolved: &[(String, String)],
+        events: &[NewEvent],
+    ) -> Result<(), RegistryError> {
+        let tx = self.conn.transaction()?;
+        for d in upsert {
+            tx.execute(
+                "INSERT INTO drift(service, name, component, kind, detail, since) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(service, name) DO UPDATE SET component = excluded.component, kind = excluded.kind,
+                 detail = excluded.detail, since = excluded.since",
+                params![d.service, d.name, d.component, d.kind, d.detail, d.since],
+            )?;
+        }
+        for (service, name) in resolved {
+            tx.execute("DELETE FROM drift WHERE service = ?1 AND name = ?2", params![service, name])?;
+        }
+        let stored = insert_events(&tx, events)?;
+        tx.commit()?;
+        self.committed(stored);
+        Ok(())
+    }
+
+    /// Count a repair of a component and record its event.
+    pub fn record_repair(&mut self, service: &str, component: &str, event: &NewEvent) -> Result<(), RegistryError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO repairs(service, component, count, last) VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT(service, component) DO UPDATE SET count = count + 1, last = excluded.last",
+            params![service, component, now_ms()],
+        )?;
+        let stored = insert_events(&tx, std::slice::from_ref(event))?;
+        tx.commit()?;
+        self.committed(stored);
+        Ok(())
+    }
+
+    /// Repair counts of a service's components.
+    pub fn repairs(&self, service: &str) -> Result<Vec<RepairCount>, RegistryError> {
+        let mut st = self.conn.prepare("SELECT component, count, last FROM repairs WHERE service = ?1 ORDER BY component")?;
+        let rows = st.query_map([service], |r| Ok(RepairCount { component: r.get(0)?, count: r.get(1)?, last: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keep at most `max_count` events and none older than `max_age_ms`; returns how many
+    /// were deleted.
+    pub fn prune_events(&mut self, max_count: u64, max_age_ms: i64) -> Result<usize, RegistryError> {
+        let tx = self.conn.transaction()?;
+        let mut n = tx.execute("DELETE FROM events WHERE time < ?1", [now_ms() - max_age_ms])?;
+        n += tx.execute(
+            "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+            [max_count as i64],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    pub fn count_events(&self) -> Result<u64, RegistryError> {
+        Ok(self.conn.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// The most recent `limit` events of a service (all services when None), oldest first.
@@ -279,15 +401,24 @@ impl Registry {
     }
 }
 
-fn insert_events(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<(), RegistryError> {
+fn insert_events(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Event>, RegistryError> {
     let t = now_ms();
+    let mut out = Vec::with_capacity(events.len());
     for e in events {
         tx.execute(
             "INSERT INTO events(time, service, component, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![t, e.service, e.component, e.kind, e.message],
         )?;
+        out.push(Event {
+            id: tx.last_insert_rowid(),
+            time: t,
+            service: e.service.clone(),
+            component: e.component.clone(),
+            kind: e.kind.clone(),
+            message: e.message.clone(),
+        });
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -32,6 +32,25 @@ const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL
      );
      CREATE INDEX events_by_service ON events(service, id);",
+    // 2: the monitor's memory: drift as last recorded (one row per object while it drifts, so
+    // an event is written once per transition, also across agent restarts) and repair counts.
+    "CREATE TABLE drift (
+        service TEXT NOT NULL,
+        name TEXT NOT NULL,
+        component TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        since INTEGER NOT NULL,
+        PRIMARY KEY (service, name)
+     );
+     CREATE TABLE repairs (
+        service TEXT NOT NULL,
+        component TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        last INTEGER NOT NULL,
+        PRIMARY KEY (service, component)
+     );
+     CREATE INDEX events_by_time ON events(time);",
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -30,6 +30,8 @@ pub struct Observed {
     pub ports: Vec<String>,
     /// How often the runtime restarted it by itself (crash loops); only from [`Runtime::state`].
     pub restarts: u32,
+    /// Exit code of the last run, when it has exited.
+    pub exit_code: Option<i32>,
     /// Carries mcp labels. Unmanaged objects are only listed because their name is
     /// `<service>-...`; mcp never changes them unless they were adopted.
     pub managed: bool,
@@ -46,6 +48,56 @@ impl Observed {
         self.spec.as_deref() == Some(hash)
             || hash.strip_prefix(ADOPTED_PREFIX).is_some_and(|id| !id.is_empty() && self.id.starts_with(id))
     }
+}
+
+/// What [`Runtime::list`] returns, computed from a listing of everything
+/// ([`Runtime::list_all`]): mcp-labelled objects (all services), or for one service its
+/// labelled objects plus unlabelled ones named `<service>-...`.
+pub fn select(all: &[Observed], service: Option<&str>) -> Vec<Observed> {
+    match service {
+        None => all.iter().filter(|o| o.managed).cloned().collect(),
+        Some(s) => {
+            let prefix = format!("{s}-");
+            scope_to_service(all.iter().filter(|o| o.name.starts_with(&prefix)).cloned().collect(), s)
+        }
+    }
+}
+
+/// From objects named `<service>-*`: those labelled for `service`, and unlabelled ones (named
+/// after it, so `service`/`component` are taken from the name). Objects labelled for another
+/// service (`a-b-web` when listing `a`) are dropped.
+pub fn scope_to_service(found: Vec<Observed>, service: &str) -> Vec<Observed> {
+    let prefix = format!("{service}-");
+    found
+        .into_iter()
+        .filter_map(|mut o| {
+            if o.managed {
+                return (o.service == service).then_some(o);
+            }
+            let rest = o.name.strip_prefix(&prefix)?.to_string();
+            o.service = service.to_string();
+            o.component = rest;
+            Some(o)
+        })
+        .collect()
+}
+
+/// Something happened to a runtime object (from the runtime's event stream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeEvent {
+    /// The object's name.
+    pub name: String,
+    /// Its `mcp.service` label, if any.
+    pub service: Option<String>,
+    /// What happened: `died`, `start`, `remove`, ...
+    pub action: String,
+}
+
+/// A running follower of the runtime's events. Iterating blocks until the next event and
+/// ends when the stream dies.
+pub trait EventStream: Iterator<Item = RuntimeEvent> + Send {
+    /// The follower process, so that a supervisor can stop it.
+    fn pid(&self) -> Option<u32>;
 }
 
 /// Registry hash of a component adopted from an unlabelled container.
@@ -75,7 +127,15 @@ pub enum RuntimeError {
 pub trait Runtime: Send + Sync {
     /// Every object carrying mcp labels (all services), or, for one service, its labelled
     /// objects plus unlabelled ones named `<service>-<component>` (`managed: false`).
+    /// Same result as [`select`] over [`Runtime::list_all`], usually cheaper.
     fn list(&self, service: Option<&str>) -> Result<Vec<Observed>, RuntimeError>;
+    /// Every object, labelled or not (the monitor's sweep).
+    fn list_all(&self) -> Result<Vec<Observed>, RuntimeError>;
+    /// Follow the runtime's events (until the stream dies).
+    fn watch(&self) -> Result<Box<dyn EventStream>, RuntimeError>;
+    /// A process printing the object's log (its stdout on stdout, its stderr on stderr): the
+    /// last `tail` lines (all when None), then new ones as they come when `follow`.
+    fn logs(&self, id: &str, tail: Option<u32>, follow: bool) -> Result<std::process::Child, RuntimeError>;
     /// The object with exactly this name, managed or not.
     fn by_name(&self, name: &str) -> Result<Option<Observed>, RuntimeError>;
     /// Create and start the component, labelled with its spec hash; returns the new id.

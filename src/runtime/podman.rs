@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Observed, Runtime, RuntimeError, LABEL_COMPONENT, LABEL_SERVICE, LABEL_SPEC};
+use super::{scope_to_service, EventStream, Observed, Runtime, RuntimeError, RuntimeEvent, LABEL_COMPONENT, LABEL_SERVICE, LABEL_SPEC};
 use crate::plan::{instance_name, Component};
 
 /// How the agent runs podman. Some hosts need a containers.conf or global flags
@@ -92,6 +92,94 @@ pub fn ps_filter_argv(filter: String) -> Vec<String> {
     vec!["ps".into(), "-a".into(), "--format".into(), "json".into(), "--filter".into(), filter]
 }
 
+/// `podman ps -a` of every container.
+pub fn ps_all_argv() -> Vec<String> {
+    vec!["ps".into(), "-a".into(), "--format".into(), "json".into()]
+}
+
+/// `podman events` for containers, as JSON lines, until killed.
+pub fn events_argv() -> Vec<String> {
+    vec!["events".into(), "--format".into(), "json".into(), "--filter".into(), "type=container".into()]
+}
+
+/// `podman logs` of one container.
+pub fn logs_argv(id: &str, tail: Option<u32>, follow: bool) -> Vec<String> {
+    let mut a = vec!["logs".to_string()];
+    if let Some(n) = tail {
+        a.push("--tail".into());
+        a.push(n.to_string());
+    }
+    if follow {
+        a.push("--follow".into());
+    }
+    a.push(id.into());
+    a
+}
+
+/// Container events that can change what `podman ps` shows; the rest (exec, attach, health,
+/// mount, cleanup, ...) are ignored.
+const STATE_EVENTS: &[&str] = &["create", "start", "died", "stop", "remove", "rename", "pause", "unpause", "restart"];
+
+/// One line of `podman events --format json`; None for lines that do not change state.
+pub fn parse_event(line: &str) -> Option<RuntimeEvent> {
+    #[derive(Deserialize)]
+    struct EventJson {
+        #[serde(rename = "Name", default)]
+        name: String,
+        #[serde(rename = "Status", default)]
+        status: String,
+        #[serde(rename = "Type", default)]
+        kind: String,
+        #[serde(rename = "Attributes", default)]
+        attributes: Option<std::collections::BTreeMap<String, String>>,
+    }
+    let e: EventJson = serde_json::from_str(line.trim()).ok()?;
+    if e.kind != "container" || !STATE_EVENTS.contains(&e.status.as_str()) {
+        return None;
+    }
+    Some(RuntimeEvent {
+        service: e.attributes.and_then(|a| a.get(LABEL_SERVICE).cloned()),
+        name: e.name,
+        action: e.status,
+    })
+}
+
+/// A running `podman events` child.
+struct PodmanEvents {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Iterator for PodmanEvents {
+    type Item = RuntimeEvent;
+
+    fn next(&mut self) -> Option<RuntimeEvent> {
+        loop {
+            match self.lines.next()? {
+                Ok(line) => {
+                    if let Some(e) = parse_event(&line) {
+                        return Some(e);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl EventStream for PodmanEvents {
+    fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+}
+
+impl Drop for PodmanEvents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn simple_argv(step: &str, id: &str) -> Vec<String> {
     match step {
         // -t 0 is not used for stop: the container's own stop timeout (from the plan) applies.
@@ -113,6 +201,8 @@ struct PsJson {
     #[serde(default)]
     started_at: i64,
     #[serde(default)]
+    exit_code: Option<i32>,
+    #[serde(default)]
     labels: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default)]
     ports: Option<Vec<PortJson>>,
@@ -126,25 +216,6 @@ struct PortJson {
     host_port: u16,
     #[serde(default)]
     protocol: String,
-}
-
-/// From containers named `<service>-*`: those labelled for `service`, and unlabelled ones
-/// (named after it, so `service`/`component` are taken from the name). Containers labelled
-/// for another service (`a-b-web` when listing `a`) are dropped.
-pub fn scope_to_service(found: Vec<Observed>, service: &str) -> Vec<Observed> {
-    let prefix = format!("{service}-");
-    found
-        .into_iter()
-        .filter_map(|mut o| {
-            if o.managed {
-                return (o.service == service).then_some(o);
-            }
-            let rest = o.name.strip_prefix(&prefix)?.to_string();
-            o.service = service.to_string();
-            o.component = rest;
-            Some(o)
-        })
-        .collect()
 }
 
 /// Parse `podman ps --format json` output.
@@ -166,6 +237,7 @@ pub fn parse_ps(json: &str) -> Result<Vec<Observed>, String> {
                 spec: label(LABEL_SPEC),
                 image: r.image,
                 started_at: (r.state == "running" && r.started_at > 0).then_some(r.started_at),
+                exit_code: (r.state == "exited").then_some(r.exit_code).flatten(),
                 state: r.state,
                 ports: r
                     .ports
@@ -346,15 +418,19 @@ impl Podman {
     fn run(&self, args: &[String]) -> Result<String, RuntimeError> {
         let step = args.first().cloned().unwrap_or_default();
         tracing::debug!(step = %step, "podman");
-        let out = self.command(args)?.output().map_err(|source| RuntimeError::Spawn {
-            program: self.program().map(|p| p.display().to_string()).unwrap_or_default(),
-            step: step.clone(),
-            source,
-        })?;
+        let out = self.command(args)?.output().map_err(|source| self.spawn_error(&step, source))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
             Err(classify(&step, out.status.code().unwrap_or(-1), &String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    fn spawn_error(&self, step: &str, source: std::io::Error) -> RuntimeError {
+        RuntimeError::Spawn {
+            program: self.program().map(|p| p.display().to_string()).unwrap_or_default(),
+            step: step.to_string(),
+            source,
         }
     }
 
@@ -381,7 +457,11 @@ impl Podman {
 
     fn ensure_network(&self, network: &str) -> Result<(), RuntimeError> {
         tracing::info!(network, "creating missing podman network");
-        self.run(&["network".into(), "create".into(), network.into()]).map(|_| ())
+        match self.run(&["network".into(), "create".into(), network.into()]) {
+            // Another deploy (of another service, running concurrently) created it first.
+            Err(RuntimeError::Exit { stderr, .. }) if stderr.contains("already exists") => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 }
 
@@ -392,6 +472,32 @@ impl Runtime for Podman {
             Some(s) => scope_to_service(found, s),
             None => found,
         })
+    }
+
+    fn list_all(&self) -> Result<Vec<Observed>, RuntimeError> {
+        self.ps(&ps_all_argv())
+    }
+
+    fn watch(&self) -> Result<Box<dyn EventStream>, RuntimeError> {
+        let mut cmd = self.command(&events_argv())?;
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        // The follower must not outlive the agent.
+        // SAFETY: prctl is async-signal-safe and only changes this child's own settings.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| self.spawn_error("events", source))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        Ok(Box::new(PodmanEvents { child, lines: std::io::BufRead::lines(std::io::BufReader::new(stdout)) }))
+    }
+
+    fn logs(&self, id: &str, tail: Option<u32>, follow: bool) -> Result<std::process::Child, RuntimeError> {
+        let mut cmd = self.command(&logs_argv(id, tail, follow))?;
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().map_err(|source| self.spawn_error("logs", source))
     }
 
     fn by_name(&self, name: &str) -> Result<Option<Observed>, RuntimeError> {
@@ -533,7 +639,7 @@ mod tests {
         let json = r#"[{"Id":"abc","Names":["s-w"],"Image":"localhost/x:1","State":"running","StartedAt":100,
             "Labels":{"mcp.service":"s","mcp.component":"w","mcp.spec":"h1"},
             "Ports":[{"host_ip":"127.0.0.1","container_port":80,"host_port":8080,"range":1,"protocol":"tcp"}]},
-            {"Id":"def","Names":["other"],"Image":"i","State":"exited","StartedAt":5,"Labels":null,"Ports":null}]"#;
+            {"Id":"def","Names":["other"],"Image":"i","State":"exited","StartedAt":5,"ExitCode":137,"Labels":null,"Ports":null}]"#;
         let got = parse_ps(json).unwrap();
         assert_eq!(got[0].service, "s");
         assert_eq!(got[0].spec.as_deref(), Some("h1"));
@@ -541,6 +647,7 @@ mod tests {
         assert_eq!(got[0].ports, vec!["127.0.0.1:8080->80/tcp"]);
         assert_eq!(got[1].service, "");
         assert_eq!(got[1].started_at, None);
+        assert_eq!((got[0].exit_code, got[1].exit_code), (None, Some(137)));
         assert!(parse_ps("").unwrap().is_empty());
         assert!(parse_ps("not json").is_err());
     }
@@ -557,6 +664,28 @@ mod tests {
         let got = scope_to_service(vec![o("a-web", "a"), o("a-b-web", "a-b"), o("a-legacy", ""), o("zz", "")], "a");
         let names: Vec<(&str, &str, bool)> = got.iter().map(|o| (o.name.as_str(), o.component.as_str(), o.managed)).collect();
         assert_eq!(names, vec![("a-web", "web", true), ("a-legacy", "legacy", false)]);
+        // select() over a listing of everything gives what `podman ps` with filters gives.
+        let all = vec![o("a-web", "a"), o("a-b-web", "a-b"), o("a-legacy", ""), o("zz", "")];
+        assert_eq!(super::super::select(&all, Some("a")), got);
+        let managed: Vec<String> = super::super::select(&all, None).into_iter().map(|o| o.name).collect();
+        assert_eq!(managed, vec!["a-web", "a-b-web"]);
+    }
+
+    #[test]
+    fn events_and_logs_argv_and_parsing() {
+        assert_eq!(events_argv(), vec!["events", "--format", "json", "--filter", "type=container"]);
+        assert_eq!(logs_argv("abc", Some(5), true), vec!["logs", "--tail", "5", "--follow", "abc"]);
+        assert_eq!(logs_argv("abc", None, false), vec!["logs", "abc"]);
+        let died = r#"{"ContainerExitCode":137,"ID":"89","Image":"i","Name":"s-web","Status":"died","Time":"t","Type":"container","Attributes":{"mcp.service":"s"}}"#;
+        assert_eq!(
+            parse_event(died),
+            Some(RuntimeEvent { name: "s-web".into(), service: Some("s".into()), action: "died".into() })
+        );
+        let cleanup = died.replace("\"died\"", "\"cleanup\"");
+        assert_eq!(parse_event(&cleanup), None, "cleanup does not change state");
+        let unlabelled = r#"{"ID":"1","Name":"x","Status":"remove","Type":"container"}"#;
+        assert_eq!(parse_event(unlabelled).unwrap().service, None);
+        assert_eq!(parse_event("not json"), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines};
 
-use crate::proto::{self, HelloParams, HelloResult, Progress, Request, Response, RpcError, PROTOCOL_VERSION};
+use crate::proto::{self, HelloParams, HelloResult, LogLine, Progress, Request, Response, RpcError, PROTOCOL_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn hello_from_a_newer_agent_is_refused() {
-        let ok = HelloResult { protocol: PROTOCOL_VERSION, agent: "x".into(), plan_version: crate::plan::PLAN_VERSION };
+        let ok = HelloResult { protocol: PROTOCOL_VERSION, agent: "x".into(), plan_version: crate::plan::PLAN_VERSION, daemon: false };
         assert!(check_hello(&ok).is_ok());
         let newer = HelloResult { protocol: PROTOCOL_VERSION + 1, ..ok.clone() };
         let e = check_hello(&newer).unwrap_err();
@@ -159,6 +159,16 @@ impl Session {
         self
     }
 
+    /// Change the longest accepted silence (None: wait forever, e.g. for a followed log).
+    pub fn set_idle_timeout(&mut self, t: Option<Duration>) {
+        self.idle_timeout = t;
+    }
+
+    /// Whether the node's `mcp-agent serve` daemon answers (rather than a standalone agent).
+    pub fn daemon(&self) -> bool {
+        self.hello.as_ref().is_some_and(|h| h.daemon)
+    }
+
     pub fn agent_version(&self) -> &str {
         self.hello.as_ref().map(|h| h.agent.as_str()).unwrap_or("?")
     }
@@ -169,6 +179,17 @@ impl Session {
         method: &str,
         params: &P,
         progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<T, CallError> {
+        self.call_streaming(method, params, progress, &mut |_| {}).await
+    }
+
+    /// One request whose log lines (from `logs`) go to `log` as they arrive.
+    pub async fn call_streaming<P: Serialize, T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: &P,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        log: &mut (dyn FnMut(LogLine) + Send),
     ) -> Result<T, CallError> {
         let id = self.next_id;
         self.next_id += 1;
@@ -213,6 +234,10 @@ impl Session {
             }
             if let Some(p) = resp.progress {
                 progress(p);
+                continue;
+            }
+            if let Some(l) = resp.log {
+                log(l);
                 continue;
             }
             if let Some(err) = resp.error {

@@ -1,0 +1,557 @@
+//! The daemon's monitor: keeps services true. It follows the runtime's event stream (restarting
+//! the follower when it dies) and sweeps everything periodically so missed events are caught;
+//! each sweep compares the registry with what runs, records drift once per transition (the
+//! last recorded drift lives in the registry, so an agent restart neither loses nor repeats
+//! events) and repairs what the component's restart policy says to, with backoff.
+//!
+//! Decisions ([`transitions`], [`repair_for`], [`backoff`]) are pure; [`Monitor`] runs them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::status::{findings, DriftKind, Finding};
+use super::Agent;
+use crate::plan::instance_name;
+use crate::registry::{now_ms, ComponentRecord, DriftRow, NewEvent};
+use crate::runtime::{Observed, RuntimeEvent};
+
+/// `[monitor]` in agent.toml.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Seconds between full sweeps (default 30); events trigger sweeps in between.
+    #[serde(default)]
+    pub sweep_secs: Option<u64>,
+}
+
+/// `[events]` in agent.toml: how many events the registry keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// At most this many events (default 10000).
+    #[serde(default)]
+    pub max_count: Option<u64>,
+    /// None older than this many days (default 90).
+    #[serde(default)]
+    pub max_age_days: Option<u64>,
+}
+
+pub const DEFAULT_SWEEP_SECS: u64 = 30;
+pub const DEFAULT_MAX_EVENTS: u64 = 10_000;
+pub const DEFAULT_MAX_AGE_DAYS: u64 = 90;
+/// Events arriving together (one `podman kill` emits several) cause one sweep.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// A service being changed by a request is looked at again this soon.
+const BUSY_RETRY: Duration = Duration::from_millis(500);
+/// A component that stayed up this long after its last repair starts a fresh backoff.
+const STREAK_RESET: Duration = Duration::from_secs(60);
+
+/// What the runtime last showed, kept current by the event stream: `status` and `ps` are
+/// answered from it without a runtime call while nothing changed. Any event, any change made
+/// by the agent, and a dead event follower make it stale.
+#[derive(Debug, Default)]
+pub struct ObservedCache {
+    generation: AtomicU64,
+    following: AtomicBool,
+    snapshot: Mutex<Option<(u64, Arc<Vec<Observed>>)>>,
+}
+
+impl ObservedCache {
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether the event follower runs (without it the cache is never trusted).
+    pub fn set_following(&self, on: bool) {
+        self.following.store(on, Ordering::SeqCst);
+        self.invalidate();
+    }
+
+    /// Take before listing; pass to [`ObservedCache::store`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The snapshot, if nothing changed since it was taken.
+    pub fn current(&self) -> Option<Arc<Vec<Observed>>> {
+        if !self.following.load(Ordering::SeqCst) {
+            return None;
+        }
+        let g = self.generation();
+        let snap = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        snap.as_ref().filter(|(at, _)| *at == g).map(|(_, all)| all.clone())
+    }
+
+    /// Keep a listing that was started at generation `taken_at`.
+    pub fn store(&self, taken_at: u64, all: Vec<Observed>) -> Arc<Vec<Observed>> {
+        let all = Arc::new(all);
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some((taken_at, all.clone()));
+        all
+    }
+}
+
+/// What the registry should record after a sweep.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DriftChanges {
+    pub upsert: Vec<DriftRow>,
+    pub resolved: Vec<(String, String)>,
+    pub events: Vec<NewEvent>,
+}
+
+impl DriftChanges {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.resolved.is_empty()
+    }
+}
+
+/// Compare the drift last recorded (`old`) with what a sweep found (`new`), for the services
+/// `in_scope` accepts: an event for every object whose drift starts, changes kind or ends;
+/// nothing for drift that persists.
+pub fn transitions(old: &[DriftRow], new: &[Finding], in_scope: &dyn Fn(&str) -> bool, now: i64) -> DriftChanges {
+    let mut out = DriftChanges::default();
+    for f in new.iter().filter(|f| in_scope(&f.service)) {
+        let before = old.iter().find(|o| o.service == f.service && o.name == f.name);
+        if before.is_some_and(|b| b.kind == f.drift.kind.as_str()) {
+            continue;
+        }
+        out.upsert.push(DriftRow {
+            service: f.service.clone(),
+            name: f.name.clone(),
+            component: f.component.clone(),
+            kind: f.drift.kind.as_str().to_string(),
+            detail: f.drift.detail.clone(),
+            since: now,
+        });
+        out.events.push(NewEvent {
+            service: f.service.clone(),
+            component: Some(f.component.clone()),
+            kind: format!("drift.{}", f.drift.kind.as_str()),
+            message: format!("{}: {}", f.name, f.drift.detail),
+        });
+    }
+    for o in old.iter().filter(|o| in_scope(&o.service)) {
+        if !new.iter().any(|f| f.service == o.service && f.name == o.name) {
+            out.resolved.push((o.service.clone(), o.name.clone()));
+            out.events.push(NewEvent {
+                service: o.service.clone(),
+                component: Some(o.component.clone()),
+                kind: "drift.resolved".into(),
+                message: format!("{} is as desired again (was: {})", o.name, o.detail),
+            });
+        }
+    }
+    out
+}
+
+/// A component's `restart` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    No,
+    /// Bring it back when it exited non-zero or disappeared; at most `max` times in a row.
+    OnFailure { max: Option<u32> },
+    Always,
+    /// Like always: stopping a service is done with `mcp stop`, which makes it desired stopped.
+    UnlessStopped,
+}
+
+impl RestartPolicy {
+    /// The plan's value (validated before it was stored); unset is `no`, as for podman.
+    pub fn parse(restart: Option<&str>) -> RestartPolicy {
+        match restart.unwrap_or("no") {
+            "always" => RestartPolicy::Always,
+            "unless-stopped" => RestartPolicy::UnlessStopped,
+            r if r.starts_with("on-failure") => {
+                RestartPolicy::OnFailure { max: r.strip_prefix("on-failure:").and_then(|n| n.parse().ok()) }
+            }
+            _ => RestartPolicy::No,
+        }
+    }
+}
+
+/// How to bring a component back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// It is gone: create it again from the registry's spec.
+    Recreate,
+    /// It is there but stopped: start it.
+    Start { id: String },
+}
+
+/// Whether the component's restart policy asks for a repair of this drift.
+pub fn repair_for(f: &Finding, want: &ComponentRecord) -> Option<Repair> {
+    let policy = RestartPolicy::parse(want.spec.restart.as_deref());
+    if !f.registered || policy == RestartPolicy::No {
+        return None;
+    }
+    match f.drift.kind {
+        DriftKind::Missing => Some(Repair::Recreate),
+        DriftKind::Stopped => {
+            let o = f.observed.as_ref()?;
+            // Paused or half-removed objects are left to the operator.
+            if !["exited", "stopped", "created", "configured"].contains(&o.state.as_str()) {
+                return None;
+            }
+            let clean_exit = o.exit_code == Some(0);
+            match policy {
+                RestartPolicy::OnFailure { .. } if clean_exit => None,
+                _ => Some(Repair::Start { id: o.id.clone() }),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Delay before repair number `attempt + 1` of a streak: 0, 1, 2, 4, ... 60 seconds.
+pub fn backoff(attempt: u32) -> Duration {
+    match attempt {
+        0 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 1).min(6)).min(Duration::from_secs(60)),
+    }
+}
+
+/// Repairs of one component in a row.
+#[derive(Debug)]
+struct Streak {
+    attempts: u32,
+    last: Instant,
+    gave_up: bool,
+}
+
+/// Why the monitor wakes up.
+#[derive(Debug)]
+pub enum Trigger {
+    /// The runtime reported a change.
+    Changed(RuntimeEvent),
+    /// Look at everything now (e.g. the event follower just (re)started).
+    Sweep,
+    Stop,
+}
+
+pub struct Monitor {
+    agent: Arc<Agent>,
+    cache: Arc<ObservedCache>,
+    interval: Duration,
+    retention: (u64, i64),
+    streaks: HashMap<(String, String), Streak>,
+    /// When something deferred (backoff, a busy service) wants another look.
+    wake_at: Option<Instant>,
+}
+
+impl Monitor {
+    pub fn new(agent: Arc<Agent>, cache: Arc<ObservedCache>, config: &MonitorConfig, retention: &RetentionConfig) -> Self {
+        let days = retention.max_age_days.unwrap_or(DEFAULT_MAX_AGE_DAYS) as i64;
+        Monitor {
+            agent,
+            cache,
+            interval: Duration::from_secs(config.sweep_secs.unwrap_or(DEFAULT_SWEEP_SECS).max(1)),
+            retention: (retention.max_count.unwrap_or(DEFAULT_MAX_EVENTS), days * 86_400_000),
+            streaks: HashMap::new(),
+            wake_at: None,
+        }
+    }
+
+    /// Sweep now, then whenever triggered, a deferred repair is due, or the interval passed;
+    /// returns on [`Trigger::Stop`] or when every sender is gone.
+    pub fn run(mut self, rx: Receiver<Trigger>) {
+        let mut next_sweep = Instant::now();
+        loop {
+            let wake = self.wake_at.map_or(next_sweep, |w| w.min(next_sweep));
+            match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(Trigger::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(_) => {
+                    // Let the rest of a burst arrive, then look once.
+                    let until = Instant::now() + DEBOUNCE;
+                    loop {
+                        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                            Ok(Trigger::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                            Ok(_) => continue,
+                            Err(RecvTimeoutError::Timeout) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.wake_at = None;
+            if let Err(e) = self.sweep() {
+                tracing::warn!(error = %e, "monitor sweep failed; retrying at the next one");
+            }
+            next_sweep = Instant::now() + self.interval;
+        }
+    }
+
+    /// One look at everything: record drift transitions, repair, prune old events.
+    pub fn sweep(&mut self) -> Result<(), crate::proto::RpcError> {
+        let g = self.cache.generation();
+        let all = self.cache.store(g, self.agent.runtime().list_all()?);
+        let records = self.agent.registry().services()?;
+        let found = findings(&records, &all);
+        let old = self.agent.registry().drift()?;
+        let now = now_ms();
+        let registered: BTreeSet<&str> = records.iter().map(|r| r.name.as_str()).collect();
+
+        // Objects of services the registry does not know: nothing to lock or repair.
+        let foreign = transitions(&old, &found, &|s| !registered.contains(s), now);
+        if !foreign.is_empty() {
+            self.agent.registry().record_drift(&foreign.upsert, &foreign.resolved, &foreign.events)?;
+        }
+        // Registered services that changed or need a repair get a fresh look under their lock.
+        let changed = transitions(&old, &found, &|s| registered.contains(s), now);
+        let mut visit: BTreeSet<String> = changed.upsert.iter().map(|d| d.service.clone()).collect();
+        visit.extend(changed.resolved.iter().map(|(s, _)| s.clone()));
+        for f in &found {
+            let want = records.iter().find(|r| r.name == f.service).and_then(|r| r.component(&f.component));
+            if want.is_some_and(|w| repair_for(f, w).is_some()) {
+                visit.insert(f.service.clone());
+            }
+        }
+        for service in visit {
+            self.visit(&service)?;
+        }
+        let (max_count, max_age) = self.retention;
+        let pruned = self.agent.registry().prune_events(max_count, max_age)?;
+        if pruned > 0 {
+            tracing::debug!(pruned, "old events pruned");
+        }
+        Ok(())
+    }
+
+    /// Check one service under its lock: a request changing it right now wins, and the
+    /// service is looked at again shortly.
+    fn visit(&mut self, service: &str) -> Result<(), crate::proto::RpcError> {
+        let Some(_lock) = self.agent.try_lock(service)? else {
+            self.defer(Instant::now() + BUSY_RETRY);
+            return Ok(());
+        };
+        let Some(record) = self.agent.registry().service(service)? else { return Ok(()) };
+        let observed = self.agent.runtime().list(Some(service))?;
+        let found = findings(std::slice::from_ref(&record), &observed);
+        let old = self.agent.registry().drift()?;
+        let changes = transitions(&old, &found, &|s| s == service, now_ms());
+        if !changes.is_empty() {
+            self.agent.registry().record_drift(&changes.upsert, &changes.resolved, &changes.events)?;
+        }
+        for f in &found {
+            let Some(want) = record.component(&f.component) else { continue };
+            if let Some(repair) = repair_for(f, want) {
+                self.repair(service, want, repair);
+            }
+        }
+        Ok(())
+    }
+
+    fn defer(&mut self, at: Instant) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    fn repair(&mut self, service: &str, want: &ComponentRecord, repair: Repair) {
+        let component = want.spec.name.clone();
+        let name = instance_name(service, &component);
+        let policy = want.spec.restart.clone().unwrap_or_else(|| "no".into());
+        let streak = self
+            .streaks
+            .entry((service.to_string(), component.clone()))
+            .or_insert(Streak { attempts: 0, last: Instant::now(), gave_up: false });
+        if streak.attempts > 0 && streak.last.elapsed() > STREAK_RESET + backoff(streak.attempts) {
+            *streak = Streak { attempts: 0, last: Instant::now(), gave_up: false };
+        }
+        if let RestartPolicy::OnFailure { max: Some(max) } = RestartPolicy::parse(Some(&policy)) {
+            if streak.attempts >= max {
+                if !streak.gave_up {
+                    streak.gave_up = true;
+                    let event = NewEvent {
+                        service: service.into(),
+                        component: Some(component),
+                        kind: "repair.gave_up".into(),
+                        message: format!("{name}: restart policy {policy} allows no more repairs ({max} in a row)"),
+                    };
+                    if let Err(e) = self.agent.registry().record_events(&[event]) {
+                        tracing::warn!(error = %e, "cannot record event");
+                    }
+                }
+                return;
+            }
+        }
+        let due = streak.last + backoff(streak.attempts);
+        if streak.attempts > 0 && Instant::now() < due {
+            self.defer(due);
+            return;
+        }
+        streak.attempts += 1;
+        streak.last = Instant::now();
+        let attempt = streak.attempts;
+        let runtime = self.agent.runtime();
+        let (what, result) = match &repair {
+            Repair::Recreate => ("recreated", runtime.create(service, &want.spec, &want.hash).map(|_| ())),
+            Repair::Start { id } => ("restarted", runtime.start(id)),
+        };
+        self.cache.invalidate();
+        let recorded = match result {
+            Ok(()) => {
+                tracing::info!(service, component = %component, what, attempt, "repaired");
+                let message = format!("{what} {name} (restart policy {policy}, repair {attempt} in a row)");
+                let event = NewEvent { service: service.into(), component: Some(component.clone()), kind: "repair".into(), message };
+                self.agent.registry().record_repair(service, &component, &event)
+            }
+            Err(e) => {
+                tracing::warn!(service, component = %component, error = %e, "repair failed");
+                let message = format!("could not bring back {name} (restart policy {policy}, try {attempt}): {e}");
+                let event = NewEvent { service: service.into(), component: Some(component), kind: "repair.failed".into(), message };
+                self.agent.registry().record_events(&[event])
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "cannot record the repair");
+        }
+    }
+}
+
+/// Follow the runtime's events and feed them to the monitor; when the stream dies, say so and
+/// start it again (with backoff if it keeps dying). `pid` holds the follower process, for
+/// shutdown; returns when `stop` is set or the monitor is gone.
+pub fn follow(agent: Arc<Agent>, cache: Arc<ObservedCache>, tx: Sender<Trigger>, pid: Arc<AtomicU32>, stop: Arc<AtomicBool>) {
+    let mut failures = 0u32;
+    while !stop.load(Ordering::SeqCst) {
+        let started = Instant::now();
+        match agent.runtime().watch() {
+            Ok(mut stream) => {
+                pid.store(stream.pid().unwrap_or(0), Ordering::SeqCst);
+                cache.set_following(true);
+                // Whatever happened while nobody listened.
+                if tx.send(Trigger::Sweep).is_err() {
+                    return;
+                }
+                for event in &mut stream {
+                    cache.invalidate();
+                    if tx.send(Trigger::Changed(event)).is_err() {
+                        return;
+                    }
+                }
+                cache.set_following(false);
+                pid.store(0, Ordering::SeqCst);
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::warn!("the runtime's event stream ended; starting it again");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot follow the runtime's events; retrying"),
+        }
+        failures = if started.elapsed() > Duration::from_secs(10) { 0 } else { failures + 1 };
+        // A retry delay, not synchronization: a stream that keeps dying is not restarted in a
+        // tight loop.
+        std::thread::sleep(backoff(failures).max(Duration::from_millis(100)));
+        let _ = tx.send(Trigger::Sweep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::status::Drift;
+    use crate::plan::Component;
+    use crate::registry::Desired;
+
+    fn finding(service: &str, name: &str, kind: DriftKind) -> Finding {
+        Finding {
+            service: service.into(),
+            component: name.rsplit('-').next().unwrap().into(),
+            name: name.into(),
+            drift: Drift { kind, detail: format!("{} detail", kind.as_str()) },
+            observed: None,
+            registered: true,
+        }
+    }
+
+    fn row(service: &str, name: &str, kind: &str) -> DriftRow {
+        DriftRow {
+            service: service.into(),
+            name: name.into(),
+            component: name.rsplit('-').next().unwrap().into(),
+            kind: kind.into(),
+            detail: "d".into(),
+            since: 1,
+        }
+    }
+
+    #[test]
+    fn one_event_per_transition() {
+        let all = |_: &str| true;
+        // New drift: one event and a row.
+        let c = transitions(&[], &[finding("s", "s-a", DriftKind::Stopped)], &all, 5);
+        assert_eq!(c.events.len(), 1);
+        assert_eq!(c.events[0].kind, "drift.stopped");
+        assert_eq!(c.upsert[0].since, 5);
+        // The same drift at the next sweep: nothing.
+        assert!(transitions(&[row("s", "s-a", "stopped")], &[finding("s", "s-a", DriftKind::Stopped)], &all, 6).is_empty());
+        // Kind changes: one event.
+        let c = transitions(&[row("s", "s-a", "stopped")], &[finding("s", "s-a", DriftKind::Missing)], &all, 7);
+        assert_eq!(c.events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), vec!["drift.missing"]);
+        // Gone: resolved.
+        let c = transitions(&[row("s", "s-a", "missing")], &[], &all, 8);
+        assert_eq!(c.resolved, vec![("s".to_string(), "s-a".to_string())]);
+        assert_eq!(c.events[0].kind, "drift.resolved");
+        // Out of scope: untouched.
+        assert!(transitions(&[row("t", "t-a", "missing")], &[], &|s| s == "s", 9).is_empty());
+    }
+
+    fn want(restart: Option<&str>) -> ComponentRecord {
+        let spec = Component { name: "a".into(), image: "i".into(), restart: restart.map(str::to_string), ..Default::default() };
+        ComponentRecord::new(spec, Desired::Running)
+    }
+
+    fn stopped(code: i32, state: &str) -> Finding {
+        let mut f = finding("s", "s-a", DriftKind::Stopped);
+        f.observed = Some(Observed { id: "id1".into(), state: state.into(), exit_code: Some(code), ..Default::default() });
+        f
+    }
+
+    #[test]
+    fn restart_policies() {
+        assert_eq!(RestartPolicy::parse(None), RestartPolicy::No);
+        assert_eq!(RestartPolicy::parse(Some("on-failure:3")), RestartPolicy::OnFailure { max: Some(3) });
+        assert_eq!(RestartPolicy::parse(Some("on-failure")), RestartPolicy::OnFailure { max: None });
+        let missing = finding("s", "s-a", DriftKind::Missing);
+        assert_eq!(repair_for(&missing, &want(None)), None);
+        assert_eq!(repair_for(&missing, &want(Some("always"))), Some(Repair::Recreate));
+        assert_eq!(repair_for(&missing, &want(Some("on-failure"))), Some(Repair::Recreate));
+        let start = Some(Repair::Start { id: "id1".into() });
+        assert_eq!(repair_for(&stopped(137, "exited"), &want(Some("unless-stopped"))), start);
+        assert_eq!(repair_for(&stopped(0, "exited"), &want(Some("always"))), start);
+        assert_eq!(repair_for(&stopped(0, "exited"), &want(Some("on-failure"))), None);
+        assert_eq!(repair_for(&stopped(1, "exited"), &want(Some("on-failure"))), start);
+        assert_eq!(repair_for(&stopped(1, "paused"), &want(Some("always"))), None);
+        assert_eq!(repair_for(&finding("s", "s-a", DriftKind::Spec), &want(Some("always"))), None);
+        let mut orphan = finding("s", "s-a", DriftKind::Missing);
+        orphan.registered = false;
+        assert_eq!(repair_for(&orphan, &want(Some("always"))), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let secs: Vec<u64> = (0..9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, vec![0, 1, 2, 4, 8, 16, 32, 60, 60]);
+    }
+
+    #[test]
+    fn cache_is_trusted_only_while_following_and_unchanged() {
+        let c = ObservedCache::default();
+        let g = c.generation();
+        c.store(g, vec![Observed::default()]);
+        assert!(c.current().is_none(), "not following: never trusted");
+        c.set_following(true);
+        let g = c.generation();
+        c.store(g, vec![]);
+        assert!(c.current().is_some());
+        c.invalidate();
+        assert!(c.current().is_none());
+        // A listing that started before a change is not trusted either.
+        let g = c.generation();
+        c.invalidate();
+        c.store(g, vec![]);
+        assert!(c.current().is_none());
+    }
+}
