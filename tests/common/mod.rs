@@ -217,6 +217,60 @@ impl Env {
             .collect()
     }
 
+    /// The podman the agent runs (a wrapper that logs every call).
+    pub fn podman_wrapper(&self) -> PathBuf {
+        self.dir.path().join("podman-logged")
+    }
+
+    /// Start `mcp-agent serve` on this test's state dir (the `mcp` of this Env then reaches it
+    /// through `mcp-agent rpc`). `extra` are more agent flags (e.g. `--sweep-secs 1`).
+    pub fn start_daemon(&self, extra: &[&str]) -> Daemon {
+        let log = self.dir.path().join(format!("serve-{}.log", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let child = Command::new(AGENT)
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--podman")
+            .arg(self.podman_wrapper())
+            .args(extra)
+            .arg("-v")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("mcp-agent serve starts");
+        let d = Daemon { child, log, socket: self.state.join("agent.sock") };
+        let up = wait_for(Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&d.socket).ok().map(|_| ())
+        });
+        assert!(up.is_some(), "the daemon did not listen; log:\n{}", d.log_text());
+        // Followed by its event stream (before that, changes are only seen by sweeps).
+        assert!(wait_for(Duration::from_secs(20), || d.follower()).is_some(), "no event follower; log:\n{}", d.log_text());
+        d
+    }
+
+    /// The events of `service` (kind, message), oldest first, through `mcp status --json`.
+    pub fn events(&self, service: &str) -> Vec<(String, String)> {
+        let st = self.ok(&["status", service, "--json", "--events", "1000"]).json();
+        st["nodes"][0]["result"]["services"][0]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| (e["kind"].as_str().unwrap().to_string(), e["message"].as_str().unwrap().to_string()))
+            .collect()
+    }
+
+    /// How many events of `service` have `kind`.
+    pub fn count_events(&self, service: &str, kind: &str) -> usize {
+        self.events(service).iter().filter(|(k, _)| k == kind).count()
+    }
+
+    /// Poll the service's events until one of `kind` is there (its message), or the deadline.
+    pub fn wait_event(&self, service: &str, kind: &str, deadline: Duration) -> Option<String> {
+        wait_for(deadline, || self.events(service).into_iter().find(|(k, _)| k == kind).map(|(_, m)| m))
+    }
+
     /// Container id under a name, if any.
     pub fn container_id(&self, name: &str) -> Option<String> {
         let out = podman_ok(&["ps", "-a", "-q", "--no-trunc", "--filter", &format!("name=^{name}$")]);
@@ -247,6 +301,95 @@ impl Drop for Env {
             let _ = podman(&args);
         }
     }
+}
+
+/// Poll `f` until it gives Some or the deadline passes.
+pub fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `mcp-agent serve`; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The pid of its `podman events` child, if one runs.
+    pub fn follower(&self) -> Option<u32> {
+        children_of(self.pid()).into_iter().find(|(_, cmd)| cmd.contains("events")).map(|(pid, _)| pid)
+    }
+
+    /// SIGTERM and wait for the exit; the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        signal(self.pid(), libc::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() >= end {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Direct children of `pid` with their command lines.
+pub fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // Field 4 (ppid) follows the parenthesized command name.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            let cmd = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            out.push((child, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+/// Whether any process's command line contains `needle`.
+pub fn process_running(needle: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        e.file_name().to_string_lossy().parse::<u32>().is_ok()
+            && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+    })
 }
 
 /// A one-component HTTP service definition on `port`.
