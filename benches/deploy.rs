@@ -80,6 +80,15 @@ fn main() {
     ssh_section(&cmd);
 }
 
+/// User + system CPU of every child waited for so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 fn row(what: &str, value: Duration, base: Duration) {
     println!("{:<52} {:>10} {:>9.2}x", what, ms(value), value.as_secs_f64() / base.as_secs_f64());
 }
@@ -152,10 +161,19 @@ fn ssh_section(cmd: &[String]) {
             assert!(c.wait().unwrap().success());
         }
     };
-    let (mut raw1, mut raw10) = (Vec::new(), Vec::new());
+    // The floor of any fan-out here: only the SSH sessions, nothing run on the nodes.
+    let fan_true = |count: usize| {
+        let children: Vec<_> = nodes.iter().take(count).map(|n| ssh_cmd(n.port, "true").spawn().unwrap()).collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+    };
+    let (mut raw1, mut raw10, mut true1, mut true10) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         raw1.push(time(|| fan(1)));
         raw10.push(time(|| fan(NODES)));
+        true1.push(time(|| fan_true(1)));
+        true10.push(time(|| fan_true(NODES)));
         config(1);
         st1.push(time(|| {
             env.ok(&["status", "--json"]);
@@ -165,7 +183,44 @@ fn ssh_section(cmd: &[String]) {
             env.ok(&["status", "--json"]);
         }));
     }
+    // The same with `mcp-agent serve` running on every node: status is answered from the
+    // daemon's observed state (kept current by podman events) instead of a podman call.
+    let daemons: Vec<std::process::Child> = nodes
+        .iter()
+        .map(|n| {
+            let mut c = Command::new(AGENT);
+            c.arg("serve").arg("--state-dir").arg(&n.state);
+            if let Ok(conf) = std::env::var("CONTAINERS_CONF") {
+                c.arg("--containers-conf").arg(conf);
+            }
+            c.stderr(std::process::Stdio::null()).spawn().unwrap()
+        })
+        .collect();
+    for n in &nodes {
+        let sock = n.state.join("agent.sock");
+        assert!(wait_for(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&sock).ok()).is_some());
+    }
+    let (mut d1, mut d10, mut cpu1, mut cpu10) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        config(1);
+        let c = children_cpu();
+        d1.push(time(|| {
+            env.ok(&["status", "--json"]);
+        }));
+        cpu1.push(children_cpu() - c);
+        config(NODES);
+        let c = children_cpu();
+        d10.push(time(|| {
+            env.ok(&["status", "--json"]);
+        }));
+        cpu10.push(children_cpu() - c);
+    }
+    for mut d in daemons {
+        signal(d.id(), libc::SIGTERM);
+        let _ = d.wait();
+    }
     let (t, r, d, n, s1, s10) = (median(ssh_true), median(ssh_run), median(deploy), median(noop), median(st1), median(st10));
+    let (ds1, ds10) = (median(d1), median(d10));
     println!("over SSH (sshd on 127.0.0.1), median of {ROUNDS} (ms)");
     println!("{:<52} {:>10} {:>10}", "what", "median", "ratio");
     row("ssh node true", t, t);
@@ -174,8 +229,16 @@ fn ssh_section(cmd: &[String]) {
     row("mcp deploy unchanged over SSH vs ssh true (<= 1.5x)", n, t);
     row("mcp status, 1 node", s1, s1);
     row(&format!("mcp status, {NODES} nodes vs 1 (target <= 2x)"), s10, s1);
+    row("mcp status, 1 node, agent daemon running", ds1, ds1);
+    row(&format!("mcp status, {NODES} nodes vs 1, daemons running (<= 2x)"), ds10, ds1);
+    let (c1, c10) = (median(cpu1), median(cpu10));
+    row("  CPU of the mcp process itself, 1 node", c1, c1);
+    row(&format!("  CPU of the mcp process itself, {NODES} nodes vs 1"), c10, c1);
     let (r1, r10) = (median(raw1), median(raw10));
     row("by hand: ssh node podman ps, 1 node", r1, r1);
     row(&format!("by hand: the same on {NODES} nodes at once vs 1"), r10, r1);
+    let (t1, t10) = (median(true1), median(true10));
+    row("by hand: ssh node true, 1 node", t1, t1);
+    row(&format!("by hand: ssh node true on {NODES} nodes at once vs 1"), t10, t1);
     println!("(all {NODES} nodes share this machine's cores: per-node work adds up here, unlike on a real fleet)");
 }
