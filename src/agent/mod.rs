@@ -236,6 +236,20 @@ impl Agent {
         restart: bool,
         progress: ProgressFn,
     ) -> Result<ApplyResult, RpcError> {
+        let result = self.apply_inner(record, registered, only, restart, progress);
+        // Whatever happened, what the monitor last saw may be out of date now.
+        self.changed();
+        result
+    }
+
+    fn apply_inner(
+        &self,
+        record: &ServiceRecord,
+        registered: Option<&[ComponentRecord]>,
+        only: Option<&str>,
+        restart: bool,
+        progress: ProgressFn,
+    ) -> Result<ApplyResult, RpcError> {
         let service = record.name.as_str();
         // A service the registry has never seen has nothing on the node to look at; if that
         // is wrong (a container already holds a name) creation says so and we look then.
@@ -249,36 +263,17 @@ impl Agent {
             }
         };
         let mut actions = reconcile(service, &record.components, &observed, only);
-        let result = self.apply_actions(record, &mut observed, &mut actions, assume_empty, only, restart, progress);
-        if actions.iter().any(|a| !matches!(a, Action::Keep { .. })) {
-            self.changed();
-        }
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn apply_actions(
-        &self,
-        record: &ServiceRecord,
-        observed: &mut Vec<Observed>,
-        actions: &mut Vec<Action>,
-        assume_empty: bool,
-        only: Option<&str>,
-        restart: bool,
-        progress: ProgressFn,
-    ) -> Result<ApplyResult, RpcError> {
-        let service = record.name.as_str();
         if restart {
-            *actions = std::mem::take(actions).into_iter().map(|a| restart_kept(a, service, observed)).collect();
+            actions = actions.into_iter().map(|a| restart_kept(a, service, &observed)).collect();
         }
-        let result = match self.execute(record, actions, progress) {
+        let result = match self.execute(record, &actions, progress) {
             Err(ExecError::NameInUse(name)) if assume_empty => {
-                *observed = self.runtime.list(Some(service))?;
+                observed = self.runtime.list(Some(service))?;
                 if !observed.iter().any(|o| o.name == name && o.managed) {
                     return Err(self.conflict(service, &name));
                 }
-                *actions = reconcile(service, &record.components, observed, only);
-                self.execute(record, actions, progress)
+                actions = reconcile(service, &record.components, &observed, only);
+                self.execute(record, &actions, progress)
             }
             other => other,
         };
