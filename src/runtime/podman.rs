@@ -237,7 +237,8 @@ pub fn parse_ps(json: &str) -> Result<Vec<Observed>, String> {
                 spec: label(LABEL_SPEC),
                 image: r.image,
                 started_at: (r.state == "running" && r.started_at > 0).then_some(r.started_at),
-                exit_code: (r.state == "exited").then_some(r.exit_code).flatten(),
+                // "stopped": exited, podman's cleanup not yet run; the exit code is known.
+                exit_code: (r.state == "exited" || r.state == "stopped").then_some(r.exit_code).flatten(),
                 state: r.state,
                 ports: r
                     .ports
