@@ -8,12 +8,16 @@ use serde::{Deserialize, Serialize};
 use super::alert::AlertConfig;
 use super::monitor::{MonitorConfig, RetentionConfig};
 use crate::runtime::podman::PodmanConfig;
+use crate::runtime::qemu::QemuConfig;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     #[serde(default)]
     pub podman: PodmanConfig,
+    /// How unikernel VMs are run.
+    #[serde(default)]
+    pub qemu: QemuConfig,
     /// The daemon's drift monitor.
     #[serde(default)]
     pub monitor: MonitorConfig,

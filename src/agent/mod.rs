@@ -159,8 +159,12 @@ impl Agent {
         let _lock = self.lock(&plan.name)?;
         let prev = self.registry().service(&plan.name)?;
         let desired = Desired::from_active(plan.active);
-        let wanted: Vec<ComponentRecord> =
-            plan.components.iter().map(|c| ComponentRecord::new(c.clone(), desired)).collect();
+        let mut wanted = Vec::with_capacity(plan.components.len());
+        for c in &plan.components {
+            // VMs bake their volume dirs: their contents are part of the hash.
+            let hash = self.runtime.spec_hash(c)?;
+            wanted.push(ComponentRecord { spec: c.clone(), hash, desired });
+        }
 
         // What the registry will hold afterwards: with a component scope, the other components
         // stay as they were deployed before.

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use mcp::agent::config::{default_state_dir, AgentConfig};
 use mcp::agent::monitor::ObservedCache;
 use mcp::agent::{rpc, serve, Agent};
-use mcp::runtime::podman::Podman;
+use mcp::runtime::multi::Runtimes;
+use mcp::runtime::podman::{Podman, DEFAULT_SETTLE_MS};
+use mcp::runtime::qemu::Qemu;
 
 #[derive(Debug, Parser)]
 #[command(name = "mcp-agent", version, about = "The mcp node agent: registry, runtimes, protocol")]
@@ -43,6 +45,9 @@ struct AgentOpts {
     /// Milliseconds a replacement must stay up before the old container is removed.
     #[arg(long, global = true, env = "MCP_AGENT_SETTLE_MS", value_name = "MS")]
     settle_ms: Option<u64>,
+    /// The qemu-system-x86_64 binary for unikernels (default: on PATH).
+    #[arg(long, global = true, env = "MCP_AGENT_QEMU", value_name = "PATH")]
+    qemu: Option<PathBuf>,
     /// Seconds between the daemon's full sweeps (default 30; events trigger sweeps between).
     #[arg(long, global = true, env = "MCP_AGENT_SWEEP_SECS", value_name = "SECS")]
     sweep_secs: Option<u64>,
@@ -101,7 +106,11 @@ fn main() -> Result<()> {
 }
 
 fn open_agent(config: &AgentConfig, state_dir: &std::path::Path) -> Result<Agent> {
-    let runtime = Podman::new(config.podman.clone(), state_dir.join("scratch"));
+    let settle = std::time::Duration::from_millis(config.podman.settle_ms.unwrap_or(DEFAULT_SETTLE_MS));
+    let runtime = Runtimes {
+        containers: Box::new(Podman::new(config.podman.clone(), state_dir.join("scratch"))),
+        vms: Qemu::new(config.qemu.clone(), state_dir, settle),
+    };
     Agent::open(state_dir, Box::new(runtime)).with_context(|| {
         format!("opening the agent (state dir {}; set --state-dir or MCP_AGENT_STATE to a writable dir)", state_dir.display())
     })
@@ -121,6 +130,9 @@ fn load_config(opts: &AgentOpts, state_dir: &std::path::Path) -> Result<AgentCon
     }
     if let Some(ms) = opts.settle_ms {
         config.podman.settle_ms = Some(ms);
+    }
+    if let Some(q) = &opts.qemu {
+        config.qemu.program = Some(q.clone());
     }
     if let Some(s) = opts.sweep_secs {
         config.monitor.sweep_secs = Some(s);

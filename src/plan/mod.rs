@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use file::{load_service_file, parse_service_toml, to_toml, LoadError};
 pub use hash::spec_hash;
-pub use validate::{check_name, validate, FieldError, PlanErrors};
+pub use validate::{check_name, parse_port, validate, FieldError, PlanErrors, PortSpec};
 
 /// The plan schema version this build reads and writes. Bump it on any incompatible change.
 pub const PLAN_VERSION: u32 = 1;
@@ -55,7 +55,7 @@ impl Kind {
     }
 }
 
-/// One component: a container (or, later, a unikernel VM). Field names follow the seed's TOML.
+/// One component: a container or a unikernel VM. Field names follow the seed's TOML.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Component {
@@ -81,6 +81,21 @@ pub struct Component {
     /// Seconds `stop` waits for the process before it is killed (podman's default is 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<u32>,
+    /// Unikernel, kernel form: the kernel to boot (instead of a disk `image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Unikernel, kernel form: its initramfs (baked volumes are appended to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// Unikernel, kernel form: the kernel command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append: Option<String>,
+    /// Unikernel: guest memory, as QEMU's `-m` takes it ("256M", "1G"; default 256M).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// Unikernel: virtual CPUs (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
 }
 
 impl Plan {

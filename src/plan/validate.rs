@@ -109,28 +109,9 @@ fn check_component(c: &mut Collector, at: &str, comp: &Component, published: &mu
     if let Err(why) = check_name(&comp.name) {
         c.push(format!("{at}.name"), why);
     }
-    if comp.kind == Kind::Unikernel {
-        c.push(format!("{at}.kind"), "unikernel components are not supported by this release yet; expected \"container\"");
-        return;
-    }
-    if comp.image.is_empty() {
-        c.push(format!("{at}.image"), "missing; expected an image reference such as \"localhost/app:1.0\"");
-    } else if comp.image.starts_with('-') || comp.image.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-        c.push(format!("{at}.image"), format!("{:?} is not an image reference; expected no spaces and no leading '-'", comp.image));
-    }
-    if let Some(net) = &comp.network {
-        if !is_word(net, "._-") {
-            c.push(format!("{at}.network"), format!("{net:?} is not a network name; expected letters, digits, '.', '_' or '-'"));
-        }
-    }
-    if let Some(user) = &comp.user {
-        let ok = match user.split_once(':') {
-            Some((u, g)) => is_word(u, "._-") && is_word(g, "._-"),
-            None => is_word(user, "._-"),
-        };
-        if !ok {
-            c.push(format!("{at}.user"), format!("{user:?} is not a user; expected \"UID\", \"UID:GID\" or \"name[:group]\""));
-        }
+    match comp.kind {
+        Kind::Container => check_container(c, at, comp),
+        Kind::Unikernel => check_unikernel(c, at, comp),
     }
     if let Some(restart) = &comp.restart {
         if let Err(why) = check_restart(restart) {
@@ -174,6 +155,111 @@ fn check_component(c: &mut Collector, at: &str, comp: &Component, published: &mu
     if let Some(t) = comp.stop_timeout {
         if t > 3600 {
             c.push(format!("{at}.stop_timeout"), format!("{t} is too long; expected 0-3600 seconds"));
+        }
+    }
+}
+
+fn check_container(c: &mut Collector, at: &str, comp: &Component) {
+    if comp.image.is_empty() {
+        c.push(format!("{at}.image"), "missing; expected an image reference such as \"localhost/app:1.0\"");
+    } else if comp.image.starts_with('-') || comp.image.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        c.push(format!("{at}.image"), format!("{:?} is not an image reference; expected no spaces and no leading '-'", comp.image));
+    }
+    if let Some(net) = &comp.network {
+        if !is_word(net, "._-") {
+            c.push(format!("{at}.network"), format!("{net:?} is not a network name; expected letters, digits, '.', '_' or '-'"));
+        }
+    }
+    if let Some(user) = &comp.user {
+        let ok = match user.split_once(':') {
+            Some((u, g)) => is_word(u, "._-") && is_word(g, "._-"),
+            None => is_word(user, "._-"),
+        };
+        if !ok {
+            c.push(format!("{at}.user"), format!("{user:?} is not a user; expected \"UID\", \"UID:GID\" or \"name[:group]\""));
+        }
+    }
+    for (field, set) in [
+        ("kernel", comp.kernel.is_some()),
+        ("initrd", comp.initrd.is_some()),
+        ("append", comp.append.is_some()),
+        ("memory", comp.memory.is_some()),
+        ("cpus", comp.cpus.is_some()),
+    ] {
+        if set {
+            c.push(format!("{at}.{field}"), "only for unikernel components; set kind = \"unikernel\" or remove it");
+        }
+    }
+}
+
+/// A unikernel: a disk `image` (the Nanos form) or a `kernel` (+ `initrd`, `append`).
+fn check_unikernel(c: &mut Collector, at: &str, comp: &Component) {
+    let path_field = |c: &mut Collector, field: &str, value: &str| {
+        if !value.starts_with('/') || value.split('/').any(|seg| seg == "..") || value.chars().any(|ch| ch.is_control() || ch == ',') {
+            c.push(format!("{at}.{field}"), format!("{value:?} is not a usable path; expected an absolute path on the node without '..' or ','"));
+        }
+    };
+    match (&comp.kernel, comp.image.is_empty()) {
+        (Some(kernel), true) => {
+            path_field(c, "kernel", kernel);
+            if let Some(initrd) = &comp.initrd {
+                path_field(c, "initrd", initrd);
+            }
+            if let Some(append) = &comp.append {
+                if append.chars().any(|ch| ch.is_control()) {
+                    c.push(format!("{at}.append"), "contains control characters; expected one line");
+                }
+            }
+        }
+        (Some(_), false) => c.push(
+            format!("{at}.image"),
+            "set together with kernel; expected either image (a disk image) or kernel (+ initrd, append)",
+        ),
+        (None, false) => {
+            path_field(c, "image", &comp.image);
+            for (field, set) in [("initrd", comp.initrd.is_some()), ("append", comp.append.is_some())] {
+                if set {
+                    c.push(format!("{at}.{field}"), "only with kernel; a disk image carries its own boot setup");
+                }
+            }
+        }
+        (None, true) => c.push(
+            format!("{at}.image"),
+            "missing; a unikernel needs image = \"/path/to/disk.img\" or kernel = \"/path/to/kernel\"",
+        ),
+    }
+    if let Some(net) = &comp.network {
+        if net != "user" && check_name(net).is_err() {
+            c.push(format!("{at}.network"), format!("{net:?} is not a network; expected \"user\" (QEMU user-mode NAT) or a bridge name (a-z, 0-9, '-', '_')"));
+        }
+    }
+    if comp.user.is_some() {
+        c.push(format!("{at}.user"), "not for unikernel components (a VM has no host user to run as)");
+    }
+    if let Some(m) = &comp.memory {
+        let digits = m.strip_suffix(['K', 'M', 'G']).unwrap_or(m);
+        if digits.is_empty() || !digits.chars().all(|ch| ch.is_ascii_digit()) || digits.len() > 9 || digits.chars().all(|ch| ch == '0') {
+            c.push(format!("{at}.memory"), format!("{m:?} is not a memory size; expected a number with an optional K, M or G suffix, e.g. \"256M\""));
+        }
+    }
+    if let Some(n) = comp.cpus {
+        if n == 0 || n > 64 {
+            c.push(format!("{at}.cpus"), format!("{n} is out of range; expected 1-64"));
+        }
+    }
+    for (j, port) in comp.ports.iter().enumerate() {
+        if comp.network.as_deref() != Some("user") {
+            c.push(format!("{at}.ports[{j}]"), "ports are forwarded by QEMU user-mode networking; set network = \"user\"");
+        } else if parse_port(port).is_ok_and(|p| p.host_port.is_none() || p.proto == "sctp") {
+            c.push(format!("{at}.ports[{j}]"), format!("{port:?} needs a host port and tcp or udp for a VM, e.g. \"127.0.0.1:8080:80\""));
+        }
+    }
+    if comp.kernel.is_some() {
+        // The command becomes init's arguments on the kernel command line.
+        for (j, arg) in comp.cmd.iter().enumerate() {
+            if arg.is_empty() || arg.chars().any(|ch| ch.is_whitespace() || ch == '"') {
+                c.push(format!("{at}.cmd[{j}]"), format!("{arg:?} cannot be passed on a kernel command line; expected no spaces or quotes"));
+            }
         }
     }
 }
@@ -304,6 +390,62 @@ mod tests {
         p.components[0].restart = Some("on-failure:3".into());
         p.components[0].user = Some("0:0".into());
         validate(&p, "t").unwrap();
+    }
+
+    fn vm() -> Component {
+        Component {
+            name: "vm".into(),
+            kind: Kind::Unikernel,
+            kernel: Some("/boot/vmlinuz".into()),
+            initrd: Some("/boot/initrd.img".into()),
+            append: Some("console=ttyS0 quiet".into()),
+            network: Some("user".into()),
+            ports: vec!["127.0.0.1:18080:8080".into()],
+            volumes: vec!["/srv/www:/srv/www".into()],
+            memory: Some("256M".into()),
+            cpus: Some(1),
+            restart: Some("always".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unikernels_kernel_and_image_forms() {
+        let mut p = plan();
+        p.components = vec![vm()];
+        validate(&p, "t").unwrap();
+        let image = Component { name: "n".into(), kind: Kind::Unikernel, image: "/nix/store/x-app.img".into(), ..Default::default() };
+        p.components = vec![image];
+        validate(&p, "t").unwrap();
+
+        let problems = |c: Component| -> Vec<String> {
+            let mut p = plan();
+            p.components = vec![c];
+            validate(&p, "t").unwrap_err().errors.into_iter().map(|e| format!("{}: {}", e.field, e.message)).collect()
+        };
+        let mut both = vm();
+        both.image = "/x.img".into();
+        assert!(problems(both)[0].contains("either image"));
+        let neither = Component { name: "n".into(), kind: Kind::Unikernel, ..Default::default() };
+        assert!(problems(neither)[0].starts_with("components[0].image: missing"));
+        let mut bad = vm();
+        bad.kernel = Some("vmlinuz".into());
+        bad.memory = Some("lots".into());
+        bad.cpus = Some(0);
+        bad.user = Some("0:0".into());
+        bad.network = None;
+        bad.cmd = vec!["two words".into()];
+        let got = problems(bad);
+        for field in ["kernel", "memory", "cpus", "user", "ports[0]", "cmd[0]"] {
+            assert!(got.iter().any(|e| e.starts_with(&format!("components[0].{field}:"))), "{field}: {got:?}");
+        }
+        let mut no_host_port = vm();
+        no_host_port.ports = vec!["8080".into()];
+        assert!(problems(no_host_port)[0].contains("needs a host port"));
+        // Unikernel fields on a container are refused too.
+        let mut ctr = plan().components[0].clone();
+        ctr.memory = Some("1G".into());
+        assert!(problems(ctr)[0].starts_with("components[0].memory: only for unikernel"));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Runtimes run components. The agent only talks to the [`Runtime`] trait; one file per
 //! implementation (`podman` today, `qemu` for unikernels).
 
+pub mod bake;
+pub mod multi;
 pub mod podman;
+pub mod qemu;
 
 use std::time::Duration;
 
@@ -110,16 +113,20 @@ pub enum RuntimeError {
     Missing { program: String, source: which::Error },
     #[error("could not start `{program} {step}`: {source}")]
     Spawn { program: String, step: String, source: std::io::Error },
-    #[error("`podman {step}` failed (exit {code}): {stderr}")]
-    Exit { step: String, code: i32, stderr: String },
-    #[error("`podman {step}` printed output mcp cannot read: {message}")]
-    Output { step: String, message: String },
+    #[error("`{program} {step}` failed (exit {code}): {stderr}")]
+    Exit { program: &'static str, step: String, code: i32, stderr: String },
+    #[error("`{program} {step}` printed output mcp cannot read: {message}")]
+    Output { program: &'static str, step: String, message: String },
     #[error("a container named {name:?} already exists")]
     NameInUse { name: String },
     #[error("network {network:?} does not exist on the node")]
     NetworkMissing { network: String },
     #[error("could not write {what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("no {kind} with id {id}")]
+    NotFound { kind: &'static str, id: String },
 }
 
 /// What a component runs on. Implementations are blocking; the agent calls them off the async
@@ -138,6 +145,11 @@ pub trait Runtime: Send + Sync {
     fn logs(&self, id: &str, tail: Option<u32>, follow: bool) -> Result<std::process::Child, RuntimeError>;
     /// The object with exactly this name, managed or not.
     fn by_name(&self, name: &str) -> Result<Option<Observed>, RuntimeError>;
+    /// The registry hash of a component as this runtime runs it: the spec's hash, plus for
+    /// baked VMs the contents of their volume dirs (so a changed file means a new spec).
+    fn spec_hash(&self, comp: &Component) -> Result<String, RuntimeError> {
+        Ok(crate::plan::spec_hash(comp))
+    }
     /// Create and start the component, labelled with its spec hash; returns the new id.
     fn create(&self, service: &str, component: &Component, spec: &str) -> Result<String, RuntimeError>;
     fn start(&self, id: &str) -> Result<(), RuntimeError>;

@@ -380,7 +380,7 @@ fn classify(step: &str, code: i32, stderr: &str) -> RuntimeError {
     // Keep the last lines: pulls print retries before the real error.
     let lines: Vec<&str> = stderr.lines().collect();
     let tail = lines[lines.len().saturating_sub(3)..].join("\n");
-    RuntimeError::Exit { step: step.to_string(), code, stderr: tail }
+    RuntimeError::Exit { program: "podman", step: step.to_string(), code, stderr: tail }
 }
 
 pub struct Podman {
@@ -453,7 +453,7 @@ impl Podman {
     /// Run a `podman ps ... --format json` and parse it.
     fn ps(&self, args: &[String]) -> Result<Vec<Observed>, RuntimeError> {
         let out = self.run(args)?;
-        parse_ps(&out).map_err(|message| RuntimeError::Output { step: "ps".into(), message })
+        parse_ps(&out).map_err(|message| RuntimeError::Output { program: "podman", step: "ps".into(), message })
     }
 
     fn ensure_network(&self, network: &str) -> Result<(), RuntimeError> {
@@ -552,7 +552,7 @@ impl Runtime for Podman {
 
     fn state(&self, id: &str) -> Result<Option<Observed>, RuntimeError> {
         match self.run(&["inspect".into(), "--type".into(), "container".into(), "--format".into(), "json".into(), id.into()]) {
-            Ok(out) => parse_inspect(&out).map_err(|message| RuntimeError::Output { step: "inspect".into(), message }),
+            Ok(out) => parse_inspect(&out).map_err(|message| RuntimeError::Output { program: "podman", step: "inspect".into(), message }),
             Err(RuntimeError::Exit { stderr, .. }) if stderr.contains("no such") => Ok(None),
             Err(e) => Err(e),
         }
@@ -565,7 +565,7 @@ impl Runtime for Podman {
 
     fn describe(&self, id: &str, component: &str) -> Result<Component, RuntimeError> {
         let out = self.run(&["inspect".into(), "--type".into(), "container".into(), "--format".into(), "json".into(), id.into()])?;
-        component_from_inspect(&out, component).map_err(|message| RuntimeError::Output { step: "inspect".into(), message })
+        component_from_inspect(&out, component).map_err(|message| RuntimeError::Output { program: "podman", step: "inspect".into(), message })
     }
 
     fn tail_logs(&self, id: &str, lines: u32) -> String {
