@@ -2,6 +2,7 @@
 //! unique per test, and cleanup of every container the test made, by id.
 #![allow(dead_code)]
 
+pub mod guest;
 pub mod sshd;
 
 use std::cell::RefCell;
@@ -285,6 +286,18 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // VMs this test's agent started: by the pid each recorded.
+        if let Ok(vms) = std::fs::read_dir(self.state.join("vms")) {
+            for vm in vms.flatten() {
+                if let Some(pid) = std::fs::read_to_string(vm.path().join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    if String::from_utf8_lossy(&cmdline).contains("process=mcp-vm-") {
+                        // SAFETY: kill has no memory-safety preconditions.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
         let mut ids = Vec::new();
         for svc in self.services_made.borrow().iter() {
             let out = podman(&["ps", "-a", "-q", "--no-trunc", "--filter", &format!("label=mcp.service={svc}")]);

@@ -1,0 +1,118 @@
+//! Unikernel components on a real qemu-system-x86_64 (TCG): a tiny Linux guest built from
+//! Debian's kernel and busybox-static serves a baked volume dir over user-mode networking.
+//! Deploy, HTTP through hostfwd, re-bake on change, stop via QMP, start, logs (serial
+//! console), and the daemon bringing back a killed VM.
+
+mod common;
+
+use std::time::Duration;
+
+use common::guest::guest;
+use common::*;
+
+/// TCG boots take several seconds; generous for a loaded CI machine.
+const BOOT: Duration = Duration::from_secs(90);
+
+fn vm_service(name: &str, port: u16, www: &std::path::Path, extra: &str) -> String {
+    let g = guest();
+    format!(
+        "name = \"{name}\"\nnode = \"local\"\n\n[[components]]\nname = \"vm\"\nkind = \"unikernel\"\n\
+         kernel = \"{}\"\ninitrd = \"{}\"\nappend = \"quiet\"\nnetwork = \"user\"\nmemory = \"256M\"\n\
+         ports = [\"127.0.0.1:{port}:8080\"]\nvolumes = [\"{}:/srv/www\"]\nstop_timeout = 1\n\
+         cmd = [\"--from-mcp\"]\nenv = {{ GREETING = \"hello-from-env\" }}\n{extra}",
+        g.kernel.display(),
+        g.initrd.display(),
+        www.display()
+    )
+}
+
+fn vm_pid(env: &Env, name: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(env.state.join("vms").join(name).join("pid")).ok()?.trim().parse().ok()?;
+    alive(pid).then_some(pid)
+}
+
+/// Running, not a zombie: daemonized qemu is reparented to PID 1, which here does not reap.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn baked_volume_served_through_user_networking_with_full_lifecycle() {
+    let env = Env::new();
+    let svc = env.svc("uk");
+    let www = env.dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "baked v1\n").unwrap();
+    let port = free_port();
+    env.define(&svc, &vm_service(&svc, port, &www, "restart = \"always\"\n"));
+    let name = format!("{svc}-vm");
+
+    let out = env.ok(&["deploy", &svc, "--json"]).json();
+    assert_eq!(out["result"]["changes"][0]["change"], "created", "{out}");
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("baked v1\n"), "the baked file through hostfwd");
+    // The state dir holds the VM; env never reaches qemu's command line.
+    let pid = vm_pid(&env, &name).expect("a running VM");
+    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ");
+    assert!(cmdline.contains("-accel tcg") && cmdline.contains("hostfwd=tcp:127.0.0.1:"), "{cmdline}");
+    assert!(!cmdline.contains("hello-from-env"), "{cmdline}");
+    // Serial console = logs: the guest printed its env (baked) and its args (kernel command line).
+    let logs = wait_for(BOOT, || {
+        let l = env.ok(&["logs", &format!("{svc}/vm")]).stdout;
+        l.contains("mcp-guest: serving").then_some(l)
+    })
+    .expect("guest output in logs");
+    assert!(logs.contains("greeting=hello-from-env") && logs.contains("--from-mcp"), "{logs}");
+
+    let st = env.ok(&["status", &svc, "--json"]).json();
+    let vm = &st["nodes"][0]["result"]["services"][0]["components"][0];
+    assert_eq!(vm["observed"], "running", "{st}");
+    assert!(vm["drift"].is_null(), "{st}");
+    assert!(env.ok(&["ps"]).stdout.contains(&name));
+
+    // Same files: unchanged. Changed file: re-baked and replaced.
+    assert_eq!(env.ok(&["deploy", &svc, "--json"]).json()["result"]["changes"][0]["change"], "unchanged");
+    std::fs::write(www.join("index.html"), "baked v2\n").unwrap();
+    let out = env.ok(&["deploy", &svc, "--json"]).json();
+    assert_eq!(out["result"]["changes"][0]["change"], "replaced", "{out}");
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("baked v2\n"));
+    assert!(!env.state.join("vms").join(format!("{name}.mcp-old")).exists(), "the old VM is gone");
+
+    // stop: QMP (powerdown, then quit), process gone, desired stopped without drift.
+    let pid = vm_pid(&env, &name).unwrap();
+    env.ok(&["stop", &svc]);
+    assert!(!alive(pid), "qemu still runs after stop");
+    let st = env.ok(&["status", &svc, "--json"]).json();
+    let vm = &st["nodes"][0]["result"]["services"][0]["components"][0];
+    assert_eq!((vm["desired"].as_str(), vm["observed"].as_str()), (Some("stopped"), Some("exited")), "{st}");
+    assert!(vm["drift"].is_null(), "{st}");
+    env.ok(&["start", &svc]);
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("baked v2\n"));
+
+    // The daemon brings a killed VM back (restart = "always").
+    let _daemon = env.start_daemon(&[]);
+    let pid = vm_pid(&env, &name).unwrap();
+    signal(pid as u32, libc::SIGKILL);
+    let m = env.wait_event(&svc, "repair", BOOT).expect("repair of the killed VM");
+    assert!(m.contains("restarted"), "{m}");
+    assert!(env.count_events(&svc, "drift.stopped") >= 1);
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("baked v2\n"));
+    assert_ne!(vm_pid(&env, &name), Some(pid));
+}
+
+#[test]
+fn bad_unikernel_definitions_are_refused_before_anything_runs() {
+    let env = Env::new();
+    let svc = env.svc("ukbad");
+    let www = env.dir.path().join("nowhere");
+    env.define(&svc, &vm_service(&svc, free_port(), &www, "").replace("kernel = ", "image = \"/x.img\"\nkernel = "));
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("either image"), "{}", r.stderr);
+    // Valid, but the volume dir does not exist on the node: the agent says so, creates nothing.
+    env.define(&svc, &vm_service(&svc, free_port(), &www, ""));
+    let r = env.mcp(&["deploy", &svc]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("nowhere"), "{}", r.stderr);
+    assert!(!env.state.join("vms").join(format!("{svc}-vm")).exists());
+}
