@@ -125,7 +125,7 @@ pub fn newc_header(ino: u32, mode: u32, size: u32, name: &str) -> Vec<u8> {
 }
 
 fn pad4(v: &mut Vec<u8>) {
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
 }
