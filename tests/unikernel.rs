@@ -116,3 +116,66 @@ fn bad_unikernel_definitions_are_refused_before_anything_runs() {
     assert!(r.stderr.contains("nowhere"), "{}", r.stderr);
     assert!(!env.state.join("vms").join(format!("{svc}-vm")).exists());
 }
+
+/// Isolated networking inside a network namespace this test makes: VMs sharing a network name
+/// reach each other over their bridge; a VM on another (its service's own) bridge does not; the
+/// bridges have no address, so nothing routes off the host.
+#[test]
+fn isolated_bridges_separate_services_unless_they_share_a_network() {
+    let env = Env::new();
+    let ns = format!("mcp{}", env.prefix);
+    assert!(std::process::Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _ns = Netns(ns.clone());
+    env.write_config(&format!("ip netns exec {ns} {AGENT} rpc --state-dir {}", env.state.display()));
+    let g = guest();
+    let www = env.dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "from web\n").unwrap();
+    let vm = |name: &str, network: Option<&str>, ip: &str, probe: Option<&str>| {
+        let network = network.map(|n| format!("network = \"{n}\"\n")).unwrap_or_default();
+        let probe = probe.map(|p| format!(", PROBE = \"{p}\"")).unwrap_or_default();
+        format!(
+            "name = \"{name}\"\nnode = \"local\"\n\n[[components]]\nname = \"vm\"\nkind = \"unikernel\"\n\
+             kernel = \"{}\"\ninitrd = \"{}\"\nappend = \"quiet\"\n{network}volumes = [\"{}:/srv/www\"]\nstop_timeout = 0\n\
+             env = {{ GUEST_IP = \"{ip}\"{probe} }}\n",
+            g.kernel.display(),
+            g.initrd.display(),
+            www.display()
+        )
+    };
+    let (web, friend, stranger) = (env.svc("web"), env.svc("friend"), env.svc("stranger"));
+    env.define(&web, &vm(&web, Some("shared"), "10.9.0.2/24", None));
+    env.define(&friend, &vm(&friend, Some("shared"), "10.9.0.3/24", Some("10.9.0.2:8080")));
+    env.define(&stranger, &vm(&stranger, None, "10.9.0.4/24", Some("10.9.0.2:8080")));
+    for s in [&web, &friend, &stranger] {
+        env.ok(&["deploy", s]);
+    }
+    let friend_ok = wait_for(BOOT, || env.ok(&["logs", &friend]).stdout.contains("probe ok: from web").then_some(()));
+    assert!(friend_ok.is_some(), "same network: reachable; logs: {}", env.ok(&["logs", &friend]).stdout);
+    // The stranger is up and probing (it says "failed") but never gets through.
+    let stranger_tried = wait_for(BOOT, || {
+        let l = env.ok(&["logs", &stranger]).stdout;
+        (l.matches("probe failed").count() >= 3).then_some(l)
+    })
+    .expect("the stranger's probe runs");
+    assert!(!stranger_tried.contains("probe ok"), "{stranger_tried}");
+    // Two bridges in the namespace, none with an address; nothing of it in the host's.
+    let links = std::process::Command::new("ip").args(["netns", "exec", &ns, "ip", "-o", "addr", "show"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.lines().any(|l| l.contains("mcpb") && l.contains("inet")), "{links}");
+    let bridges = std::process::Command::new("ip").args(["netns", "exec", &ns, "ip", "-o", "link", "show", "type", "bridge"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&bridges.stdout).lines().count(), 2);
+    // Stopping keeps the tap for the next start; removing the service (sync --prune) drops
+    // its tap and its now empty bridge.
+    env.ok(&["stop", &stranger]);
+    std::fs::remove_file(env.services.join(format!("{stranger}.toml"))).unwrap();
+    env.ok(&["sync", "--prune"]);
+    let bridges = std::process::Command::new("ip").args(["netns", "exec", &ns, "ip", "-o", "link", "show", "type", "bridge"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&bridges.stdout).lines().count(), 1, "the stranger's bridge is gone");
+}

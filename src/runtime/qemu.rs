@@ -140,8 +140,60 @@ pub fn qemu_argv(rec: &VmRecord, paths: &VmPaths) -> Vec<String> {
         }
         push(&mut a, "-netdev", netdev);
         push(&mut a, "-device", "virtio-net-pci,netdev=n0".into());
+    } else {
+        let net = isolated_net(rec);
+        push(&mut a, "-netdev", format!("tap,id=n0,ifname={},script=no,downscript=no", net.tap));
+        push(&mut a, "-device", format!("virtio-net-pci,netdev=n0,mac={}", net.mac));
     }
     a
+}
+
+/// A VM's place on an isolated network: its tap on a bridge with no address on the host (so
+/// no route off the host). Components sharing a `network` name share a bridge; without one,
+/// each service gets its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsolatedNet {
+    pub bridge: String,
+    pub tap: String,
+    pub mac: String,
+}
+
+fn hex(input: &str, n: usize) -> String {
+    Sha256::digest(input.as_bytes()).iter().take(n.div_ceil(2)).map(|b| format!("{b:02x}")).collect::<String>()[..n].to_string()
+}
+
+/// Interface names fit Linux's 15 characters; the tap follows the VM's id (stable across
+/// renames), the bridge the network (or service) name.
+pub fn isolated_net(rec: &VmRecord) -> IsolatedNet {
+    let key = match rec.comp.network.as_deref() {
+        Some(n) => format!("net:{n}"),
+        None => format!("svc:{}", rec.service),
+    };
+    let m = hex(&format!("mac:{}", rec.id), 6);
+    IsolatedNet {
+        bridge: format!("mcpb{}", hex(&key, 10)),
+        tap: format!("mcpt{}", hex(&rec.id, 10)),
+        mac: format!("52:54:00:{}:{}:{}", &m[0..2], &m[2..4], &m[4..6]),
+    }
+}
+
+/// The `ip` commands that create the bridge (if missing) and the tap on it, in order.
+pub fn net_up_argv(net: &IsolatedNet, bridge_exists: bool, tap_exists: bool) -> Vec<Vec<String>> {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let mut out = Vec::new();
+    // No address on the host side at all, not even IPv6 link-local.
+    if !bridge_exists {
+        out.push(v(&["link", "add", &net.bridge, "type", "bridge"]));
+        out.push(v(&["link", "set", &net.bridge, "addrgenmode", "none"]));
+    }
+    out.push(v(&["link", "set", &net.bridge, "up"]));
+    if !tap_exists {
+        out.push(v(&["tuntap", "add", "dev", &net.tap, "mode", "tap"]));
+        out.push(v(&["link", "set", &net.tap, "addrgenmode", "none"]));
+    }
+    out.push(v(&["link", "set", &net.tap, "master", &net.bridge]));
+    out.push(v(&["link", "set", &net.tap, "up"]));
+    out
 }
 
 /// Parse a QMP reply line: Some(Ok(return)) / Some(Err(error)) for answers, None for events
@@ -277,8 +329,61 @@ impl Qemu {
         self.config.accel.clone().unwrap_or_else(|| "tcg".into())
     }
 
+    fn ip(&self, args: &[String]) -> Result<String, RuntimeError> {
+        let ip = which::which("ip").map_err(|source| RuntimeError::Missing { program: "ip (iproute2)".into(), source })?;
+        let out = Command::new(ip)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| RuntimeError::Spawn { program: "ip".into(), step: args.join(" "), source })?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if stderr.contains("Operation not permitted") || stderr.contains("Permission denied") {
+            return Err(RuntimeError::Unsupported(format!(
+                "isolated VM networking needs root or CAP_NET_ADMIN to create its bridge and tap (`ip {}`: {stderr}); \
+                 give the agent that capability, or set network = \"user\"",
+                args.join(" ")
+            )));
+        }
+        Err(RuntimeError::Exit { program: "ip", step: args.join(" "), code: out.status.code().unwrap_or(-1), stderr })
+    }
+
+    fn link_exists(&self, name: &str) -> bool {
+        Path::new("/sys/class/net").join(name).exists()
+    }
+
+    /// Bridge and tap for an isolated VM (idempotent).
+    fn net_up(&self, rec: &VmRecord) -> Result<(), RuntimeError> {
+        if rec.comp.network.as_deref() == Some("user") {
+            return Ok(());
+        }
+        let net = isolated_net(rec);
+        for argv in net_up_argv(&net, self.link_exists(&net.bridge), self.link_exists(&net.tap)) {
+            self.ip(&argv)?;
+        }
+        Ok(())
+    }
+
+    /// Drop the VM's tap, and its bridge once nothing else is on it.
+    fn net_down(&self, rec: &VmRecord) {
+        if rec.comp.network.as_deref() == Some("user") {
+            return;
+        }
+        let net = isolated_net(rec);
+        if self.link_exists(&net.tap) {
+            let _ = self.ip(&["link".into(), "del".into(), net.tap.clone()]);
+        }
+        let ports = Path::new("/sys/class/net").join(&net.bridge).join("brif");
+        if std::fs::read_dir(&ports).is_ok_and(|mut d| d.next().is_none()) {
+            let _ = self.ip(&["link".into(), "del".into(), net.bridge.clone()]);
+        }
+    }
+
     /// Start the VM described by `rec` (daemonized); records the start time.
     fn launch(&self, rec: &mut VmRecord) -> Result<(), RuntimeError> {
+        self.net_up(rec)?;
         let paths = self.paths(&rec.name);
         let _ = std::fs::remove_file(paths.pid());
         let _ = std::fs::remove_file(paths.qmp());
@@ -379,11 +484,6 @@ impl Runtime for Qemu {
         if paths.record().exists() {
             return Err(RuntimeError::NameInUse { name });
         }
-        if comp.network.as_deref() != Some("user") {
-            return Err(RuntimeError::Unsupported(format!(
-                "{name}: isolated bridge networking for VMs is not available in this release; set network = \"user\""
-            )));
-        }
         std::fs::create_dir_all(&paths.dir).map_err(io_err(paths.dir.display().to_string()))?;
         std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(paths.dir.display().to_string()))?;
         let result = (|| {
@@ -413,6 +513,9 @@ impl Runtime for Qemu {
             Ok(id)
         })();
         if result.is_err() {
+            if let Some(rec) = self.load(&name) {
+                self.net_down(&rec);
+            }
             let _ = std::fs::remove_dir_all(&paths.dir);
         }
         result
@@ -443,6 +546,7 @@ impl Runtime for Qemu {
             Err(e) => return Err(e),
         };
         self.shutdown(&rec)?;
+        self.net_down(&rec);
         let dir = self.paths(&rec.name).dir;
         std::fs::remove_dir_all(&dir).map_err(io_err(dir.display().to_string()))
     }
@@ -646,11 +750,44 @@ mod tests {
         let s = argv.join(" ");
         assert!(s.contains("-m 256M -smp 1"), "{s}");
         assert!(s.contains("-drive file=/nix/store/x.img,format=raw,if=virtio,snapshot=on"), "{s}");
-        assert!(!s.contains("-netdev"), "{s}");
+        assert!(s.contains("-netdev tap,id=n0,ifname=mcpt"), "isolated by default: {s}");
         // Unbaked kernel form keeps the given initrd.
         let k = Component { name: "vm".into(), kind: crate::plan::Kind::Unikernel, kernel: Some("/k".into()), initrd: Some("/i".into()), ..Default::default() };
         let s = qemu_argv(&rec(k), &VmPaths { dir: "/d".into() }).join(" ");
         assert!(s.contains("-kernel /k -initrd /i -append console=ttyS0"), "{s}");
+    }
+
+    #[test]
+    fn isolated_network_names_and_commands() {
+        let mut comp = Component { name: "vm".into(), kind: crate::plan::Kind::Unikernel, kernel: Some("/k".into()), ..Default::default() };
+        let own = isolated_net(&rec(comp.clone()));
+        assert!(own.bridge.starts_with("mcpb") && own.bridge.len() == 14, "{own:?}");
+        assert!(own.tap.starts_with("mcpt") && own.tap.len() <= 15);
+        assert!(own.mac.starts_with("52:54:00:") && own.mac.len() == 17);
+        comp.network = Some("backend".into());
+        let shared = isolated_net(&rec(comp.clone()));
+        let mut other = rec(comp.clone());
+        other.service = "other".into();
+        other.id = "vm-ffff".into();
+        assert_eq!(isolated_net(&other).bridge, shared.bridge, "one network name, one bridge");
+        assert_ne!(shared.bridge, own.bridge);
+        assert_ne!(isolated_net(&other).tap, shared.tap);
+        let argv = qemu_argv(&rec(comp), &VmPaths { dir: "/d".into() }).join(" ");
+        assert!(argv.contains(&format!("-netdev tap,id=n0,ifname={},script=no,downscript=no", shared.tap)), "{argv}");
+        let cmds: Vec<String> = net_up_argv(&shared, false, false).iter().map(|c| c.join(" ")).collect();
+        assert_eq!(
+            cmds,
+            vec![
+                format!("link add {} type bridge", shared.bridge),
+                format!("link set {} addrgenmode none", shared.bridge),
+                format!("link set {} up", shared.bridge),
+                format!("tuntap add dev {} mode tap", shared.tap),
+                format!("link set {} addrgenmode none", shared.tap),
+                format!("link set {} master {}", shared.tap, shared.bridge),
+                format!("link set {} up", shared.tap),
+            ]
+        );
+        assert_eq!(net_up_argv(&shared, true, true).len(), 3, "existing links are not created again");
     }
 
     #[test]

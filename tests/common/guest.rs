@@ -24,10 +24,20 @@ done
 if [ -f /etc/mcp/env ]; then set -a; . /etc/mcp/env; set +a; fi
 ip link set lo up
 ip link set eth0 up
-ip addr add 10.0.2.15/24 dev eth0
-ip route add default via 10.0.2.2
+# User-mode networking's address unless the baked env gives one (isolated networks).
+ip addr add ${GUEST_IP:-10.0.2.15/24} dev eth0
+[ -z "$GUEST_IP" ] && ip route add default via 10.0.2.2
 echo "mcp-guest: serving /srv/www on 8080 (greeting=$GREETING args=$*)"
 httpd -f -p 8080 -h /srv/www &
+# PROBE=HOST:PORT: report once a second whether HTTP answers there (reachability between VMs;
+# busybox nc, as Debian's static busybox wget crashes).
+if [ -n "$PROBE" ]; then
+  while true; do
+    out=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 "${PROBE%:*}" "${PROBE#*:}" 2>/dev/null)
+    case "$out" in *" 200 OK"*) echo "probe ok: $(echo "$out" | tail -n 1)" ;; *) echo "probe failed" ;; esac
+    sleep 1
+  done &
+fi
 while true; do sleep 3600; done
 "#;
 
@@ -44,7 +54,9 @@ fn run(cmd: &mut Command) -> String {
 /// The guest's kernel and initrd (built on first use).
 pub fn guest() -> &'static Guest {
     GUEST.get_or_init(|| {
-        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mcp-guest");
+        // A changed /init means another guest.
+        let key: u32 = INIT.bytes().fold(5381u32, |h, b| h.wrapping_mul(33) ^ b as u32);
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mcp-guest-{key:08x}"));
         let guest = Guest { kernel: cache.join("vmlinuz"), initrd: cache.join("initrd.gz") };
         if guest.kernel.exists() && guest.initrd.exists() {
             return guest;
@@ -71,7 +83,7 @@ pub fn guest() -> &'static Guest {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         std::fs::copy(which::which("busybox").expect("busybox-static is installed"), root.join("bin/busybox")).unwrap();
-        for tool in ["sh", "mount", "insmod", "ip", "httpd", "sleep", "cat", "echo", "ls"] {
+        for tool in ["sh", "mount", "insmod", "ip", "httpd", "sleep", "cat", "echo", "ls", "nc", "tail", "printf"] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
         }
         std::fs::write(root.join("init"), INIT).unwrap();
