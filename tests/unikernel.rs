@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::guest::guest;
@@ -178,4 +179,67 @@ fn isolated_bridges_separate_services_unless_they_share_a_network() {
     env.ok(&["sync", "--prune"]);
     let bridges = std::process::Command::new("ip").args(["netns", "exec", &ns, "ip", "-o", "link", "show", "type", "bridge"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&bridges.stdout).lines().count(), 1, "the stranger's bridge is gone");
+}
+
+/// The Nanos disk-image form with volumes: the agent rebuilds the image with `ops` from the
+/// program, with the staging root as working dir and its top-level dirs as `Dirs`.
+/// NOT BOOTED HERE: no Nanos kernel and no `ops` exist on these machines. Without ops the
+/// agent's error is real; the invocation is then checked against FAKE_OPS, a stand-in that
+/// records what it was given and leaves an empty disk image (qemu starts on it, nothing boots).
+#[test]
+fn nanos_image_form_runs_ops_with_the_staging_tree_not_booted_here() {
+    let env = Env::new();
+    let svc = env.svc("nanos");
+    let app = env.dir.path().join("app");
+    std::fs::create_dir_all(app.join("conf")).unwrap();
+    std::fs::write(app.join("conf/app.toml"), "port = 8080\n").unwrap();
+    let def = format!(
+        "name = \"{svc}\"\nnode = \"local\"\n\n[[components]]\nname = \"vm\"\nkind = \"unikernel\"\nimage = \"/nix/store/fake-app.img\"\n\
+         network = \"user\"\nvolumes = [\"{}:/srv/app\"]\ncmd = [\"/opt/app/server\", \"--config\", \"/srv/app/conf/app.toml\"]\n\
+         env = {{ MODE = \"prod\" }}\nstop_timeout = 0\n",
+        app.display()
+    );
+    env.define(&svc, &def);
+    let r = env.mcp(&["deploy", &svc]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("needs `ops`") && r.stderr.contains("install ops"), "{}", r.stderr);
+    assert!(!env.state.join("vms").join(format!("{svc}-vm")).exists(), "nothing left behind");
+
+    let record = env.dir.path().join("fake-ops.txt");
+    let fake = env.dir.path().join("FAKE_OPS");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\n# FAKE_OPS: stands in for NanoVMs ops, which cannot run here.\n\
+             {{ echo \"argv=$*\"; echo \"cwd=$(pwd)\"; echo \"ops_home=$OPS_HOME\"; echo \"config=$(cat \"$4\")\"; find . | sort; }} > '{}'\n\
+             mkdir -p \"$OPS_HOME/images\" && head -c 1048576 /dev/zero > \"$OPS_HOME/images/$6\"\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let conf = env.dir.path().join("agent.toml");
+    std::fs::write(&conf, format!("[qemu]\nops = \"{}\"\n", fake.display())).unwrap();
+    env.write_config(&format!("{AGENT} rpc --state-dir {} --config {}", env.state.display(), conf.display()));
+    env.ok(&["deploy", &svc]);
+
+    let seen = std::fs::read_to_string(&record).unwrap();
+    let vm_dir = env.state.join("vms").join(format!("{svc}-vm"));
+    let expect_argv = format!("argv=build /opt/app/server -c {} -i mcp-baked", vm_dir.join("ops-config.json").display());
+    assert!(seen.contains(&expect_argv), "{seen}");
+    assert!(seen.contains(&format!("cwd={}", vm_dir.join("staging").display())), "{seen}");
+    assert!(seen.contains(&format!("ops_home={}", vm_dir.join("ops").display())), "{seen}");
+    assert!(seen.contains("./srv/app/conf/app.toml"), "the staging tree mirrors the guest path: {seen}");
+    // The (pretty-printed) config runs from "config=" to the file listing.
+    let config = &seen[seen.find("config=").unwrap() + 7..seen.find("\n.").unwrap()];
+    let config: serde_json::Value = serde_json::from_str(config).unwrap();
+    assert_eq!(config["Dirs"], serde_json::json!(["srv"]));
+    assert_eq!(config["Args"][0], "/opt/app/server");
+    assert_eq!(config["Env"]["MODE"], "prod");
+    let mode = std::fs::metadata(vm_dir.join("ops-config.json")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the config may carry secrets");
+    // qemu runs the image ops left.
+    let pid: i32 = std::fs::read_to_string(vm_dir.join("pid")).unwrap().trim().parse().unwrap();
+    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ");
+    assert!(cmdline.contains(&format!("file={},format=raw", vm_dir.join("ops/images/mcp-baked").display())), "{cmdline}");
 }

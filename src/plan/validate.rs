@@ -222,6 +222,13 @@ fn check_unikernel(c: &mut Collector, at: &str, comp: &Component) {
                     c.push(format!("{at}.{field}"), "only with kernel; a disk image carries its own boot setup");
                 }
             }
+            // Volumes are baked by rebuilding the image with ops from the program.
+            if !comp.volumes.is_empty() && !comp.cmd.first().is_some_and(|p| p.starts_with('/')) {
+                c.push(
+                    format!("{at}.cmd"),
+                    "a disk-image unikernel with volumes is rebuilt by ops from its program: expected cmd = [\"/path/to/program\", args...]",
+                );
+            }
         }
         (None, true) => c.push(
             format!("{at}.image"),

@@ -33,6 +33,9 @@ pub struct QemuConfig {
     /// `tcg` (default: works everywhere) or `kvm` (only where KVM really works).
     #[serde(default)]
     pub accel: Option<String>,
+    /// The `ops` binary (Nanos) that bakes volumes into disk images; found on PATH when unset.
+    #[serde(default)]
+    pub ops: Option<PathBuf>,
 }
 
 /// VM ids start with this, so one id space serves containers and VMs.
@@ -86,11 +89,47 @@ impl VmPaths {
     pub fn staging(&self) -> PathBuf {
         self.dir.join("staging")
     }
+    /// `OPS_HOME` for the Nanos build of this VM.
+    pub fn ops_home(&self) -> PathBuf {
+        self.dir.join("ops")
+    }
+    pub fn ops_config(&self) -> PathBuf {
+        self.dir.join("ops-config.json")
+    }
+    /// Where `ops build -i <name>` leaves the image under [`VmPaths::ops_home`].
+    pub fn ops_image(&self) -> PathBuf {
+        self.ops_home().join("images").join(OPS_IMAGE)
+    }
 }
+
+/// The image name given to `ops build`.
+pub const OPS_IMAGE: &str = "mcp-baked";
 
 /// Whether the VM's initrd is baked (volumes or environment to bring in).
 fn baked(comp: &Component) -> bool {
     comp.kernel.is_some() && (!comp.volumes.is_empty() || !comp.env.is_empty())
+}
+
+/// Whether the disk image is rebuilt by `ops` (Nanos form with volumes): the program is
+/// `cmd[0]`, the volumes become `Dirs` of the staging root.
+fn needs_ops(comp: &Component) -> bool {
+    comp.kernel.is_none() && !comp.volumes.is_empty()
+}
+
+/// The ops configuration for a Nanos build: the program's arguments and environment, and the
+/// staging root's top-level dirs (guest paths mirrored there) as `Dirs`.
+pub fn ops_config(comp: &Component, dirs: &[String]) -> serde_json::Value {
+    let mut config = serde_json::json!({ "Args": comp.cmd, "Dirs": dirs });
+    if !comp.env.is_empty() {
+        config["Env"] = serde_json::json!(comp.env);
+    }
+    config
+}
+
+/// `ops build <program> -c <config> -i <image>`, run with the staging root as working dir and
+/// `OPS_HOME` in the VM's dir.
+pub fn ops_argv(program: &str, config: &Path) -> Vec<String> {
+    vec!["build".into(), program.into(), "-c".into(), config.display().to_string(), "-i".into(), OPS_IMAGE.into()]
 }
 
 /// The qemu command line (without the program) for `rec` with files in `paths`.
@@ -130,7 +169,10 @@ pub fn qemu_argv(rec: &VmRecord, paths: &VmPaths) -> Vec<String> {
             }
             push(&mut a, "-append", line);
         }
-        None => push(&mut a, "-drive", format!("file={},format=raw,if=virtio,snapshot=on", c.image)),
+        None => {
+            let image = if needs_ops(c) { paths.ops_image().display().to_string() } else { c.image.clone() };
+            push(&mut a, "-drive", format!("file={image},format=raw,if=virtio,snapshot=on"));
+        }
     }
     if c.network.as_deref() == Some("user") {
         let mut netdev = String::from("user,id=n0");
@@ -329,6 +371,47 @@ impl Qemu {
         self.config.accel.clone().unwrap_or_else(|| "tcg".into())
     }
 
+    /// Bake the volumes into a Nanos image with `ops` (staging tree -> `Dirs`).
+    fn ops_build(&self, comp: &Component, paths: &VmPaths) -> Result<(), RuntimeError> {
+        let wanted = self.config.ops.clone().unwrap_or_else(|| PathBuf::from("ops"));
+        let ops = which::which(&wanted).map_err(|_| {
+            RuntimeError::Unsupported(format!(
+                "baking volumes into a Nanos disk image needs `ops` ({}) on the node, and it is not there; \
+                 install ops (https://ops.city) or set [qemu] ops in agent.toml, or use the kernel form",
+                wanted.display()
+            ))
+        })?;
+        let staging = paths.staging();
+        bake::stage(&bake::binds(&comp.volumes), &staging).map_err(io_err("staging volumes for ops"))?;
+        let mut dirs: Vec<String> = std::fs::read_dir(&staging)
+            .map_err(io_err(staging.display().to_string()))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        dirs.sort();
+        let config = paths.ops_config();
+        // It may carry the environment (secrets): owner-only, like the VM dir.
+        std::fs::write(&config, serde_json::to_vec_pretty(&ops_config(comp, &dirs)).expect("config serializes"))
+            .map_err(io_err(config.display().to_string()))?;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).map_err(io_err(config.display().to_string()))?;
+        let program = comp.cmd.first().cloned().unwrap_or_default();
+        let out = Command::new(&ops)
+            .args(ops_argv(&program, &config))
+            .current_dir(&staging)
+            .env("OPS_HOME", paths.ops_home())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| RuntimeError::Spawn { program: ops.display().to_string(), step: "build".into(), source })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(RuntimeError::Exit { program: "ops", step: "build".into(), code: out.status.code().unwrap_or(-1), stderr });
+        }
+        if !paths.ops_image().exists() {
+            return Err(RuntimeError::Unsupported(format!("ops build succeeded but left no image at {}", paths.ops_image().display())));
+        }
+        Ok(())
+    }
+
     fn ip(&self, args: &[String]) -> Result<String, RuntimeError> {
         let ip = which::which("ip").map_err(|source| RuntimeError::Missing { program: "ip (iproute2)".into(), source })?;
         let out = Command::new(ip)
@@ -470,7 +553,7 @@ impl Runtime for Qemu {
 
     fn spec_hash(&self, comp: &Component) -> Result<String, RuntimeError> {
         let base = crate::plan::spec_hash(comp);
-        if !baked(comp) {
+        if !baked(comp) && !needs_ops(comp) {
             return Ok(base);
         }
         let contents = bake::content_hash(&bake::binds(&comp.volumes)).map_err(io_err("baked volumes"))?;
@@ -494,6 +577,9 @@ impl Runtime for Qemu {
                     if env.is_empty() { Vec::new() } else { vec![(GUEST_ENV_FILE, 0o600, env.into_bytes())] };
                 bake::initrd_with(comp.initrd.as_deref().map(Path::new), &paths.staging(), &extra, &paths.initrd())
                     .map_err(io_err(format!("baking the initrd of {name}")))?;
+            }
+            if needs_ops(comp) {
+                self.ops_build(comp, &paths)?;
             }
             let digest = Sha256::digest(format!("{name}\n{}\n{}", now_ms(), std::process::id()).as_bytes());
             let id = format!("{ID_PREFIX}{}", digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>());
@@ -788,6 +874,30 @@ mod tests {
             ]
         );
         assert_eq!(net_up_argv(&shared, true, true).len(), 3, "existing links are not created again");
+    }
+
+    #[test]
+    fn ops_invocation_and_config() {
+        let mut comp = Component {
+            name: "vm".into(),
+            kind: crate::plan::Kind::Unikernel,
+            image: "/nix/store/x-app.img".into(),
+            volumes: vec!["/srv/app:/srv/app".into()],
+            cmd: vec!["/opt/app/server".into(), "--port".into(), "8080".into()],
+            network: Some("user".into()),
+            ..Default::default()
+        };
+        comp.env.insert("MODE".into(), "prod".into());
+        assert_eq!(
+            ops_argv("/opt/app/server", Path::new("/state/vms/s-vm/ops-config.json")),
+            vec!["build", "/opt/app/server", "-c", "/state/vms/s-vm/ops-config.json", "-i", "mcp-baked"]
+        );
+        assert_eq!(
+            ops_config(&comp, &["srv".into()]),
+            serde_json::json!({"Args": ["/opt/app/server", "--port", "8080"], "Dirs": ["srv"], "Env": {"MODE": "prod"}})
+        );
+        let argv = qemu_argv(&rec(comp), &VmPaths { dir: "/state/vms/s-vm".into() }).join(" ");
+        assert!(argv.contains("-drive file=/state/vms/s-vm/ops/images/mcp-baked,format=raw"), "{argv}");
     }
 
     #[test]
