@@ -10,6 +10,7 @@ pub mod login;
 pub mod logs;
 pub mod node;
 pub mod output;
+pub mod plan;
 pub mod ps;
 pub mod pull;
 pub mod push;
@@ -71,6 +72,8 @@ pub struct GlobalOpts {
 pub enum Command {
     /// Deploy a service (or one component) from its definition.
     Deploy(deploy::Opts),
+    /// Print the plan (JSON) a definition evaluates to, without contacting any node.
+    Plan(plan::Opts),
     /// Stop all components of a service (or one); the definition is kept.
     Stop(lifecycle::Opts),
     /// Start all components of a service (or one).
@@ -136,6 +139,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let ctx = Ctx { config, quiet: cli.global.quiet, ssh };
     match cli.command {
         Command::Deploy(o) => deploy::run(&ctx, o).await,
+        Command::Plan(o) => plan::run(&ctx, o),
         Command::Stop(o) => lifecycle::run(&ctx, o, proto::STOP, "stopped").await,
         Command::Start(o) => lifecycle::run(&ctx, o, proto::START, "started").await,
         Command::Restart(o) => lifecycle::run(&ctx, o, proto::RESTART, "restarted").await,
@@ -186,11 +190,22 @@ impl Ctx {
     /// Returns the file and the component named after `/`, if any.
     pub fn definition_path(&self, arg: &str) -> (PathBuf, Option<String>) {
         let as_path = Path::new(arg);
-        if arg.ends_with(".toml") || as_path.is_file() {
+        if arg.ends_with(".toml") || arg.ends_with(".nix") || as_path.is_file() {
             return (as_path.to_path_buf(), None);
         }
         let t = Target::parse(arg);
-        (self.config.services_dir.join(format!("{}.toml", t.service)), t.component)
+        (self.service_file(&t.service), t.component)
+    }
+
+    /// `<services dir>/<service>.toml`, or `.nix` when only that exists.
+    pub fn service_file(&self, service: &str) -> PathBuf {
+        let toml = self.config.services_dir.join(format!("{service}.toml"));
+        let nix = self.config.services_dir.join(format!("{service}.nix"));
+        if !toml.exists() && nix.exists() {
+            nix
+        } else {
+            toml
+        }
     }
 
     /// Load and validate the definition for `arg`.
@@ -198,7 +213,7 @@ impl Ctx {
         let (path, component) = self.definition_path(arg);
         if !path.exists() {
             bail!(
-                "no service definition for {arg:?}: {} does not exist (services dir {} from {})",
+                "no service definition for {arg:?}: neither {} nor .nix exists (services dir {} from {})",
                 path.display(),
                 self.config.services_dir.display(),
                 self.config.origin()
@@ -240,7 +255,7 @@ impl Ctx {
         if let Some(n) = &opts.node {
             return self.node(n);
         }
-        let path = self.config.services_dir.join(format!("{service}.toml"));
+        let path = self.service_file(service);
         if path.exists() {
             let plan = load_service_file(&path)?;
             return self.plan_node(&plan);

@@ -10,7 +10,7 @@ use clap::Subcommand;
 
 use super::deploy::print_apply;
 use super::{print_json, Ctx, InvalidInput, NodeOpts};
-use crate::plan::{parse_service_toml, to_toml, validate, Plan};
+use crate::plan::{load_service_file, parse_service_toml, to_toml, validate, Plan};
 use crate::proto::{self, ApplyResult, DeployParams, ServiceParams};
 
 #[derive(Debug, Subcommand)]
@@ -90,7 +90,9 @@ async fn edit(ctx: &Ctx, service: &str) -> Result<()> {
     let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
     // Edit a copy: the real file changes only once the edit is valid.
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut copy = tempfile::Builder::new().prefix(".mcp-edit-").suffix(".toml").tempfile_in(dir)?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("toml").to_string();
+    // Same dir and extension: a Nix file's relative imports still resolve.
+    let mut copy = tempfile::Builder::new().prefix(".mcp-edit-").suffix(&format!(".{ext}")).tempfile_in(dir)?;
     copy.write_all(original.as_bytes())?;
     copy.flush()?;
     let mut words = editor.split_whitespace();
@@ -108,14 +110,18 @@ async fn edit(ctx: &Ctx, service: &str) -> Result<()> {
         println!("{}: no changes", path.display());
         return Ok(());
     }
-    let checked = parse_service_toml(&edited, &path)
-        .map_err(anyhow::Error::from)
-        .and_then(|plan| validate(&plan, &path.display().to_string()).map(|_| plan).map_err(anyhow::Error::from));
+    let checked = if ext == "nix" {
+        load_service_file(copy.path()).map_err(anyhow::Error::from)
+    } else {
+        parse_service_toml(&edited, &path)
+            .map_err(anyhow::Error::from)
+            .and_then(|plan| validate(&plan, &path.display().to_string()).map(|_| plan).map_err(anyhow::Error::from))
+    };
     let plan = match checked {
         Ok(plan) => plan,
         Err(e) => {
             // Keep the operator's work beside the file, never over it.
-            let rejected = path.with_extension("toml.rejected");
+            let rejected = path.with_extension(format!("{ext}.rejected"));
             let _ = std::fs::write(&rejected, &edited);
             bail!(InvalidInput(format!(
                 "{e:#}\nthe edit was refused: {} is unchanged; your edited text is in {}",

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::output::table;
 use super::{print_json, Ctx, InvalidInput, OutputOpts};
-use crate::plan::{load_service_file, Plan};
+use crate::plan::{load_service_files, Plan};
 use crate::proto::{self, ApplyResult, DeployParams, ListResult, ServiceParams};
 
 /// Nodes talked to at once.
@@ -42,13 +42,23 @@ pub struct Line {
 pub fn load_all(ctx: &Ctx) -> Result<Vec<Plan>> {
     let dir = &ctx.config.services_dir;
     let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read the services dir {}", dir.display()))?;
-    let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+    let mut paths: Vec<_> =
+        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml" || x == "nix")).collect();
     paths.sort();
-    let mut plans = Vec::new();
+    let mut plans: Vec<Plan> = Vec::new();
     let mut errors = Vec::new();
     for p in paths {
-        match load_service_file(&p) {
-            Ok(plan) => plans.push(plan),
+        // A .nix file may define several services (a fleet).
+        match load_service_files(&p) {
+            Ok(found) => {
+                for plan in found {
+                    if plans.iter().any(|q| q.name == plan.name) {
+                        errors.push(format!("{}: service {} is defined twice in the services dir", p.display(), plan.name));
+                    } else {
+                        plans.push(plan);
+                    }
+                }
+            }
             Err(e) => errors.push(e.to_string()),
         }
     }

@@ -12,8 +12,14 @@ pub enum LoadError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot parse service definition {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{path}: unsupported service definition format; expected a .toml file")]
+    #[error("{path}: unsupported service definition format; expected a .toml or .nix file")]
     Format { path: PathBuf },
+    #[error("{path} is a Nix service definition, but nix-instantiate cannot be run ({why}); install Nix (e.g. apt-get install nix-bin) or write the service as TOML")]
+    NixMissing { path: PathBuf, why: String },
+    #[error("{message}")]
+    Nix { path: PathBuf, message: String },
+    #[error("{path} defines {count} services ({names}); deploy them with `mcp sync`, or put one service per file")]
+    Fleet { path: PathBuf, count: usize, names: String },
     #[error(transparent)]
     Invalid(#[from] PlanErrors),
 }
@@ -61,15 +67,31 @@ pub fn parse_service_toml(text: &str, source: &Path) -> Result<Plan, LoadError> 
     })
 }
 
-/// Read, parse and validate a service definition file.
+/// Read, parse and validate a service definition file that defines one service.
 pub fn load_service_file(path: &Path) -> Result<Plan, LoadError> {
-    if path.extension().and_then(|e| e.to_str()) != Some("toml") {
-        return Err(LoadError::Format { path: path.to_path_buf() });
+    let mut plans = load_service_files(path)?;
+    if plans.len() != 1 {
+        let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+        return Err(LoadError::Fleet { path: path.to_path_buf(), count: plans.len(), names: names.join(", ") });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
-    let plan = parse_service_toml(&text, path)?;
-    validate(&plan, &path.display().to_string())?;
-    Ok(plan)
+    Ok(plans.remove(0))
+}
+
+/// Every service a definition file defines, validated: one for TOML, one or more (a fleet)
+/// for Nix.
+pub fn load_service_files(path: &Path) -> Result<Vec<Plan>, LoadError> {
+    let plans = match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") => {
+            let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+            vec![parse_service_toml(&text, path)?]
+        }
+        Some("nix") => super::nix::eval_file(path)?,
+        _ => return Err(LoadError::Format { path: path.to_path_buf() }),
+    };
+    for plan in &plans {
+        validate(plan, &path.display().to_string())?;
+    }
+    Ok(plans)
 }
 
 #[cfg(test)]

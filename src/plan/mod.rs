@@ -5,13 +5,14 @@
 
 mod file;
 mod hash;
+pub mod nix;
 mod validate;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use file::{load_service_file, parse_service_toml, to_toml, LoadError};
+pub use file::{load_service_file, load_service_files, parse_service_toml, to_toml, LoadError};
 pub use hash::spec_hash;
 pub use validate::{check_name, parse_port, validate, FieldError, PlanErrors, PortSpec};
 
