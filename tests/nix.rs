@@ -163,3 +163,32 @@ fn a_nix_service_deploys_to_the_local_node() {
     env.ok(&["sync"]);
     assert!(env.container_id(&format!("{a}-web")).is_some() && env.container_id(&format!("{b}-web")).is_some());
 }
+
+#[test]
+fn service_edit_works_on_nix_definitions() {
+    let env = Env::new();
+    let svc = env.svc("nixedit");
+    let file = env.services.join(format!("{svc}.nix"));
+    let original = format!(
+        "{{ name = \"{svc}\"; node = \"local\";\n  components.web = {{ image = \"{IMAGE}\"; cmd = [ \"sleep\" \"600\" ]; stop_timeout = 0; }};\n}}\n"
+    );
+    std::fs::write(&file, &original).unwrap();
+    env.ok(&["deploy", &svc]);
+    let editor = env.dir.path().join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i \"$SED_SCRIPT\" \"$1\"\n").unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    env.extra_env.borrow_mut().push(("EDITOR".into(), editor.display().to_string()));
+    // A type error: refused, the file kept, the text beside it.
+    env.extra_env.borrow_mut().push(("SED_SCRIPT".into(), "s/stop_timeout = 0/stop_timeout = \"0\"/".into()));
+    let r = env.mcp(&["service", "edit", &svc]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("components.web.stop_timeout: expected an integer"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
+    assert!(file.with_extension("nix.rejected").exists());
+    // A valid edit: saved and deployed.
+    env.extra_env.borrow_mut().pop();
+    env.extra_env.borrow_mut().push(("SED_SCRIPT".into(), "s/stop_timeout = 0;/stop_timeout = 0; env.EDITED = \"yes\";/".into()));
+    let r = env.ok(&["service", "edit", &svc]);
+    assert!(r.stdout.contains("1 replaced"), "{}", r.stdout);
+    assert!(std::fs::read_to_string(&file).unwrap().contains("EDITED"));
+}

@@ -89,6 +89,12 @@ fn baked_volume_served_through_user_networking_with_full_lifecycle() {
     assert!(vm["drift"].is_null(), "{st}");
     env.ok(&["start", &svc]);
     assert_eq!(http_get(port, BOOT).as_deref(), Some("baked v2\n"));
+    // restart: the same VM (same id and dir), a new qemu process.
+    let pid = vm_pid(&env, &name).unwrap();
+    let out = env.ok(&["restart", &svc, "--json"]).json();
+    assert_eq!(out["result"]["changes"][0]["change"], "restarted", "{out}");
+    assert!(!alive(pid));
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("baked v2\n"));
 
     // The daemon brings a killed VM back (restart = "always").
     let _daemon = env.start_daemon(&[]);
