@@ -122,6 +122,18 @@ fn bad_unikernel_definitions_are_refused_before_anything_runs() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("nowhere"), "{}", r.stderr);
     assert!(!env.state.join("vms").join(format!("{svc}-vm")).exists());
+
+    // An isolated network from an agent without CAP_NET_ADMIN: said so, nothing left behind.
+    let www = env.dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "x\n").unwrap();
+    let isolated = vm_service(&svc, free_port(), &www, "").replace("network = \"user\"\n", "").replace("ports = [", "# ports = [");
+    env.define(&svc, &isolated);
+    env.write_config(&format!("setpriv --bounding-set=-net_admin {AGENT} rpc --state-dir {}", env.state.display()));
+    let r = env.mcp(&["deploy", &svc]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("needs root or CAP_NET_ADMIN") && r.stderr.contains("network = \"user\""), "{}", r.stderr);
+    assert!(!env.state.join("vms").join(format!("{svc}-vm")).exists());
 }
 
 /// Isolated networking inside a network namespace this test makes: VMs sharing a network name
