@@ -7,7 +7,7 @@
 //! Decisions ([`transitions`], [`repair_for`], [`backoff`]) are pure; [`Monitor`] runs them.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -410,16 +410,22 @@ impl Monitor {
     }
 }
 
+/// Where the follower leaves the running stream's stopper, for shutdown.
+pub type StopSlot = Arc<Mutex<Option<crate::runtime::Stopper>>>;
+
 /// Follow the runtime's events and feed them to the monitor; when the stream dies, say so and
-/// start it again (with backoff if it keeps dying). `pid` holds the follower process, for
-/// shutdown; returns when `stop` is set or the monitor is gone.
-pub fn follow(agent: Arc<Agent>, cache: Arc<ObservedCache>, tx: Sender<Trigger>, pid: Arc<AtomicU32>, stop: Arc<AtomicBool>) {
+/// start it again (with backoff if it keeps dying). `current` holds the running stream's
+/// stopper; returns when `stop` is set or the monitor is gone.
+pub fn follow(agent: Arc<Agent>, cache: Arc<ObservedCache>, tx: Sender<Trigger>, current: StopSlot, stop: Arc<AtomicBool>) {
     let mut failures = 0u32;
     while !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
         match agent.runtime().watch() {
             Ok(mut stream) => {
-                pid.store(stream.pid().unwrap_or(0), Ordering::SeqCst);
+                *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream.stopper());
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
                 cache.set_following(true);
                 // Whatever happened while nobody listened.
                 if tx.send(Trigger::Sweep).is_err() {
@@ -432,7 +438,7 @@ pub fn follow(agent: Arc<Agent>, cache: Arc<ObservedCache>, tx: Sender<Trigger>,
                     }
                 }
                 cache.set_following(false);
-                pid.store(0, Ordering::SeqCst);
+                current.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }

@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 use tokio::io::AsyncWriteExt;
@@ -70,10 +70,10 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
     let (tx, rx) = mpsc::channel::<Trigger>();
     let monitor = Monitor::new(agent.clone(), cache.clone(), &daemon.monitor, &daemon.retention);
     let monitor = std::thread::Builder::new().name("monitor".into()).spawn(move || monitor.run(rx)).map_err(io("start the monitor for", &state_dir))?;
-    let follower_pid = Arc::new(AtomicU32::new(0));
+    let current: monitor::StopSlot = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let follower = {
-        let (agent, cache, tx, pid, stop) = (agent.clone(), cache.clone(), tx.clone(), follower_pid.clone(), stop.clone());
+        let (agent, cache, tx, pid, stop) = (agent.clone(), cache.clone(), tx.clone(), current.clone(), stop.clone());
         std::thread::Builder::new()
             .name("events".into())
             .spawn(move || monitor::follow(agent, cache, tx, pid, stop))
@@ -105,10 +105,8 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
     let _ = std::fs::remove_file(&socket);
     stop.store(true, Ordering::SeqCst);
     let _ = tx.send(Trigger::Stop);
-    let pid = follower_pid.load(Ordering::SeqCst);
-    if pid != 0 {
-        // SAFETY: kill has no memory-safety preconditions; pid is our own child.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    if let Some(stop_stream) = current.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        stop_stream();
     }
     drop(tx);
     let _ = monitor.join();

@@ -96,11 +96,14 @@ pub struct RuntimeEvent {
     pub action: String,
 }
 
+/// Ends an event stream from another thread (its iterator then returns None).
+pub type Stopper = Box<dyn Fn() + Send + Sync>;
+
 /// A running follower of the runtime's events. Iterating blocks until the next event and
-/// ends when the stream dies.
+/// ends when the stream dies or is stopped.
 pub trait EventStream: Iterator<Item = RuntimeEvent> + Send {
-    /// The follower process, so that a supervisor can stop it.
-    fn pid(&self) -> Option<u32>;
+    /// How a supervisor stops this stream (e.g. on shutdown) while another thread reads it.
+    fn stopper(&self) -> Stopper;
 }
 
 /// Registry hash of a component adopted from an unlabelled container.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::qemu::{self, Qemu};
-use super::{EventStream, Observed, Runtime, RuntimeError, RuntimeEvent};
+use super::{EventStream, Observed, Runtime, RuntimeError, RuntimeEvent, Stopper};
 use crate::plan::{Component, Kind};
 
 pub struct Runtimes {
@@ -126,7 +126,7 @@ impl Runtime for Runtimes {
 /// them all again), and stops the others' threads.
 struct Merged {
     rx: mpsc::Receiver<Option<RuntimeEvent>>,
-    pids: Vec<u32>,
+    stoppers: Arc<Vec<Stopper>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -134,7 +134,7 @@ impl Merged {
     fn new(streams: Vec<Box<dyn EventStream>>) -> Self {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let pids = streams.iter().filter_map(|s| s.pid()).collect();
+        let stoppers = Arc::new(streams.iter().map(|s| s.stopper()).collect::<Vec<_>>());
         for mut s in streams {
             let (tx, stop) = (tx.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -146,7 +146,7 @@ impl Merged {
                 let _ = tx.send(None);
             });
         }
-        Merged { rx, pids, stop }
+        Merged { rx, stoppers, stop }
     }
 }
 
@@ -159,17 +159,16 @@ impl Iterator for Merged {
 }
 
 impl EventStream for Merged {
-    fn pid(&self) -> Option<u32> {
-        self.pids.first().copied()
+    fn stopper(&self) -> Stopper {
+        let stoppers = self.stoppers.clone();
+        Box::new(move || stoppers.iter().for_each(|s| s()))
     }
 }
 
 impl Drop for Merged {
+    /// Every source stops too: none of their threads outlives the merged stream.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for pid in &self.pids {
-            // SAFETY: kill has no memory-safety preconditions; these are our followers.
-            unsafe { libc::kill(*pid as libc::pid_t, libc::SIGTERM) };
-        }
+        self.stoppers.iter().for_each(|s| s());
     }
 }

@@ -168,8 +168,12 @@ impl Iterator for PodmanEvents {
 }
 
 impl EventStream for PodmanEvents {
-    fn pid(&self) -> Option<u32> {
-        Some(self.child.id())
+    fn stopper(&self) -> super::Stopper {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        Box::new(move || unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        })
     }
 }
 

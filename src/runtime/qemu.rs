@@ -532,7 +532,7 @@ impl Runtime for Qemu {
     }
 
     fn watch(&self) -> Result<Box<dyn EventStream>, RuntimeError> {
-        Ok(Box::new(VmEvents { dir: self.dir.clone(), known: HashMap::new(), pending: Vec::new(), primed: false }))
+        Ok(Box::new(VmEvents { dir: self.dir.clone(), known: HashMap::new(), pending: Vec::new(), primed: false, stop: Default::default() }))
     }
 
     fn logs(&self, id: &str, tail: Option<u32>, follow: bool) -> Result<std::process::Child, RuntimeError> {
@@ -695,6 +695,7 @@ struct VmEvents {
     known: HashMap<String, (String, String, std::os::fd::OwnedFd)>,
     pending: Vec<RuntimeEvent>,
     primed: bool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 const RESCAN: Duration = Duration::from_millis(500);
@@ -743,6 +744,9 @@ impl Iterator for VmEvents {
             if let Some(e) = self.pending.pop() {
                 return Some(e);
             }
+            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return None;
+            }
             self.rescan();
             if !self.pending.is_empty() {
                 continue;
@@ -772,8 +776,10 @@ impl Iterator for VmEvents {
 }
 
 impl EventStream for VmEvents {
-    fn pid(&self) -> Option<u32> {
-        None
+    fn stopper(&self) -> super::Stopper {
+        let stop = self.stop.clone();
+        // Seen within one rescan interval.
+        Box::new(move || stop.store(true, std::sync::atomic::Ordering::SeqCst))
     }
 }
 
