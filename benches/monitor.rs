@@ -3,6 +3,7 @@
 //! - time from `podman kill` to the drift event in the registry (target <= 1 s), median of 7;
 //! - idle RSS and CPU of `mcp-agent serve` over 60 s with 20 services (targets <= 15 MiB,
 //!   <= 0.5 %); its `podman events` child is reported on its own line.
+//!
 //! Not a test: it measures and prints a table.
 
 #[path = "../tests/common/mod.rs"]
