@@ -64,8 +64,16 @@ pub fn guest() -> &'static Guest {
         let work = cache.join("work");
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).unwrap();
-        // The kernel package the linux-image-amd64 meta package points at.
-        let deps = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]));
+        // The kernel package the linux-image-amd64 meta package points at (with fresh package
+        // lists if this machine has none).
+        let depends = || Command::new("apt-cache").args(["depends", "linux-image-amd64"]).output().ok().filter(|o| o.status.success());
+        let deps = match depends() {
+            Some(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            None => {
+                run(Command::new("apt-get").args(["update", "-qq"]));
+                run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))
+            }
+        };
         let pkg = deps
             .lines()
             .find_map(|l| l.trim().strip_prefix("Depends: ").filter(|p| p.starts_with("linux-image-")))
