@@ -10,8 +10,15 @@ pub fn spec_hash(component: &Component) -> String {
     // serde_json::Value keeps objects in a BTreeMap, so re-serializing a Value sorts every key.
     let value = serde_json::to_value(component).expect("a component always serializes");
     let canonical = value.to_string();
-    let digest = Sha256::digest(format!("mcp-spec-v1\n{canonical}").as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    hex_prefix(&Sha256::digest(format!("mcp-spec-v1\n{canonical}").as_bytes()), 16)
+}
+
+/// The first `chars` hex digits of a digest: the short names mcp writes (spec and content
+/// hashes, VM ids, interface names).
+pub fn hex_prefix(digest: &[u8], chars: usize) -> String {
+    let mut s: String = digest.iter().take(chars.div_ceil(2)).map(|b| format!("{b:02x}")).collect();
+    s.truncate(chars);
+    s
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use file::{load_service_file, load_service_files, parse_service_toml, to_toml, LoadError};
-pub use hash::spec_hash;
+pub use hash::{hex_prefix, spec_hash};
 pub use validate::{check_name, parse_port, validate, FieldError, PlanErrors, PortSpec};
 
 /// The plan schema version this build reads and writes. Bump it on any incompatible change.

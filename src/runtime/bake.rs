@@ -55,7 +55,7 @@ pub fn content_hash(binds: &[Bind]) -> io::Result<String> {
             }
         }
     }
-    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
+    Ok(crate::plan::hex_prefix(&h.finalize(), 16))
 }
 
 /// Every entry under `root` (not root itself), parents before children, sorted by name;

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::bake;
 use super::{EventStream, Observed, Runtime, RuntimeError, RuntimeEvent};
-use crate::plan::{instance_name, parse_port, Component};
+use crate::plan::{hex_prefix, instance_name, parse_port, Component};
 use crate::registry::now_ms;
 
 /// `[qemu]` in agent.toml.
@@ -201,7 +201,7 @@ pub struct IsolatedNet {
 }
 
 fn hex(input: &str, n: usize) -> String {
-    Sha256::digest(input.as_bytes()).iter().take(n.div_ceil(2)).map(|b| format!("{b:02x}")).collect::<String>()[..n].to_string()
+    hex_prefix(&Sha256::digest(input.as_bytes()), n)
 }
 
 /// Interface names fit Linux's 15 characters; the tap follows the VM's id (stable across
@@ -557,8 +557,7 @@ impl Runtime for Qemu {
             return Ok(base);
         }
         let contents = bake::content_hash(&bake::binds(&comp.volumes)).map_err(io_err("baked volumes"))?;
-        let digest = Sha256::digest(format!("{base}\nvolumes {contents}").as_bytes());
-        Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+        Ok(hex(&format!("{base}\nvolumes {contents}"), 16))
     }
 
     fn create(&self, service: &str, comp: &Component, spec: &str) -> Result<String, RuntimeError> {
@@ -581,8 +580,7 @@ impl Runtime for Qemu {
             if needs_ops(comp) {
                 self.ops_build(comp, &paths)?;
             }
-            let digest = Sha256::digest(format!("{name}\n{}\n{}", now_ms(), std::process::id()).as_bytes());
-            let id = format!("{ID_PREFIX}{}", digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>());
+            let id = format!("{ID_PREFIX}{}", hex(&format!("{name}\n{}\n{}", now_ms(), std::process::id()), 16));
             let mut rec = VmRecord {
                 id: id.clone(),
                 name: name.clone(),
