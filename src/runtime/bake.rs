@@ -149,8 +149,8 @@ pub fn pack(root: &Path, extra: &[(&str, u32, Vec<u8>)], out: &mut dyn Write) ->
         Ok(())
     };
     let mut dirs_done: Vec<PathBuf> = Vec::new();
-    let mut entries: Vec<(PathBuf, PathBuf, fs::Metadata)> = if root.exists() { walk(root)? } else { Vec::new() };
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    // walk() already gives parents before children, in name order.
+    let entries = if root.exists() { walk(root)? } else { Vec::new() };
     for (rel, path, meta) in &entries {
         let name = rel.to_string_lossy().into_owned();
         let t = meta.file_type();

@@ -573,8 +573,7 @@ impl Runtime for Podman {
     }
 
     fn tail_logs(&self, id: &str, lines: u32) -> String {
-        let args = ["logs".to_string(), "--tail".into(), lines.to_string(), id.to_string()];
-        let Ok(mut cmd) = self.command(&args) else { return String::new() };
+        let Ok(mut cmd) = self.command(&logs_argv(id, Some(lines), false)) else { return String::new() };
         match cmd.output() {
             Ok(out) => {
                 let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
