@@ -149,7 +149,7 @@ pub fn pack(root: &Path, extra: &[(&str, u32, Vec<u8>)], out: &mut dyn Write) ->
         Ok(())
     };
     let mut dirs_done: Vec<PathBuf> = Vec::new();
-    // walk() already gives parents before children, in name order.
+    // walk() already gives every dir before its entries, as the archive needs.
     let entries = if root.exists() { walk(root)? } else { Vec::new() };
     for (rel, path, meta) in &entries {
         let name = rel.to_string_lossy().into_owned();
