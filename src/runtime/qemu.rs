@@ -277,6 +277,26 @@ fn alive(pid: u32, id: &str) -> bool {
         .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!("process=mcp-{id}")))
 }
 
+/// The record of the VM `name` under the VMs dir `vms`.
+fn load_record(vms: &Path, name: &str) -> Option<VmRecord> {
+    let text = std::fs::read_to_string(vms.join(name).join(RECORD)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Every VM's record under `vms`, by name.
+fn read_records(vms: &Path) -> Vec<VmRecord> {
+    let Ok(entries) = std::fs::read_dir(vms) else { return Vec::new() };
+    let mut out: Vec<VmRecord> = entries.flatten().filter_map(|e| load_record(vms, &e.file_name().to_string_lossy())).collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The VM's qemu process, if it runs.
+fn running_pid(vms: &Path, rec: &VmRecord) -> Option<u32> {
+    let pid = std::fs::read_to_string(VmPaths { dir: vms.join(&rec.name) }.pid()).ok()?.trim().parse().ok()?;
+    alive(pid, &rec.id).then_some(pid)
+}
+
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
     let what = what.into();
     move |source| RuntimeError::Io { what, source }
@@ -309,8 +329,7 @@ impl Qemu {
     }
 
     fn load(&self, name: &str) -> Option<VmRecord> {
-        let text = std::fs::read_to_string(self.paths(name).record()).ok()?;
-        serde_json::from_str(&text).ok()
+        load_record(&self.dir, name)
     }
 
     fn save(&self, rec: &VmRecord) -> Result<(), RuntimeError> {
@@ -321,11 +340,7 @@ impl Qemu {
     }
 
     fn records(&self) -> Vec<VmRecord> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
-        let mut out: Vec<VmRecord> =
-            entries.flatten().filter_map(|e| self.load(&e.file_name().to_string_lossy())).collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        read_records(&self.dir)
     }
 
     fn by_id(&self, id: &str) -> Result<VmRecord, RuntimeError> {
@@ -336,8 +351,7 @@ impl Qemu {
     }
 
     fn pid(&self, rec: &VmRecord) -> Option<u32> {
-        let pid = std::fs::read_to_string(self.paths(&rec.name).pid()).ok()?.trim().parse().ok()?;
-        alive(pid, &rec.id).then_some(pid)
+        running_pid(&self.dir, rec)
     }
 
     fn observe(&self, rec: &VmRecord) -> Observed {
@@ -710,14 +724,13 @@ fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
 
 impl VmEvents {
     fn rescan(&mut self) {
-        let q = Qemu::new(QemuConfig::default(), self.dir.parent().unwrap_or(Path::new("/")), Duration::ZERO);
         let mut seen = Vec::new();
-        for rec in q.records() {
+        for rec in read_records(&self.dir) {
             seen.push(rec.id.clone());
             if self.known.contains_key(&rec.id) {
                 continue;
             }
-            if let Some(fd) = q.pid(&rec).and_then(pidfd_open) {
+            if let Some(fd) = running_pid(&self.dir, &rec).and_then(pidfd_open) {
                 if self.primed {
                     self.pending.push(RuntimeEvent { name: rec.name.clone(), service: Some(rec.service.clone()), action: "start".into() });
                 }
