@@ -159,9 +159,9 @@ impl Agent {
         let _lock = self.lock(&plan.name)?;
         let prev = self.registry().service(&plan.name)?;
         let desired = Desired::from_active(plan.active);
+        // Only the components in scope: VMs hash their baked volume dirs' contents.
         let mut wanted = Vec::with_capacity(plan.components.len());
-        for c in &plan.components {
-            // VMs bake their volume dirs: their contents are part of the hash.
+        for c in plan.components.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
             let hash = self.runtime.spec_hash(c)?;
             wanted.push(ComponentRecord { spec: c.clone(), hash, desired });
         }
@@ -170,8 +170,7 @@ impl Agent {
         // stay as they were deployed before.
         let components = match (&prev, only) {
             (Some(prev), Some(c)) => merge_one(&prev.components, &wanted, c, plan),
-            (None, Some(c)) => wanted.iter().filter(|w| w.spec.name == c).cloned().collect(),
-            (_, None) => wanted.clone(),
+            _ => wanted,
         };
         let record = ServiceRecord {
             name: plan.name.clone(),
