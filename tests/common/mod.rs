@@ -289,11 +289,10 @@ impl Drop for Env {
         // VMs this test's agent started: by the pid each recorded.
         if let Ok(vms) = std::fs::read_dir(self.state.join("vms")) {
             for vm in vms.flatten() {
-                if let Some(pid) = std::fs::read_to_string(vm.path().join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+                if let Some(pid) = std::fs::read_to_string(vm.path().join("pid")).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
                     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                     if String::from_utf8_lossy(&cmdline).contains("process=mcp-vm-") {
-                        // SAFETY: kill has no memory-safety preconditions.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        signal(pid, libc::SIGKILL);
                     }
                 }
             }
