@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::guest::guest;
+use common::guest::vm_definition;
 use common::*;
 
 const ROUNDS: usize = 5;
@@ -18,7 +18,6 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let g = guest();
     let env = Env::new();
     env.write_config(&format!("{AGENT} rpc --state-dir {}", env.state.display()));
     let www = env.dir.path().join("www");
@@ -34,14 +33,7 @@ fn main() {
         let port = free_port();
         env.define(
             &svc,
-            &format!(
-                "name = \"{svc}\"\nnode = \"local\"\n[[components]]\nname = \"vm\"\nkind = \"unikernel\"\nkernel = \"{}\"\n\
-                 initrd = \"{}\"\nappend = \"quiet\"\nnetwork = \"user\"\nports = [\"127.0.0.1:{port}:8080\"]\n\
-                 volumes = [\"{}:/srv/www\"]\nstop_timeout = 0\n",
-                g.kernel.display(),
-                g.initrd.display(),
-                www.display()
-            ),
+            &vm_definition(&svc, &www, &format!("network = \"user\"\nports = [\"127.0.0.1:{port}:8080\"]\nstop_timeout = 0\n")),
         );
         let t0 = Instant::now();
         env.ok(&["deploy", &svc, "--quiet"]);

@@ -8,22 +8,21 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::guest::guest;
+use common::guest::vm_definition;
 use common::*;
 
 /// TCG boots take several seconds; generous for a loaded CI machine.
 const BOOT: Duration = Duration::from_secs(90);
 
+/// The guest on user networking, port forwarded, with an argument and an environment.
 fn vm_service(name: &str, port: u16, www: &std::path::Path, extra: &str) -> String {
-    let g = guest();
-    format!(
-        "name = \"{name}\"\nnode = \"local\"\n\n[[components]]\nname = \"vm\"\nkind = \"unikernel\"\n\
-         kernel = \"{}\"\ninitrd = \"{}\"\nappend = \"quiet\"\nnetwork = \"user\"\nmemory = \"256M\"\n\
-         ports = [\"127.0.0.1:{port}:8080\"]\nvolumes = [\"{}:/srv/www\"]\nstop_timeout = 1\n\
-         cmd = [\"--from-mcp\"]\nenv = {{ GREETING = \"hello-from-env\" }}\n{extra}",
-        g.kernel.display(),
-        g.initrd.display(),
-        www.display()
+    vm_definition(
+        name,
+        www,
+        &format!(
+            "network = \"user\"\nmemory = \"256M\"\nports = [\"127.0.0.1:{port}:8080\"]\nstop_timeout = 1\n\
+             cmd = [\"--from-mcp\"]\nenv = {{ GREETING = \"hello-from-env\" }}\n{extra}"
+        ),
     )
 }
 
@@ -152,21 +151,13 @@ fn isolated_bridges_separate_services_unless_they_share_a_network() {
     }
     let _ns = Netns(ns.clone());
     env.write_config(&format!("ip netns exec {ns} {AGENT} rpc --state-dir {}", env.state.display()));
-    let g = guest();
     let www = env.dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("index.html"), "from web\n").unwrap();
     let vm = |name: &str, network: Option<&str>, ip: &str, probe: Option<&str>| {
         let network = network.map(|n| format!("network = \"{n}\"\n")).unwrap_or_default();
         let probe = probe.map(|p| format!(", PROBE = \"{p}\"")).unwrap_or_default();
-        format!(
-            "name = \"{name}\"\nnode = \"local\"\n\n[[components]]\nname = \"vm\"\nkind = \"unikernel\"\n\
-             kernel = \"{}\"\ninitrd = \"{}\"\nappend = \"quiet\"\n{network}volumes = [\"{}:/srv/www\"]\nstop_timeout = 0\n\
-             env = {{ GUEST_IP = \"{ip}\"{probe} }}\n",
-            g.kernel.display(),
-            g.initrd.display(),
-            www.display()
-        )
+        vm_definition(name, &www, &format!("{network}stop_timeout = 0\nenv = {{ GUEST_IP = \"{ip}\"{probe} }}\n"))
     };
     let (web, friend, stranger) = (env.svc("web"), env.svc("friend"), env.svc("stranger"));
     env.define(&web, &vm(&web, Some("shared"), "10.9.0.2/24", None));

@@ -51,6 +51,19 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A service `name` with one unikernel component `vm` booting this guest, with `www` baked as
+/// /srv/www; `fields` are more component fields (network, ports, env, ...), one per line.
+pub fn vm_definition(name: &str, www: &Path, fields: &str) -> String {
+    let g = guest();
+    format!(
+        "name = \"{name}\"\nnode = \"local\"\n\n[[components]]\nname = \"vm\"\nkind = \"unikernel\"\n\
+         kernel = \"{}\"\ninitrd = \"{}\"\nappend = \"quiet\"\nvolumes = [\"{}:/srv/www\"]\n{fields}",
+        g.kernel.display(),
+        g.initrd.display(),
+        www.display()
+    )
+}
+
 /// The guest's kernel and initrd (built on first use).
 pub fn guest() -> &'static Guest {
     GUEST.get_or_init(|| {
