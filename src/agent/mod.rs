@@ -641,10 +641,7 @@ impl Agent {
         let Some(cache) = &self.cache else { return Ok(self.runtime.list(service)?) };
         let all = match cache.current() {
             Some(all) => all,
-            None => {
-                let g = cache.generation();
-                cache.store(g, self.runtime.list_all()?)
-            }
+            None => cache.refresh(self.runtime.as_ref())?,
         };
         Ok(crate::runtime::select(&all, service))
     }

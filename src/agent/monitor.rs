@@ -87,6 +87,12 @@ impl ObservedCache {
         snap.as_ref().filter(|(at, _)| *at == g).map(|(_, all)| all.clone())
     }
 
+    /// List everything now and keep it (trusted only if nothing changed meanwhile).
+    pub fn refresh(&self, runtime: &dyn crate::runtime::Runtime) -> Result<Arc<Vec<Observed>>, crate::runtime::RuntimeError> {
+        let g = self.generation();
+        Ok(self.store(g, runtime.list_all()?))
+    }
+
     /// Keep a listing that was started at generation `taken_at`.
     pub fn store(&self, taken_at: u64, all: Vec<Observed>) -> Arc<Vec<Observed>> {
         let all = Arc::new(all);
@@ -286,8 +292,7 @@ impl Monitor {
 
     /// One look at everything: record drift transitions, repair, prune old events.
     pub fn sweep(&mut self) -> Result<(), crate::proto::RpcError> {
-        let g = self.cache.generation();
-        let all = self.cache.store(g, self.agent.runtime().list_all()?);
+        let all = self.cache.refresh(self.agent.runtime())?;
         let records = self.agent.registry().services()?;
         let found = findings(&records, &all);
         let old = self.agent.registry().drift()?;
