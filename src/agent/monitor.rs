@@ -57,8 +57,23 @@ const STREAK_RESET: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct ObservedCache {
     generation: AtomicU64,
+    /// Numbers listings in the order they started.
+    started: AtomicU64,
     following: AtomicBool,
-    snapshot: Mutex<Option<(u64, Arc<Vec<Observed>>)>>,
+    snapshot: Mutex<Option<Snapshot>>,
+}
+
+/// A listing's place in time: the generation when it started, and its start order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listing {
+    generation: u64,
+    order: u64,
+}
+
+#[derive(Debug)]
+struct Snapshot {
+    taken: Listing,
+    all: Arc<Vec<Observed>>,
 }
 
 impl ObservedCache {
@@ -72,9 +87,10 @@ impl ObservedCache {
         self.invalidate();
     }
 
-    /// Take before listing; pass to [`ObservedCache::store`].
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+    /// Call before listing; pass to [`ObservedCache::store`].
+    pub fn begin(&self) -> Listing {
+        let generation = self.generation.load(Ordering::SeqCst);
+        Listing { generation, order: self.started.fetch_add(1, Ordering::SeqCst) }
     }
 
     /// The snapshot, if nothing changed since it was taken.
@@ -82,21 +98,26 @@ impl ObservedCache {
         if !self.following.load(Ordering::SeqCst) {
             return None;
         }
-        let g = self.generation();
+        let g = self.generation.load(Ordering::SeqCst);
         let snap = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-        snap.as_ref().filter(|(at, _)| *at == g).map(|(_, all)| all.clone())
+        snap.as_ref().filter(|s| s.taken.generation == g).map(|s| s.all.clone())
     }
 
     /// List everything now and keep it (trusted only if nothing changed meanwhile).
     pub fn refresh(&self, runtime: &dyn crate::runtime::Runtime) -> Result<Arc<Vec<Observed>>, crate::runtime::RuntimeError> {
-        let g = self.generation();
-        Ok(self.store(g, runtime.list_all()?))
+        let taken = self.begin();
+        Ok(self.store(taken, runtime.list_all()?))
     }
 
-    /// Keep a listing that was started at generation `taken_at`.
-    pub fn store(&self, taken_at: u64, all: Vec<Observed>) -> Arc<Vec<Observed>> {
+    /// Keep a listing unless one that started later is kept already: two listings running at
+    /// once (a sweep and a request's cache miss) may finish in either order, and the runtime
+    /// can change between their starts before its event arrives.
+    pub fn store(&self, taken: Listing, all: Vec<Observed>) -> Arc<Vec<Observed>> {
         let all = Arc::new(all);
-        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some((taken_at, all.clone()));
+        let mut snap = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        if snap.as_ref().is_none_or(|s| s.taken.order < taken.order) {
+            *snap = Some(Snapshot { taken, all: all.clone() });
+        }
         all
     }
 }
@@ -550,19 +571,29 @@ mod tests {
     #[test]
     fn cache_is_trusted_only_while_following_and_unchanged() {
         let c = ObservedCache::default();
-        let g = c.generation();
-        c.store(g, vec![Observed::default()]);
+        c.store(c.begin(), vec![Observed::default()]);
         assert!(c.current().is_none(), "not following: never trusted");
         c.set_following(true);
-        let g = c.generation();
-        c.store(g, vec![]);
+        c.store(c.begin(), vec![]);
         assert!(c.current().is_some());
         c.invalidate();
         assert!(c.current().is_none());
         // A listing that started before a change is not trusted either.
-        let g = c.generation();
+        let taken = c.begin();
         c.invalidate();
-        c.store(g, vec![]);
+        c.store(taken, vec![]);
         assert!(c.current().is_none());
+    }
+
+    #[test]
+    fn a_listing_that_started_earlier_never_replaces_a_later_one() {
+        let c = ObservedCache::default();
+        c.set_following(true);
+        let early = c.begin();
+        let late = c.begin();
+        c.store(late, vec![Observed { name: "new".into(), ..Default::default() }]);
+        // The early listing finishes last (it may not have seen what the late one saw).
+        c.store(early, vec![]);
+        assert_eq!(c.current().unwrap().len(), 1);
     }
 }
