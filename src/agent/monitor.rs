@@ -355,6 +355,9 @@ impl Monitor {
         };
         let Some(record) = self.agent.registry().service(service)? else { return Ok(()) };
         let observed = self.agent.runtime().list(Some(service))?;
+        // This look may see more than the sweep's listing (the runtime's event for it can still
+        // be on its way): the cache must not answer `status` with less than is recorded below.
+        self.cache.invalidate();
         let found = findings(std::slice::from_ref(&record), &observed);
         let old = self.agent.registry().drift()?;
         let changes = transitions(&old, &found, &|s| s == service, now_ms());
