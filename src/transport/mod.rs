@@ -4,6 +4,7 @@
 pub mod known_hosts;
 pub mod local;
 pub mod ssh;
+pub mod tcp;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -15,6 +15,7 @@ use russh::ChannelMsg;
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
+use super::tcp::QuickAck;
 use super::known_hosts::{fingerprint, HostKeyStatus, KnownHosts};
 use super::{CallError, Link, Session, Transport, TransportError};
 use crate::cli::config::NodeConfig;
@@ -136,7 +137,6 @@ impl SshTransport {
         Arc::new(client::Config {
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 4,
-            nodelay: true,
             ..Default::default()
         })
     }
@@ -151,7 +151,10 @@ impl SshTransport {
             seen: seen.clone(),
             capture_only,
         };
-        let connect = client::connect(Self::config(), (self.host.as_str(), self.port), handler);
+        let connect = async {
+            let stream = QuickAck::connect(&self.host, self.port).await.map_err(russh::Error::IO)?;
+            client::connect_stream(Self::config(), stream, handler).await
+        };
         let res = match tokio::time::timeout(self.opts.connect_timeout, connect).await {
             Err(_) => Err(TransportError::Timeout {
                 node: self.node.clone(),
