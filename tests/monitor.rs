@@ -119,6 +119,23 @@ fn drift_is_recorded_once_per_transition_and_foreign_containers_are_left_alone()
     let st = env.ok(&["status", &svc, "--json"]).json();
     let web = &st["nodes"][0]["result"]["services"][0]["components"][0];
     assert_eq!(web["drift_kind"], "spec", "{st}");
+    let hash = web["spec"].as_str().unwrap().to_string();
+
+    // Made by hand with the very labels mcp would give it, but another command: the label
+    // alone does not make it the spec.
+    podman_ok(&["rm", "-f", "-t", "0", &name]);
+    let missing_again = wait_for(DEADLINE, || (env.count_events(&svc, "drift.missing") == 2).then_some(()));
+    assert!(missing_again.is_some(), "{:?}", env.events(&svc));
+    podman_ok(&[
+        "run", "-d", "--name", &name, "--label", &format!("mcp.service={svc}"), "--label", "mcp.component=web",
+        "--label", &format!("mcp.spec={hash}"), IMAGE, "sleep", "600",
+    ]);
+    let forged = wait_for(DEADLINE, || {
+        let specs: Vec<String> = env.events(&svc).into_iter().filter(|(k, _)| k == "drift.spec").map(|(_, m)| m).collect();
+        (specs.len() == 2).then(|| specs[1].clone())
+    })
+    .expect("a second drift.spec");
+    assert!(forged.contains("command [\"sleep\", \"600\"], registry has [\"sh\", \"-c\""), "{forged}");
     // None of these were touched by the agent.
     assert_ne!(env.container_id(&name).unwrap(), squatter);
     assert!(env.podman_mutations().iter().all(|c| !c.starts_with("rm ") && !c.starts_with("start ")), "{:?}", env.podman_mutations());

@@ -1,9 +1,9 @@
 //! Desired vs observed, per component: pure functions behind `mcp status` and the monitor.
 
-use crate::plan::instance_name;
+use crate::plan::{instance_name, parse_port, Kind, PortSpec};
 use crate::proto::{ComponentStatus, ServiceStatus};
 use crate::registry::{ComponentRecord, Desired, RepairCount, ServiceRecord};
-use crate::runtime::{select, Observed, ADOPTED_PREFIX};
+use crate::runtime::{select, Observed, Published, ADOPTED_PREFIX};
 
 /// The kinds of drift the agent records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,8 @@ pub fn drift(want: &ComponentRecord, observed: Option<&Observed>) -> Option<Drif
                         want.hash
                     ),
                 ))
+            } else if let Some(what) = made_differently(want, o) {
+                Some(Drift::new(DriftKind::Spec, format!("spec changed outside mcp: {what}")))
             } else if desired == Desired::Running && !o.running() {
                 let code = o.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default();
                 Some(Drift::new(DriftKind::Stopped, format!("not running ({}{code}) but desired running", o.state)))
@@ -72,6 +74,77 @@ pub fn drift(want: &ComponentRecord, observed: Option<&Observed>) -> Option<Drif
             }
         }
     }
+}
+
+/// How a container that carries the right spec label differs from that spec (image,
+/// command, volumes, ports), when the listing says what it was made with: the label alone
+/// does not prove it, a container can be made by hand with mcp's labels. Adopted containers
+/// (no spec of mcp's making) and VMs (the runtime does not say) are not compared.
+pub fn made_differently(want: &ComponentRecord, o: &Observed) -> Option<String> {
+    let made = o.made.as_ref()?;
+    if want.hash.starts_with(ADOPTED_PREFIX) || want.spec.kind != Kind::Container {
+        return None;
+    }
+    let spec = &want.spec;
+    let mut diffs = Vec::new();
+    if !image_matches(&spec.image, &o.image) {
+        diffs.push(format!("image {}, registry has {}", o.image, spec.image));
+    }
+    if !spec.cmd.is_empty() && made.command != spec.cmd {
+        diffs.push(format!("command {:?}, registry has {:?}", made.command, spec.cmd));
+    }
+    let path = |p: &str| if p.len() > 1 { p.trim_end_matches('/').to_string() } else { p.to_string() };
+    let mut want_mounts: Vec<String> = spec.volumes.iter().filter_map(|v| v.split(':').nth(1)).map(path).collect();
+    let mut seen_mounts: Vec<String> = made.mounts.iter().map(|m| path(m)).collect();
+    want_mounts.sort();
+    seen_mounts.sort();
+    if want_mounts != seen_mounts {
+        diffs.push(format!("volumes at {seen_mounts:?}, registry has {want_mounts:?}"));
+    }
+    // Host and no network publish nothing (podman ignores -p there).
+    let publishes = !matches!(spec.network.as_deref(), Some("host" | "none")) && !spec.network.as_deref().is_some_and(|n| n.starts_with("container:"));
+    if publishes && !ports_match(&spec.ports, &made.ports) {
+        let seen: Vec<&str> = o.ports.iter().map(String::as_str).collect();
+        diffs.push(format!("ports {seen:?}, registry has {:?}", spec.ports));
+    }
+    (!diffs.is_empty()).then(|| diffs.join("; "))
+}
+
+/// Does the image podman names (`docker.io/library/busybox:latest`) match the reference the
+/// spec gave (`busybox`)? References by digest or image id are not compared.
+pub fn image_matches(want: &str, seen: &str) -> bool {
+    let by_id = want.len() >= 12 && want.chars().all(|c| c.is_ascii_hexdigit());
+    if seen.is_empty() || want.contains('@') || by_id {
+        return true;
+    }
+    let tagged = |s: &str| if s.rsplit('/').next().is_some_and(|last| last.contains(':')) { s.to_string() } else { format!("{s}:latest") };
+    let (want, seen) = (tagged(want), tagged(seen));
+    let has_domain = want.split_once('/').is_some_and(|(first, _)| first.contains(['.', ':']) || first == "localhost");
+    seen == want || (!has_domain && seen.ends_with(&format!("/{want}")))
+}
+
+/// The spec's port mappings against what is published, one for one.
+fn ports_match(want: &[String], seen: &[Published]) -> bool {
+    let want: Vec<PortSpec> = want.iter().filter_map(|p| parse_port(p).ok()).collect();
+    let mut left: Vec<&Published> = seen.iter().collect();
+    for w in &want {
+        let found = left.iter().position(|s| {
+            s.container_port == w.container_port
+                && s.protocol == w.proto
+                && w.host_port.is_none_or(|h| h == s.host_port)
+                && match w.ip.as_deref() {
+                    None => s.host_ip.is_empty() || s.host_ip == "0.0.0.0",
+                    Some(ip) => s.host_ip == ip,
+                }
+        });
+        match found {
+            Some(i) => {
+                left.remove(i);
+            }
+            None => return false,
+        }
+    }
+    left.is_empty()
 }
 
 /// One registered component and what holds its name.
@@ -267,6 +340,7 @@ fn extra_status(o: &Observed, uptime_secs: Option<u64>) -> ComponentStatus {
 mod tests {
     use super::*;
     use crate::plan::Component;
+    use crate::runtime::Made;
 
     fn rec(desired: Desired) -> ComponentRecord {
         ComponentRecord::new(Component { name: "a".into(), image: "i".into(), ..Default::default() }, desired)
@@ -284,6 +358,87 @@ mod tests {
             managed: true,
             ..Default::default()
         }
+    }
+
+    fn published(ip: &str, host: u16, ctr: u16, proto: &str) -> Published {
+        Published { host_ip: ip.into(), host_port: host, container_port: ctr, protocol: proto.into() }
+    }
+
+    #[test]
+    fn images_match_by_the_name_podman_resolved() {
+        assert!(image_matches("busybox", "docker.io/library/busybox:latest"));
+        assert!(image_matches("library/busybox:1.36", "docker.io/library/busybox:1.36"));
+        assert!(image_matches("localhost/app:1", "localhost/app:1"));
+        assert!(image_matches("quay.io/x/y", "quay.io/x/y:latest"));
+        assert!(!image_matches("busybox", "docker.io/library/alpine:latest"));
+        assert!(!image_matches("busybox:1.36", "docker.io/library/busybox:1.35"));
+        assert!(!image_matches("localhost/app:1", "localhost/app:2"));
+        assert!(!image_matches("quay.io/x/y", "docker.io/x/y:latest"), "another registry");
+        assert!(!image_matches("app", "localhost/myapp:latest"), "a name is matched whole");
+        // Not comparable: digests, ids, nothing listed.
+        assert!(image_matches("busybox@sha256:abcd", "docker.io/library/busybox:latest"));
+        assert!(image_matches("529e402c6cac", "localhost/x:latest"));
+        assert!(image_matches("busybox", ""));
+    }
+
+    #[test]
+    fn a_container_made_by_hand_with_mcp_labels_is_spec_drift() {
+        let spec = Component {
+            name: "a".into(),
+            image: "busybox".into(),
+            cmd: vec!["httpd".into(), "-f".into()],
+            volumes: vec!["/srv/a:/data/:ro".into()],
+            ports: vec!["127.0.0.1:8080:80".into(), "53/udp".into()],
+            ..Default::default()
+        };
+        let r = ComponentRecord::new(spec, Desired::Running);
+        let made = Made {
+            command: vec!["httpd".into(), "-f".into()],
+            mounts: vec!["/data".into()],
+            ports: vec![published("127.0.0.1", 8080, 80, "tcp"), published("", 40001, 53, "udp")],
+        };
+        let mut o = obs(&r.hash, "running");
+        o.image = "docker.io/library/busybox:latest".into();
+        o.made = Some(made.clone());
+        assert_eq!(drift(&r, Some(&o)), None, "as made by mcp");
+
+        let differs = |change: &dyn Fn(&mut Observed)| {
+            let mut o = o.clone();
+            change(&mut o);
+            let d = drift(&r, Some(&o)).expect("drift");
+            assert_eq!(d.kind, DriftKind::Spec);
+            d.detail
+        };
+        assert!(differs(&|o| o.image = "docker.io/library/alpine:latest".into()).contains("image docker.io/library/alpine:latest, registry has busybox"));
+        assert!(differs(&|o| o.made.as_mut().unwrap().command = vec!["sh".into()]).contains("command [\"sh\"]"));
+        assert!(differs(&|o| o.made.as_mut().unwrap().mounts.push("/etc".into())).contains("volumes at"));
+        assert!(differs(&|o| o.made.as_mut().unwrap().mounts.clear()).contains("volumes at []"));
+        assert!(differs(&|o| o.made.as_mut().unwrap().ports[0].host_port = 9090).contains("ports"));
+        assert!(differs(&|o| o.made.as_mut().unwrap().ports[0].host_ip = String::new()).contains("ports"));
+        assert!(differs(&|o| o.made.as_mut().unwrap().ports.pop().map(|_| ()).unwrap()).contains("ports"));
+        assert!(differs(&|o| o.made.as_mut().unwrap().ports.push(published("", 22, 22, "tcp"))).contains("ports"));
+        // Several at once are all named.
+        let d = differs(&|o| {
+            o.image = "alpine".into();
+            o.made.as_mut().unwrap().command.clear();
+        });
+        assert!(d.contains("image") && d.contains("; command"), "{d}");
+
+        // Not compared: nothing listed (VMs), adopted containers, host networking's ports.
+        let mut unknown = o.clone();
+        unknown.made = None;
+        unknown.image = "alpine".into();
+        assert_eq!(made_differently(&r, &unknown), None);
+        let mut adopted = r.clone();
+        adopted.hash = format!("{ADOPTED_PREFIX}x");
+        let mut by_id = o.clone();
+        by_id.image = "alpine".into();
+        assert_eq!(made_differently(&adopted, &by_id), None);
+        let mut host = r.clone();
+        host.spec.network = Some("host".into());
+        let mut no_ports = o.clone();
+        no_ports.made.as_mut().unwrap().ports.clear();
+        assert_eq!(made_differently(&host, &no_ports), None);
     }
 
     #[test]

@@ -38,6 +38,28 @@ pub struct Observed {
     /// Carries mcp labels. Unmanaged objects are only listed because their name is
     /// `<service>-...`; mcp never changes them unless they were adopted.
     pub managed: bool,
+    /// What the object was made with, when the listing says (podman's does; see [`Made`]).
+    pub made: Option<Made>,
+}
+
+/// What a container was created with, as the runtime's listing shows it. Compared with the
+/// registry's spec, it catches a container replaced outside mcp under the same labels.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Made {
+    pub command: Vec<String>,
+    /// Container-side paths of the volumes.
+    pub mounts: Vec<String>,
+    /// One entry per published port (ranges expanded).
+    pub ports: Vec<Published>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Empty when published on every address.
+    pub host_ip: String,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: String,
 }
 
 impl Observed {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{scope_to_service, EventStream, Observed, Runtime, RuntimeError, RuntimeEvent, LABEL_COMPONENT, LABEL_SERVICE, LABEL_SPEC};
+use super::{scope_to_service, EventStream, Made, Observed, Published, Runtime, RuntimeError, RuntimeEvent, LABEL_COMPONENT, LABEL_SERVICE, LABEL_SPEC};
 use crate::plan::{instance_name, Component};
 
 /// How the agent runs podman. Some hosts need a containers.conf or global flags
@@ -210,6 +210,10 @@ struct PsJson {
     labels: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default)]
     ports: Option<Vec<PortJson>>,
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    mounts: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -218,8 +222,15 @@ struct PortJson {
     host_ip: String,
     container_port: u16,
     host_port: u16,
+    /// Consecutive ports are listed as one entry.
+    #[serde(default = "one")]
+    range: u16,
     #[serde(default)]
     protocol: String,
+}
+
+fn one() -> u16 {
+    1
 }
 
 /// Parse `podman ps --format json` output.
@@ -234,6 +245,22 @@ pub fn parse_ps(json: &str) -> Result<Vec<Observed>, String> {
         .map(|r| {
             let labels = r.labels.unwrap_or_default();
             let label = |k: &str| labels.get(k).cloned();
+            let ports = r.ports.unwrap_or_default();
+            let made = Made {
+                command: r.command.unwrap_or_default(),
+                mounts: r.mounts.unwrap_or_default(),
+                ports: ports
+                    .iter()
+                    .flat_map(|p| {
+                        (0..p.range.max(1)).map(move |i| Published {
+                            host_ip: p.host_ip.clone(),
+                            host_port: p.host_port.saturating_add(i),
+                            container_port: p.container_port.saturating_add(i),
+                            protocol: p.protocol.clone(),
+                        })
+                    })
+                    .collect(),
+            };
             Observed {
                 name: r.names.first().cloned().unwrap_or_default(),
                 service: label(LABEL_SERVICE).unwrap_or_default(),
@@ -244,18 +271,21 @@ pub fn parse_ps(json: &str) -> Result<Vec<Observed>, String> {
                 // "stopped": exited, podman's cleanup not yet run; the exit code is known.
                 exit_code: (r.state == "exited" || r.state == "stopped").then_some(r.exit_code).flatten(),
                 state: r.state,
-                ports: r
-                    .ports
-                    .unwrap_or_default()
+                ports: ports
                     .iter()
                     .map(|p| {
                         let ip = if p.host_ip.is_empty() { String::new() } else { format!("{}:", p.host_ip) };
-                        format!("{ip}{}->{}/{}", p.host_port, p.container_port, p.protocol)
+                        let span = |first: u16| match p.range {
+                            0 | 1 => first.to_string(),
+                            n => format!("{first}-{}", first.saturating_add(n - 1)),
+                        };
+                        format!("{ip}{}->{}/{}", span(p.host_port), span(p.container_port), p.protocol)
                     })
                     .collect(),
                 managed: labels.contains_key(LABEL_SERVICE),
                 id: r.id,
                 restarts: 0,
+                made: Some(made),
             }
         })
         .collect())
@@ -642,13 +672,21 @@ mod tests {
     fn parse_ps_output() {
         let json = r#"[{"Id":"abc","Names":["s-w"],"Image":"localhost/x:1","State":"running","StartedAt":100,
             "Labels":{"mcp.service":"s","mcp.component":"w","mcp.spec":"h1"},
-            "Ports":[{"host_ip":"127.0.0.1","container_port":80,"host_port":8080,"range":1,"protocol":"tcp"}]},
+            "Ports":[{"host_ip":"127.0.0.1","container_port":80,"host_port":8080,"range":1,"protocol":"tcp"},
+                     {"host_ip":"","container_port":53,"host_port":5353,"range":2,"protocol":"udp"}],
+            "Command":["sleep","600"],"Mounts":["/data"]},
             {"Id":"def","Names":["other"],"Image":"i","State":"exited","StartedAt":5,"ExitCode":137,"Labels":null,"Ports":null}]"#;
         let got = parse_ps(json).unwrap();
         assert_eq!(got[0].service, "s");
         assert_eq!(got[0].spec.as_deref(), Some("h1"));
         assert_eq!(got[0].started_at, Some(100));
-        assert_eq!(got[0].ports, vec!["127.0.0.1:8080->80/tcp"]);
+        assert_eq!(got[0].ports, vec!["127.0.0.1:8080->80/tcp", "5353-5354->53-54/udp"]);
+        let made = got[0].made.as_ref().unwrap();
+        assert_eq!(made.command, vec!["sleep", "600"]);
+        assert_eq!(made.mounts, vec!["/data"]);
+        let published: Vec<(u16, u16, &str)> = made.ports.iter().map(|p| (p.host_port, p.container_port, p.protocol.as_str())).collect();
+        assert_eq!(published, vec![(8080, 80, "tcp"), (5353, 53, "udp"), (5354, 54, "udp")]);
+        assert_eq!(got[1].made.as_ref().unwrap().ports, vec![]);
         assert_eq!(got[1].service, "");
         assert_eq!(got[1].started_at, None);
         assert_eq!((got[0].exit_code, got[1].exit_code), (None, Some(137)));

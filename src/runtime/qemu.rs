@@ -378,6 +378,8 @@ impl Qemu {
             restarts: 0,
             exit_code: None,
             managed: true,
+            // What the VM was made with is its vm.json, written by mcp.
+            made: None,
         }
     }
 
