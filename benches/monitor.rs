@@ -103,10 +103,14 @@ fn main() {
     println!();
     println!("idle for {:.0} s with {SERVICES} services (default 30 s sweep)", secs);
     println!("{:<52} {:>8} {:>9} {:>7}", "process", "RSS MiB", "peak MiB", "CPU %");
-    let line = |what: &str, rss: f64, peak: f64, cpu: f64| println!("{what:<52} {rss:>8.1} {peak:>9.1} {cpu:>7.2}");
-    line("mcp-agent serve (target <= 15 MiB, <= 0.5 %)", mib(pid, "VmRSS:"), mib(pid, "VmHWM:"), pct(a1.0 - a0.0));
-    line("  + the podman ps of its sweeps (CPU only)", f64::NAN, f64::NAN, pct(a1.1 - a0.1));
-    line("its podman events child", mib(follower, "VmRSS:"), mib(follower, "VmHWM:"), pct(f1.0 - f0.0));
+    let line = |what: &str, mem: Option<(f64, f64)>, cpu: f64| match mem {
+        Some((rss, peak)) => println!("{what:<52} {rss:>8.1} {peak:>9.1} {cpu:>7.2}"),
+        // Short-lived children: only their CPU adds up.
+        None => println!("{what:<52} {:>8} {:>9} {cpu:>7.2}", "-", "-"),
+    };
+    line("mcp-agent serve (target <= 15 MiB, <= 0.5 %)", Some((mib(pid, "VmRSS:"), mib(pid, "VmHWM:"))), pct(a1.0 - a0.0));
+    line("  + the podman ps of its sweeps (CPU only)", None, pct(a1.1 - a0.1));
+    line("its podman events child", Some((mib(follower, "VmRSS:"), mib(follower, "VmHWM:"))), pct(f1.0 - f0.0));
     daemon.stop();
 }
 
