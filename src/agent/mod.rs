@@ -336,7 +336,7 @@ impl Agent {
                 }
                 Action::Create { .. } => {
                     let c = spec_of(&component);
-                    note(&mut *progress, &component, format!("creating {} from {}", instance_name(service, &component), c.spec.image));
+                    note(&mut *progress, &component, format!("creating {} from {}", instance_name(service, &component), c.spec.kernel.as_deref().unwrap_or(&c.spec.image)));
                     let id = self.runtime.create(service, &c.spec, &c.hash).map_err(ExecError::from)?;
                     undo.push(Undo::RemoveNew { id });
                     (ChangeKind::Created, format!("created {} (spec {}, image {})", instance_name(service, &component), c.hash, c.spec.image))

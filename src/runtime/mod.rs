@@ -1,6 +1,7 @@
 //! Runtimes run components. The agent only talks to the [`Runtime`] trait; one file per
 //! implementation (`podman` today, `qemu` for unikernels).
 
+pub mod accel;
 pub mod bake;
 pub mod multi;
 pub mod podman;

@@ -30,9 +30,16 @@ pub struct QemuConfig {
     /// The qemu-system-x86_64 binary; found on PATH when unset.
     #[serde(default)]
     pub program: Option<PathBuf>,
-    /// `tcg` (default: works everywhere) or `kvm` (only where KVM really works).
+    /// `auto` (default: `kvm` once a Linux kernel was seen to boot under it, else `tcg`),
+    /// `tcg`, `kvm`, or anything else qemu's `-accel` takes.
     #[serde(default)]
     pub accel: Option<String>,
+    /// The Linux kernel `auto` boot-tests KVM with; the host's own when unset.
+    #[serde(default)]
+    pub probe_kernel: Option<PathBuf>,
+    /// How long that boot test may take (default 15 s).
+    #[serde(default)]
+    pub probe_secs: Option<u64>,
     /// The `ops` binary (Nanos) that bakes volumes into disk images; found on PATH when unset.
     #[serde(default)]
     pub ops: Option<PathBuf>,
@@ -305,6 +312,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeErro
 pub struct Qemu {
     config: QemuConfig,
     dir: PathBuf,
+    /// Where `auto` keeps its KVM verdict.
+    accel_verdict: PathBuf,
     program: OnceLock<PathBuf>,
     settle: Duration,
 }
@@ -312,7 +321,7 @@ pub struct Qemu {
 impl Qemu {
     /// VMs live under `<state_dir>/vms`.
     pub fn new(config: QemuConfig, state_dir: &Path, settle: Duration) -> Self {
-        Qemu { config, dir: state_dir.join(VMS_DIR), program: OnceLock::new(), settle }
+        Qemu { config, dir: state_dir.join(VMS_DIR), accel_verdict: state_dir.join("accel.json"), program: OnceLock::new(), settle }
     }
 
     fn program(&self) -> Result<&Path, RuntimeError> {
@@ -383,8 +392,10 @@ impl Qemu {
         }
     }
 
-    fn accel(&self) -> String {
-        self.config.accel.clone().unwrap_or_else(|| "tcg".into())
+    fn accel(&self) -> Result<String, RuntimeError> {
+        let choice = super::accel::choose(&self.config, self.program()?, &self.accel_verdict);
+        tracing::debug!(accel = %choice.accel, why = %choice.why, "accelerator for a new VM");
+        Ok(choice.accel)
     }
 
     /// Bake the volumes into a Nanos image with `ops` (staging tree -> `Dirs`).
@@ -606,7 +617,7 @@ impl Runtime for Qemu {
                 created_at: now_ms() / 1000,
                 started_at: None,
                 comp: comp.clone(),
-                accel: self.accel(),
+                accel: self.accel()?,
             };
             self.save(&rec)?;
             self.launch(&mut rec)?;
