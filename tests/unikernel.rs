@@ -151,6 +151,8 @@ fn auto_acceleration_chooses_kvm_only_after_a_kernel_booted_under_it() {
     let pid = vm_pid(&env, &format!("{svc}-vm")).expect("a running VM");
     let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ");
     assert!(cmdline.contains(&format!("-accel {accel} ")), "{cmdline}");
+    let shown = std::process::Command::new(AGENT).arg("--state-dir").arg(&env.state).arg("config").output().unwrap();
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&format!("# VMs get -accel {accel}: {why}")), "{shown:?}");
     // The next VM uses the kept verdict: no second boot test.
     let kept = std::fs::metadata(&verdict_file).unwrap().modified().unwrap();
     std::fs::write(www.join("index.html"), "accel 2\n").unwrap();

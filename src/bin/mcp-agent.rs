@@ -77,6 +77,9 @@ fn main() -> Result<()> {
         Cmd::Config => {
             println!("state_dir = {:?}", state_dir.display().to_string());
             print!("{}", toml::to_string(&config).context("rendering config")?);
+            if let Some(kept) = mcp::runtime::accel::kept_verdict(&state_dir) {
+                println!("\n# VMs get -accel {}: {}", kept.accel, kept.why);
+            }
             Ok(())
         }
         Cmd::Rpc => {

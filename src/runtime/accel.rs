@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::qemu::QemuConfig;
 
 pub const DEFAULT_PROBE_SECS: u64 = 15;
+/// Where, in the state dir, `auto` keeps its verdict.
+pub const VERDICT_FILE: &str = "accel.json";
 /// What a booting Linux prints first on its console.
 const BOOTED_MARK: &str = "Linux version";
 
@@ -173,6 +175,12 @@ struct Verdict {
     key: String,
     #[serde(flatten)]
     choice: Choice,
+}
+
+/// The verdict `auto` keeps in a state dir, if it reached one.
+pub fn kept_verdict(state_dir: &Path) -> Option<Choice> {
+    let v: Verdict = serde_json::from_slice(&std::fs::read(state_dir.join(VERDICT_FILE)).ok()?).ok()?;
+    Some(v.choice)
 }
 
 /// Choose for a new VM: the setting, else a kept verdict, else a boot test (kept in `cache`).

@@ -321,7 +321,7 @@ pub struct Qemu {
 impl Qemu {
     /// VMs live under `<state_dir>/vms`.
     pub fn new(config: QemuConfig, state_dir: &Path, settle: Duration) -> Self {
-        Qemu { config, dir: state_dir.join(VMS_DIR), accel_verdict: state_dir.join("accel.json"), program: OnceLock::new(), settle }
+        Qemu { config, dir: state_dir.join(VMS_DIR), accel_verdict: state_dir.join(super::accel::VERDICT_FILE), program: OnceLock::new(), settle }
     }
 
     fn program(&self) -> Result<&Path, RuntimeError> {
