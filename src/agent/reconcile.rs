@@ -1,6 +1,7 @@
 //! Reconcile: a pure function from (desired, observed) to the ordered actions that make the node
 //! match. No I/O here; the agent's executor carries the actions out.
 
+use super::status::made_differently;
 use crate::plan::instance_name;
 use crate::registry::{ComponentRecord, Desired};
 use crate::runtime::Observed;
@@ -80,7 +81,8 @@ pub fn reconcile(service: &str, desired: &[ComponentRecord], observed: &[Observe
         }
         let action = match (want.desired, current) {
             (Desired::Running, None) => Action::Create { component: name },
-            (Desired::Running, Some(cur)) if !cur.runs_spec(&want.hash) => {
+            // Another spec, or the right label on a container made otherwise (by hand).
+            (Desired::Running, Some(cur)) if !cur.runs_spec(&want.hash) || made_differently(want, cur).is_some() => {
                 Action::Replace { component: name, old_id: cur.id.clone(), old_running: cur.running() }
             }
             (Desired::Running, Some(cur)) if !cur.running() => Action::Start { component: name, id: cur.id.clone() },
@@ -133,6 +135,20 @@ mod tests {
     fn missing_is_created() {
         let d = [want("a", "i", Desired::Running)];
         assert_eq!(reconcile("svc", &d, &[], None), vec![Action::Create { component: "a".into() }]);
+    }
+
+    #[test]
+    fn the_right_label_on_a_container_made_otherwise_is_replaced() {
+        let d = [want("a", "i", Desired::Running)];
+        let mut forged = seen("a", &d[0].hash, "running");
+        forged.image = "localhost/other:latest".into();
+        forged.made = Some(crate::runtime::Made::default());
+        assert_eq!(
+            reconcile("svc", &d, &[forged.clone()], None),
+            vec![Action::Replace { component: "a".into(), old_id: forged.id.clone(), old_running: true }]
+        );
+        forged.image = "localhost/i:latest".into();
+        assert_eq!(reconcile("svc", &d, &[forged], None), vec![Action::Keep { component: "a".into() }]);
     }
 
     #[test]
