@@ -35,6 +35,8 @@ impl Choice {
 pub enum Probe {
     Booted { ms: u64 },
     Failed(String),
+    /// Not run again: the verdict of an earlier test of the same qemu, kernel and host.
+    Kept(Choice),
 }
 
 /// Decide from the setting and what was found; `probe` boots `kernel` under KVM and runs only
@@ -56,6 +58,7 @@ pub fn decide(setting: Option<&str>, kvm: Result<(), String>, kernel: Option<&Pa
     match probe(kernel) {
         Probe::Booted { ms } => Choice::new("kvm", format!("KVM booted {} in {ms} ms", kernel.display())),
         Probe::Failed(why) => Choice::new("tcg", format!("KVM did not work: {why}")),
+        Probe::Kept(choice) => choice,
     }
 }
 
@@ -188,31 +191,24 @@ pub fn choose(config: &QemuConfig, program: &Path, cache: &Path) -> Choice {
     let scratch = cache.parent().unwrap_or(Path::new("/tmp")).to_path_buf();
     let kernel = probe_kernel(config);
     let deadline = Duration::from_secs(config.probe_secs.unwrap_or(DEFAULT_PROBE_SECS).max(1));
-    let mut tested = false;
-    let choice = decide(config.accel.as_deref(), kvm_usable(), kernel.as_deref(), |kernel| {
+    decide(config.accel.as_deref(), kvm_usable(), kernel.as_deref(), |kernel| {
         let key = verdict_key(program, kernel);
         let kept: Option<Verdict> = std::fs::read(cache).ok().and_then(|b| serde_json::from_slice(&b).ok());
         if let Some(v) = kept.filter(|v| v.key == key) {
-            return match v.choice.accel.as_str() {
-                "kvm" => Probe::Booted { ms: 0 },
-                _ => Probe::Failed(v.choice.why.trim_start_matches("KVM did not work: ").to_string()),
-            };
+            return Probe::Kept(v.choice);
         }
-        tested = true;
         let probe = run_probe(program, "kvm", kernel, &scratch, deadline);
-        let verdict = Verdict { key, choice: decide(None, Ok(()), Some(kernel), |_| probe.clone()) };
+        let choice = decide(None, Ok(()), Some(kernel), |_| probe);
+        tracing::info!(accel = %choice.accel, why = %choice.why, "accelerator tested for VMs");
+        let verdict = Verdict { key, choice };
         let tmp = cache.with_extension("tmp");
         let written = std::fs::write(&tmp, serde_json::to_vec_pretty(&verdict).expect("verdicts serialize"))
             .and_then(|()| std::fs::rename(&tmp, cache));
         if let Err(e) = written {
             tracing::warn!(file = %cache.display(), error = %e, "cannot keep the KVM verdict; it will be tested again");
         }
-        probe
-    });
-    if tested {
-        tracing::info!(accel = %choice.accel, why = %choice.why, "accelerator tested for VMs");
-    }
-    choice
+        Probe::Kept(verdict.choice)
+    })
 }
 
 #[cfg(test)]
@@ -237,6 +233,7 @@ mod tests {
         assert_eq!((c.accel.as_str(), c.why.as_str()), ("kvm", "KVM booted /boot/vmlinuz in 812 ms"));
         let c = decide(None, Ok(()), Some(k), |_| Probe::Failed("hung".into()));
         assert_eq!((c.accel.as_str(), c.why.as_str()), ("tcg", "KVM did not work: hung"));
+        assert_eq!(decide(None, Ok(()), Some(k), |_| Probe::Kept(c.clone())), c);
     }
 
     #[test]
