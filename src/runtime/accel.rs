@@ -88,13 +88,7 @@ pub fn run_probe(program: &Path, accel: &str, kernel: &Path, scratch: &Path, dea
     let _ = std::fs::remove_file(&log);
     let mut cmd = Command::new(program);
     cmd.args(probe_argv(accel, kernel, &log)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    // SAFETY: prctl is async-signal-safe and only changes this child's own settings.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    super::die_with_parent(&mut cmd, libc::SIGKILL);
     let started = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -152,8 +146,7 @@ pub fn probe_kernel(config: &QemuConfig) -> Option<PathBuf> {
     if let Some(k) = &config.probe_kernel {
         return Some(k.clone());
     }
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    ["/run/booted-system/kernel".to_string(), format!("/boot/vmlinuz-{}", release.trim()), "/boot/vmlinuz".to_string()]
+    ["/run/booted-system/kernel".to_string(), format!("/boot/vmlinuz-{}", host_release()), "/boot/vmlinuz".to_string()]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| std::fs::File::open(p).is_ok())
@@ -169,8 +162,12 @@ fn verdict_key(program: &Path, kernel: &Path) -> String {
             })
             .unwrap_or_else(|_| p.display().to_string())
     };
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{}|{}|{}", stamp(program), stamp(kernel), release.trim())
+    format!("{}|{}|{}", stamp(program), stamp(kernel), host_release())
+}
+
+/// The running host kernel's release (`uname -r`).
+fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
 }
 
 #[derive(Serialize, Deserialize)]

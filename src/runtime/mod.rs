@@ -76,6 +76,18 @@ impl Observed {
     }
 }
 
+/// Make the child `cmd` starts get `signal` when the thread that started it (the agent) dies,
+/// so helper processes (an event follower, a boot test) never outlive it.
+pub fn die_with_parent(cmd: &mut std::process::Command, signal: libc::c_int) {
+    // SAFETY: prctl is async-signal-safe and only changes the child's own settings.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, signal);
+            Ok(())
+        });
+    }
+}
+
 /// What [`Runtime::list`] returns, computed from a listing of everything
 /// ([`Runtime::list_all`]): mcp-labelled objects (all services), or for one service its
 /// labelled objects plus unlabelled ones named `<service>-...`.

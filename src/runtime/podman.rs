@@ -516,14 +516,7 @@ impl Runtime for Podman {
     fn watch(&self) -> Result<Box<dyn EventStream>, RuntimeError> {
         let mut cmd = self.command(&events_argv())?;
         cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-        // The follower must not outlive the agent.
-        // SAFETY: prctl is async-signal-safe and only changes this child's own settings.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        super::die_with_parent(&mut cmd, libc::SIGTERM);
         let mut child = cmd.spawn().map_err(|source| self.spawn_error("events", source))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         Ok(Box::new(PodmanEvents { child, lines: std::io::BufRead::lines(std::io::BufReader::new(stdout)) }))
