@@ -25,12 +25,9 @@ fn refused(msg: impl Into<String>) -> RpcError {
 pub fn volume_roots(plan: &Plan) -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = Vec::new();
     for c in &plan.components {
-        for v in &c.volumes {
-            if let Some(host) = v.split(':').next() {
-                let p = PathBuf::from(host);
-                if !roots.contains(&p) {
-                    roots.push(p);
-                }
+        for b in crate::plan::binds(&c.volumes) {
+            if !roots.contains(&b.host) {
+                roots.push(b.host);
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Desired vs observed, per component: pure functions behind `mcp status` and the monitor.
 
-use crate::plan::{instance_name, parse_port, Kind, PortSpec};
+use std::path::PathBuf;
+
+use crate::plan::{binds, instance_name, parse_port, Kind, PortSpec};
 use crate::proto::{ComponentStatus, ServiceStatus};
 use crate::registry::{ComponentRecord, Desired, RepairCount, ServiceRecord};
 use crate::runtime::{select, Observed, Published, ADOPTED_PREFIX};
@@ -93,9 +95,9 @@ pub fn made_differently(want: &ComponentRecord, o: &Observed) -> Option<String> 
     if !spec.cmd.is_empty() && made.command != spec.cmd {
         diffs.push(format!("command {:?}, registry has {:?}", made.command, spec.cmd));
     }
-    let path = |p: &str| if p.len() > 1 { p.trim_end_matches('/').to_string() } else { p.to_string() };
-    let mut want_mounts: Vec<String> = spec.volumes.iter().filter_map(|v| v.split(':').nth(1)).map(path).collect();
-    let mut seen_mounts: Vec<String> = made.mounts.iter().map(|m| path(m)).collect();
+    // As paths: `/data/` and `/data` are one mount point.
+    let mut want_mounts: Vec<PathBuf> = binds(&spec.volumes).into_iter().map(|b| b.guest).collect();
+    let mut seen_mounts: Vec<PathBuf> = made.mounts.iter().map(PathBuf::from).collect();
     want_mounts.sort();
     seen_mounts.sort();
     if want_mounts != seen_mounts {

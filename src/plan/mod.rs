@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use file::{load_service_file, load_service_files, parse_service_toml, to_toml, LoadError};
 pub use hash::{hex_prefix, spec_hash};
-pub use validate::{check_name, parse_port, validate, FieldError, PlanErrors, PortSpec};
+pub use validate::{binds, check_name, parse_port, validate, Bind, FieldError, PlanErrors, PortSpec};
 
 /// The plan schema version this build reads and writes. Bump it on any incompatible change.
 pub const PLAN_VERSION: u32 = 1;

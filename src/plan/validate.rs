@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use super::{Component, Kind, Plan, PLAN_VERSION};
 
@@ -346,6 +347,24 @@ const VOLUME_OPTIONS: &[&str] = &[
 ];
 
 /// `HOST:CONTAINER[:OPTIONS]` with both paths absolute and free of `..`.
+/// A volume's two sides: host dir -> path inside the container or VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub host: PathBuf,
+    pub guest: PathBuf,
+}
+
+/// `HOST:GUEST[:opts]` volumes (the form [`check_volume`] accepts).
+pub fn binds(volumes: &[String]) -> Vec<Bind> {
+    volumes
+        .iter()
+        .filter_map(|v| {
+            let mut parts = v.split(':');
+            Some(Bind { host: PathBuf::from(parts.next()?), guest: PathBuf::from(parts.next()?) })
+        })
+        .collect()
+}
+
 pub fn check_volume(s: &str) -> Result<(), String> {
     let expected = "expected /HOST/PATH:/CONTAINER/PATH[:ro|rw|z|Z...], both absolute";
     let parts: Vec<&str> = s.split(':').collect();

@@ -13,23 +13,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// A volume as a VM sees it: host dir -> guest path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bind {
-    pub host: PathBuf,
-    pub guest: PathBuf,
-}
-
-/// `HOST:GUEST[:opts]` volumes (validated by the plan).
-pub fn binds(volumes: &[String]) -> Vec<Bind> {
-    volumes
-        .iter()
-        .filter_map(|v| {
-            let mut parts = v.split(':');
-            Some(Bind { host: PathBuf::from(parts.next()?), guest: PathBuf::from(parts.next()?) })
-        })
-        .collect()
-}
+pub use crate::plan::{binds, Bind};
 
 /// Stable fingerprint of the bind dirs' contents (names, types, modes, bytes, link targets).
 pub fn content_hash(binds: &[Bind]) -> io::Result<String> {
