@@ -7,6 +7,8 @@ pub mod multi;
 pub mod podman;
 pub mod qemu;
 
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::plan::Component;
@@ -74,6 +76,17 @@ impl Observed {
         self.spec.as_deref() == Some(hash)
             || hash.strip_prefix(ADOPTED_PREFIX).is_some_and(|id| !id.is_empty() && self.id.starts_with(id))
     }
+}
+
+/// The runtime's program: the configured path or name, else `default`, looked up on PATH
+/// once and kept in `slot`.
+pub fn find_program<'a>(slot: &'a OnceLock<PathBuf>, configured: Option<&Path>, default: &str) -> Result<&'a Path, RuntimeError> {
+    if let Some(p) = slot.get() {
+        return Ok(p);
+    }
+    let wanted = configured.unwrap_or(Path::new(default));
+    let found = which::which(wanted).map_err(|source| RuntimeError::Missing { program: wanted.display().to_string(), source })?;
+    Ok(slot.get_or_init(|| found))
 }
 
 /// Make the child `cmd` starts get `signal` when the thread that started it (the agent) dies,

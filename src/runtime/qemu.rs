@@ -325,12 +325,7 @@ impl Qemu {
     }
 
     fn program(&self) -> Result<&Path, RuntimeError> {
-        if let Some(p) = self.program.get() {
-            return Ok(p);
-        }
-        let wanted = self.config.program.clone().unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
-        let found = which::which(&wanted).map_err(|source| RuntimeError::Missing { program: wanted.display().to_string(), source })?;
-        Ok(self.program.get_or_init(|| found))
+        super::find_program(&self.program, self.config.program.as_deref(), "qemu-system-x86_64")
     }
 
     fn paths(&self, name: &str) -> VmPaths {
