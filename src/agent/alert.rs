@@ -8,13 +8,14 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::Agent;
 use crate::proto::Event;
 use crate::registry::NewEvent;
+use crate::runtime::child::{stderr_of, wait_at_most};
 
 /// `[alert]` in agent.toml.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,8 +35,6 @@ pub struct AlertConfig {
 
 pub const DEFAULT_KINDS: &[&str] = &["drift", "repair", "deploy_failed"];
 const FAILED: &str = "alert.failed";
-/// How often a running hook is checked for exit.
-const POLL: Duration = Duration::from_millis(20);
 
 /// Whether events of `kind` are alerted on.
 pub fn matches(kinds: &[String], kind: &str) -> bool {
@@ -118,27 +117,15 @@ impl Alerter {
             let _ = stdin.write_all(&json);
         }
         let timeout = Duration::from_secs(self.config.timeout_secs.unwrap_or(10));
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("still running after {}s; killed", timeout.as_secs()));
-                }
-                Ok(None) => std::thread::sleep(POLL),
-                Err(e) => return Err(format!("cannot wait for it: {e}")),
-            }
+        let status = match wait_at_most(&mut child, timeout) {
+            Ok(Some(status)) => status,
+            Ok(None) => return Err(format!("still running after {}s; killed", timeout.as_secs())),
+            Err(e) => return Err(format!("cannot wait for it: {e}")),
         };
         if status.success() {
             return Ok(());
         }
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-        }
-        let stderr: String = stderr.trim().chars().take(300).collect();
+        let stderr: String = stderr_of(&mut child).trim().chars().take(300).collect();
         Err(format!("{status}{}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") }))
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::child::{die_with_parent, stderr_of, wait_at_most};
 use super::qemu::QemuConfig;
 
 pub const DEFAULT_PROBE_SECS: u64 = 15;
@@ -88,33 +89,24 @@ pub fn run_probe(program: &Path, accel: &str, kernel: &Path, scratch: &Path, dea
     let _ = std::fs::remove_file(&log);
     let mut cmd = Command::new(program);
     cmd.args(probe_argv(accel, kernel, &log)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    super::die_with_parent(&mut cmd, libc::SIGKILL);
+    die_with_parent(&mut cmd, libc::SIGKILL);
     let started = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Probe::Failed(format!("cannot start {}: {e}", program.display())),
     };
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if started.elapsed() >= deadline => break None,
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Probe::Failed(format!("waiting for qemu: {e}")),
-        }
+    let status = match wait_at_most(&mut child, deadline) {
+        Ok(status) => status,
+        Err(e) => return Probe::Failed(format!("waiting for qemu: {e}")),
     };
     let ms = started.elapsed().as_millis() as u64;
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
         let seen = if console.contains(BOOTED_MARK) { "the kernel started but did not finish" } else { "the kernel never printed its banner" };
         return Probe::Failed(format!("{} did not boot within {}s under -accel {accel} ({seen})", kernel.display(), deadline.as_secs()));
     };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-    }
+    let stderr = stderr_of(&mut child);
     match (status.success(), console.contains(BOOTED_MARK)) {
         (true, true) => Probe::Booted { ms },
         (true, false) => Probe::Failed(format!("{} printed no \"{BOOTED_MARK}\" on its console", kernel.display())),

@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod bake;
+pub mod child;
 pub mod multi;
 pub mod podman;
 pub mod qemu;
@@ -87,18 +88,6 @@ pub fn find_program<'a>(slot: &'a OnceLock<PathBuf>, configured: Option<&Path>, 
     let wanted = configured.unwrap_or(Path::new(default));
     let found = which::which(wanted).map_err(|source| RuntimeError::Missing { program: wanted.display().to_string(), source })?;
     Ok(slot.get_or_init(|| found))
-}
-
-/// Make the child `cmd` starts get `signal` when the thread that started it (the agent) dies,
-/// so helper processes (an event follower, a boot test) never outlive it.
-pub fn die_with_parent(cmd: &mut std::process::Command, signal: libc::c_int) {
-    // SAFETY: prctl is async-signal-safe and only changes the child's own settings.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, signal);
-            Ok(())
-        });
-    }
 }
 
 /// What [`Runtime::list`] returns, computed from a listing of everything

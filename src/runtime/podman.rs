@@ -510,7 +510,7 @@ impl Runtime for Podman {
     fn watch(&self) -> Result<Box<dyn EventStream>, RuntimeError> {
         let mut cmd = self.command(&events_argv())?;
         cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-        super::die_with_parent(&mut cmd, libc::SIGTERM);
+        super::child::die_with_parent(&mut cmd, libc::SIGTERM);
         let mut child = cmd.spawn().map_err(|source| self.spawn_error("events", source))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         Ok(Box::new(PodmanEvents { child, lines: std::io::BufRead::lines(std::io::BufReader::new(stdout)) }))
