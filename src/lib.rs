@@ -1,8 +1,10 @@
 //! mcp: a declarative deployer. The data flows one way:
-//! [`plan`] -> [`transport`] -> [`agent`] -> [`registry`] + [`runtime`].
+//! [`plan`] -> [`transport`] -> [`agent`] -> [`registry`] + [`runtime`]; [`cli`] drives it
+//! from the operator's side, naming nodes as [`node`] describes them.
 
 pub mod agent;
 pub mod cli;
+pub mod node;
 pub mod plan;
 pub mod proto;
 pub mod registry;

@@ -321,6 +321,9 @@ pub struct PsEntry {
     pub spec: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// The static address the agent assigned it (`A.B.C.D/N`: VMs on isolated networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -363,6 +366,9 @@ pub struct ComponentStatus {
     /// Unix milliseconds of the last repair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_repair: Option<i64>,
+    /// The static address the agent assigned it (`A.B.C.D/N`: VMs on isolated networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

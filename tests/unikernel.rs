@@ -169,7 +169,7 @@ fn bad_unikernel_definitions_are_refused_before_anything_runs() {
     env.define(&svc, &vm_service(&svc, free_port(), &www, "").replace("kernel = ", "image = \"/x.img\"\nkernel = "));
     let r = env.mcp(&["deploy", &svc]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("either image"), "{}", r.stderr);
+    assert!(r.stderr.contains("set together with image"), "{}", r.stderr);
     // Valid, but the volume dir does not exist on the node: the agent says so, creates nothing.
     env.define(&svc, &vm_service(&svc, free_port(), &www, ""));
     let r = env.mcp(&["deploy", &svc]);

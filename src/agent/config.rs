@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::alert::AlertConfig;
 use super::monitor::{MonitorConfig, RetentionConfig};
+use crate::runtime::bake::nanos::NanosConfig;
 use crate::runtime::podman::PodmanConfig;
 use crate::runtime::qemu::QemuConfig;
 
@@ -18,6 +19,9 @@ pub struct AgentConfig {
     /// How unikernel VMs are run.
     #[serde(default)]
     pub qemu: QemuConfig,
+    /// The Nanos toolchain the program form's images are built with.
+    #[serde(default)]
+    pub nanos: NanosConfig,
     /// The daemon's drift monitor.
     #[serde(default)]
     pub monitor: MonitorConfig,
@@ -80,6 +84,9 @@ mod tests {
         let c = AgentConfig::load(&p, true).unwrap();
         assert_eq!((c.monitor.sweep_secs, c.events.max_count), (Some(5), Some(100)));
         assert_eq!(c.alert.command, vec!["/bin/hook", "-x"]);
+        std::fs::write(&p, "[nanos]\ndir = \"/opt/nanos\"\n[qemu]\nsubnet = \"10.5.0.0/16\"\n").unwrap();
+        let c = AgentConfig::load(&p, true).unwrap();
+        assert_eq!((c.nanos.dir.as_deref(), c.qemu.subnet.as_deref()), (Some(Path::new("/opt/nanos")), Some("10.5.0.0/16")));
         std::fs::write(&p, "[podman]\nargz = []\n").unwrap();
         let e = AgentConfig::load(&p, true).unwrap_err().to_string();
         assert!(e.contains("agent.toml") && e.contains("argz"), "{e}");

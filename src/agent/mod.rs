@@ -242,7 +242,47 @@ impl Agent {
         let result = self.apply_inner(record, registered, only, restart, progress);
         // Whatever happened, what the monitor last saw may be out of date now.
         self.changed();
+        self.release_unused_addresses(&record.name);
         result
+    }
+
+    /// Create the instance of a registered component, with what the agent assigns it (a
+    /// static address, kept in the registry, when its network hands out none).
+    pub fn create_instance(&self, service: &str, c: &ComponentRecord) -> Result<String, RuntimeError> {
+        let mut assigned = crate::runtime::Assigned::default();
+        if let Some(pool) = self.runtime.address_pool(&c.spec) {
+            let name = &c.spec.name;
+            let got = self.registry().assign_address(service, name, &pool);
+            assigned.address = Some(match got {
+                Ok(Some(a)) => a,
+                Ok(None) => {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "no free address left in {}/{} for {service}/{name}; set a larger [qemu] subnet",
+                        pool.network, pool.prefix
+                    )))
+                }
+                Err(e) => return Err(RuntimeError::Unsupported(format!("assigning an address to {service}/{name}: {e}"))),
+            });
+        }
+        self.runtime.create(service, &c.spec, &c.hash, &assigned)
+    }
+
+    /// Free the addresses of `service`'s components that are no longer registered (or no
+    /// longer need one). Best effort: a leftover is freed by the next deploy or removal.
+    fn release_unused_addresses(&self, service: &str) {
+        let record = match self.registry().service(service) {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!(service, error = %e, "cannot read the registry to release addresses"),
+        };
+        let keep: Vec<&str> = record
+            .iter()
+            .flat_map(|r| &r.components)
+            .filter(|c| self.runtime.address_pool(&c.spec).is_some())
+            .map(|c| c.spec.name.as_str())
+            .collect();
+        if let Err(e) = self.registry().release_addresses(service, &keep) {
+            tracing::warn!(service, error = %e, "cannot release addresses");
+        }
     }
 
     fn apply_inner(
@@ -337,7 +377,7 @@ impl Agent {
                 Action::Create { .. } => {
                     let c = spec_of(&component);
                     note(&mut *progress, &component, format!("creating {} from {}", instance_name(service, &component), c.spec.kernel.as_deref().unwrap_or(&c.spec.image)));
-                    let id = self.runtime.create(service, &c.spec, &c.hash).map_err(ExecError::from)?;
+                    let id = self.create_instance(service, c).map_err(ExecError::from)?;
                     undo.push(Undo::RemoveNew { id });
                     (ChangeKind::Created, format!("created {} (spec {}, image {})", instance_name(service, &component), c.hash, c.spec.image))
                 }
@@ -350,7 +390,7 @@ impl Agent {
                     if *old_running {
                         self.runtime.stop(old_id).map_err(ExecError::from)?;
                     }
-                    let id = self.runtime.create(service, &c.spec, &c.hash).map_err(ExecError::from)?;
+                    let id = self.create_instance(service, c).map_err(ExecError::from)?;
                     if let Some(Undo::RestoreOld { new_id, .. }) = undo.last_mut() {
                         *new_id = Some(id.clone());
                     }
@@ -517,6 +557,7 @@ impl Agent {
         });
         self.changed();
         self.registry().delete_service(service, &events)?;
+        self.release_unused_addresses(service);
         Ok(ApplyResult { service: service.to_string(), changes })
     }
 
@@ -661,6 +702,7 @@ impl Agent {
                 state: o.state,
                 spec: o.spec.unwrap_or_default(),
                 ports: o.ports,
+                address: o.address,
             })
             .collect();
         Ok(PsResult { containers })

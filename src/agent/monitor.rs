@@ -413,10 +413,9 @@ impl Monitor {
         streak.attempts += 1;
         streak.last = Instant::now();
         let attempt = streak.attempts;
-        let runtime = self.agent.runtime();
         let (what, result) = match &repair {
-            Repair::Recreate => ("recreated", runtime.create(service, &want.spec, &want.hash).map(|_| ())),
-            Repair::Start { id } => ("restarted", runtime.start(id)),
+            Repair::Recreate => ("recreated", self.agent.create_instance(service, want).map(|_| ())),
+            Repair::Start { id } => ("restarted", self.agent.runtime().start(id)),
         };
         self.cache.invalidate();
         let recorded = match result {

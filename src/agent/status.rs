@@ -304,6 +304,7 @@ pub fn service_statuses(
                         drift: d.map(|d| d.detail),
                         repairs: repaired.map(|c| c.count).unwrap_or(0),
                         last_repair: repaired.map(|c| c.last),
+                        address: s.mine.and_then(|o| o.address.clone()),
                     }
                 })
                 .collect();
@@ -335,6 +336,7 @@ fn extra_status(o: &Observed, uptime_secs: Option<u64>) -> ComponentStatus {
         drift: Some(d.detail),
         repairs: 0,
         last_repair: None,
+        address: o.address.clone(),
     }
 }
 

@@ -80,6 +80,10 @@ fn main() -> Result<()> {
             if let Some(kept) = mcp::runtime::accel::kept_verdict(&state_dir) {
                 println!("\n# VMs get -accel {}: {}", kept.accel, kept.why);
             }
+            match config.nanos.toolchain() {
+                Ok(t) => println!("# Nanos toolchain: {} (kernel.img, boot.img, mkfs)", t.dir.display()),
+                Err(why) => println!("# Nanos toolchain: none; program-form unikernels cannot be built: {why}"),
+            }
             Ok(())
         }
         Cmd::Rpc => {
@@ -112,7 +116,7 @@ fn open_agent(config: &AgentConfig, state_dir: &std::path::Path) -> Result<Agent
     let settle = std::time::Duration::from_millis(config.podman.settle_ms.unwrap_or(DEFAULT_SETTLE_MS));
     let runtime = Runtimes {
         containers: Box::new(Podman::new(config.podman.clone(), state_dir.join("scratch"))),
-        vms: Qemu::new(config.qemu.clone(), state_dir, settle),
+        vms: Qemu::new(config.qemu.clone(), config.nanos.clone(), state_dir, settle).map_err(anyhow::Error::msg)?,
     };
     Agent::open(state_dir, Box::new(runtime)).with_context(|| {
         format!("opening the agent (state dir {}; set --state-dir or MCP_AGENT_STATE to a writable dir)", state_dir.display())

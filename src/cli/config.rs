@@ -5,30 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub const LOCAL_ADDRESS: &str = "local";
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeConfig {
-    pub name: String,
-    /// `local` (the embedded node: the agent runs as a child process) or `host[:port]`.
-    pub address: String,
-    /// SSH user (remote nodes).
-    #[serde(default)]
-    pub user: Option<String>,
-    /// SSH identity file (remote nodes).
-    #[serde(default)]
-    pub identity: Option<PathBuf>,
-    /// The agent's command line on the node; default `mcp-agent rpc`.
-    #[serde(default)]
-    pub agent: Option<String>,
-}
-
-impl NodeConfig {
-    pub fn is_local(&self) -> bool {
-        self.address == LOCAL_ADDRESS
-    }
-}
+pub use crate::node::{config_dir, NodeConfig, LOCAL_ADDRESS};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,15 +121,6 @@ impl Config {
             None => "the built-in default config (no mcp.toml found)".into(),
         }
     }
-}
-
-/// `$XDG_CONFIG_HOME/mcp`, else `~/.config/mcp`.
-pub fn config_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("mcp"))
 }
 
 /// `<config dir>/mcp.toml`.

@@ -32,9 +32,10 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                 c.image.clone(),
                 c.id.chars().take(12).collect(),
                 c.ports.join(","),
+                c.address.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
     }
-    print!("{}", table(&["NAME", "NODE", "STATE", "UPTIME", "IMAGE", "ID", "PORTS"], &rows));
+    print!("{}", table(&["NAME", "NODE", "STATE", "UPTIME", "IMAGE", "ID", "PORTS", "ADDRESS"], &rows));
     report_failures(&results)
 }

@@ -47,6 +47,8 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
     }
     let mut rows = Vec::new();
     let mut events = Vec::new();
+    // The address column only where some component has one (VMs on isolated networks).
+    let addresses = results.iter().flat_map(|r| r.result.iter()).flat_map(|st| &st.services).flat_map(|s| &s.components).any(|c| c.address.is_some());
     for r in &results {
         for s in r.result.iter().flat_map(|st| &st.services) {
             for c in &s.components {
@@ -63,6 +65,9 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                     },
                     c.drift.clone().unwrap_or_else(|| "-".into()),
                 ]);
+                if addresses {
+                    rows.last_mut().expect("just pushed").insert(2, c.address.clone().unwrap_or_else(|| "-".into()));
+                }
             }
             for e in &s.events {
                 let who = match &e.component {
@@ -73,7 +78,11 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
             }
         }
     }
-    print!("{}", table(&["COMPONENT", "NODE", "DESIRED", "OBSERVED", "UPTIME", "SPEC", "REPAIRS", "DRIFT"], &rows));
+    let mut header = vec!["COMPONENT", "NODE", "DESIRED", "OBSERVED", "UPTIME", "SPEC", "REPAIRS", "DRIFT"];
+    if addresses {
+        header.insert(2, "ADDRESS");
+    }
+    print!("{}", table(&header, &rows));
     if !events.is_empty() {
         events.sort_by_key(|(t, _)| *t);
         println!("\nRecent events (UTC):");

@@ -82,6 +82,10 @@ pub struct Component {
     /// Seconds `stop` waits for the process before it is killed (podman's default is 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<u32>,
+    /// Unikernel, program form: an x86-64 ELF on the node that mcp builds a Nanos image from
+    /// (with its libraries when dynamic); `cmd` are its arguments, argv[1..].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
     /// Unikernel, kernel form: the kernel to boot (instead of a disk `image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,

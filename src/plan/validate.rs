@@ -181,6 +181,7 @@ fn check_container(c: &mut Collector, at: &str, comp: &Component) {
         }
     }
     for (field, set) in [
+        ("program", comp.program.is_some()),
         ("kernel", comp.kernel.is_some()),
         ("initrd", comp.initrd.is_some()),
         ("append", comp.append.is_some()),
@@ -193,16 +194,37 @@ fn check_container(c: &mut Collector, at: &str, comp: &Component) {
     }
 }
 
-/// A unikernel: a disk `image` (the Nanos form) or a `kernel` (+ `initrd`, `append`).
+/// A unikernel, in one of three forms: a `program` (an ELF mcp builds a Nanos image from), a
+/// disk `image` (prebuilt), or a `kernel` (+ `initrd`, `append`).
 fn check_unikernel(c: &mut Collector, at: &str, comp: &Component) {
     let path_field = |c: &mut Collector, field: &str, value: &str| {
         if !value.starts_with('/') || value.split('/').any(|seg| seg == "..") || value.chars().any(|ch| ch.is_control() || ch == ',') {
             c.push(format!("{at}.{field}"), format!("{value:?} is not a usable path; expected an absolute path on the node without '..' or ','"));
         }
     };
-    match (&comp.kernel, comp.image.is_empty()) {
-        (Some(kernel), true) => {
-            path_field(c, "kernel", kernel);
+    let forms: Vec<&str> = [("program", comp.program.is_some()), ("image", !comp.image.is_empty()), ("kernel", comp.kernel.is_some())]
+        .into_iter()
+        .filter_map(|(f, set)| set.then_some(f))
+        .collect();
+    if forms.len() > 1 {
+        c.push(
+            format!("{at}.{}", forms[1]),
+            format!(
+                "set together with {}; expected either program (an ELF to run on Nanos), image (a disk image) or kernel (+ initrd, append)",
+                forms[0]
+            ),
+        );
+    }
+    let only_with_kernel = |c: &mut Collector, why: &str| {
+        for (field, set) in [("initrd", comp.initrd.is_some()), ("append", comp.append.is_some())] {
+            if set {
+                c.push(format!("{at}.{field}"), format!("only with kernel; {why}"));
+            }
+        }
+    };
+    match forms.first().copied() {
+        Some("kernel") => {
+            path_field(c, "kernel", comp.kernel.as_deref().unwrap_or_default());
             if let Some(initrd) = &comp.initrd {
                 path_field(c, "initrd", initrd);
             }
@@ -212,28 +234,38 @@ fn check_unikernel(c: &mut Collector, at: &str, comp: &Component) {
                 }
             }
         }
-        (Some(_), false) => c.push(
-            format!("{at}.image"),
-            "set together with kernel; expected either image (a disk image) or kernel (+ initrd, append)",
-        ),
-        (None, false) => {
-            path_field(c, "image", &comp.image);
-            for (field, set) in [("initrd", comp.initrd.is_some()), ("append", comp.append.is_some())] {
-                if set {
-                    c.push(format!("{at}.{field}"), "only with kernel; a disk image carries its own boot setup");
+        Some("program") => {
+            let program = comp.program.as_deref().unwrap_or_default();
+            path_field(c, "program", program);
+            only_with_kernel(c, "the program form boots a Nanos image mcp builds");
+            // The program goes into the guest at its own path; a volume there would hide it.
+            for (j, bind) in binds(&comp.volumes).iter().enumerate() {
+                let p = std::path::Path::new(program);
+                if p.starts_with(&bind.guest) || bind.guest.starts_with(p) {
+                    c.push(
+                        format!("{at}.volumes[{j}]"),
+                        format!(
+                            "guest path {} collides with the program {program}, which goes into the guest at its own path; mount the volume elsewhere",
+                            bind.guest.display()
+                        ),
+                    );
                 }
             }
-            // Volumes are baked by rebuilding the image with ops from the program.
+        }
+        Some(_) => {
+            path_field(c, "image", &comp.image);
+            only_with_kernel(c, "a disk image carries its own boot setup");
+            // Volumes are baked by rebuilding the image from the program in cmd[0].
             if !comp.volumes.is_empty() && !comp.cmd.first().is_some_and(|p| p.starts_with('/')) {
                 c.push(
                     format!("{at}.cmd"),
-                    "a disk-image unikernel with volumes is rebuilt by ops from its program: expected cmd = [\"/path/to/program\", args...]",
+                    "a disk-image unikernel with volumes is rebuilt from its program: expected cmd = [\"/path/to/program\", args...] (or use program = ...)",
                 );
             }
         }
-        (None, true) => c.push(
+        None => c.push(
             format!("{at}.image"),
-            "missing; a unikernel needs image = \"/path/to/disk.img\" or kernel = \"/path/to/kernel\"",
+            "missing; a unikernel needs program = \"/path/to/elf\", image = \"/path/to/disk.img\" or kernel = \"/path/to/kernel\"",
         ),
     }
     if let Some(net) = &comp.network {
@@ -451,7 +483,7 @@ mod tests {
         };
         let mut both = vm();
         both.image = "/x.img".into();
-        assert!(problems(both)[0].contains("either image"));
+        assert_eq!(problems(both)[0], "components[0].kernel: set together with image; expected either program (an ELF to run on Nanos), image (a disk image) or kernel (+ initrd, append)");
         let neither = Component { name: "n".into(), kind: Kind::Unikernel, ..Default::default() };
         assert!(problems(neither)[0].starts_with("components[0].image: missing"));
         let mut bad = vm();
@@ -468,8 +500,38 @@ mod tests {
         let mut no_host_port = vm();
         no_host_port.ports = vec!["8080".into()];
         assert!(problems(no_host_port)[0].contains("needs a host port"));
+        // The program form: a path, no initrd/append, no volume over the program.
+        let prog = Component {
+            name: "app".into(),
+            kind: Kind::Unikernel,
+            program: Some("/srv/bin/mcat".into()),
+            cmd: vec!["--config".into(), "/srv/mcat/mcat.toml".into(), "a b (c)".into()],
+            volumes: vec!["/srv/mcat:/srv/mcat".into()],
+            network: Some("user".into()),
+            ports: vec!["127.0.0.1:9443:443".into()],
+            ..Default::default()
+        };
+        let mut p = plan();
+        p.components = vec![prog.clone()];
+        validate(&p, "t").unwrap();
+        let mut over = prog.clone();
+        over.volumes = vec!["/srv/mcat:/srv/mcat".into(), "/data/bin:/srv/bin".into(), "/data/x:/srv/bin/mcat/x".into()];
+        over.initrd = Some("/i".into());
+        let got = problems(over);
+        assert!(got.contains(&"components[0].volumes[1]: guest path /srv/bin collides with the program /srv/bin/mcat, which goes into the guest at its own path; mount the volume elsewhere".to_string()), "{got:?}");
+        assert!(got.iter().any(|e| e.starts_with("components[0].volumes[2]: guest path /srv/bin/mcat/x collides")), "{got:?}");
+        assert!(got.iter().any(|e| e.starts_with("components[0].initrd: only with kernel")), "{got:?}");
+        let mut relative = prog.clone();
+        relative.program = Some("bin/mcat".into());
+        assert!(problems(relative)[0].starts_with("components[0].program: \"bin/mcat\" is not a usable path"));
+        let mut two = prog;
+        two.kernel = Some("/k".into());
+        assert!(problems(two)[0].starts_with("components[0].kernel: set together with program"));
         // Unikernel fields on a container are refused too.
         let mut ctr = plan().components[0].clone();
+        ctr.program = Some("/bin/x".into());
+        assert!(problems(ctr.clone())[0].starts_with("components[0].program: only for unikernel"));
+        ctr.program = None;
         ctr.memory = Some("1G".into());
         assert!(problems(ctr)[0].starts_with("components[0].memory: only for unikernel"));
     }

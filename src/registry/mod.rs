@@ -1,6 +1,7 @@
 //! The agent's registry: one SQLite file (WAL, mode 0600) holding what each service should be
 //! (desired specs), what was last seen, and the events that happened.
 
+mod addresses;
 mod schema;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

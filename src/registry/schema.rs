@@ -51,6 +51,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (service, component)
      );
      CREATE INDEX events_by_time ON events(time);",
+    // 3: static addresses the agent assigned (VMs on isolated networks): one per component,
+    // kept across redeploys, never two alike on the node.
+    "CREATE TABLE addresses (
+        service TEXT NOT NULL,
+        component TEXT NOT NULL,
+        address TEXT NOT NULL UNIQUE,
+        prefix INTEGER NOT NULL,
+        PRIMARY KEY (service, component)
+     );",
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -45,6 +45,30 @@ pub fn stderr_of(child: &mut Child) -> String {
     text
 }
 
+/// Read `from` to its end on a thread of its own (so the child never blocks on a full pipe),
+/// keeping only the last `keep` bytes.
+pub fn drain_tail(mut from: impl Read + Send + 'static, keep: usize) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut kept: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    kept.extend_from_slice(&buf[..n]);
+                    if kept.len() > 2 * keep {
+                        kept.drain(..kept.len() - keep);
+                    }
+                }
+            }
+        }
+        if kept.len() > keep {
+            kept.drain(..kept.len() - keep);
+        }
+        kept
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +83,15 @@ mod tests {
         let mut slow = Command::new("sleep").arg("30").spawn().unwrap();
         assert_eq!(wait_at_most(&mut slow, Duration::from_millis(100)).unwrap(), None);
         assert!(slow.try_wait().unwrap().is_some(), "killed and reaped");
+    }
+
+    #[test]
+    fn drains_a_pipe_keeping_its_tail() {
+        let mut loud = Command::new("sh").args(["-c", "head -c 300000 /dev/zero | tr '\\0' x; echo END"]).stdout(Stdio::piped()).spawn().unwrap();
+        let tail = drain_tail(loud.stdout.take().unwrap(), 100);
+        assert!(wait_at_most(&mut loud, Duration::from_secs(30)).unwrap().is_some(), "never blocked on a full pipe");
+        let kept = tail.join().unwrap();
+        assert_eq!(kept.len(), 100);
+        assert!(kept.ends_with(b"xxEND\n"));
     }
 }

@@ -1,7 +1,8 @@
-//! Runtimes run components. The agent only talks to the [`Runtime`] trait; one file per
-//! implementation (`podman` today, `qemu` for unikernels).
+//! Runtimes run components. The agent only talks to the [`Runtime`] trait; one module per
+//! implementation (`podman` for containers, `qemu` for unikernel VMs, `multi` for both).
 
 pub mod accel;
+pub mod address;
 pub mod bake;
 pub mod child;
 pub mod multi;
@@ -44,6 +45,16 @@ pub struct Observed {
     pub managed: bool,
     /// What the object was made with, when the listing says (podman's does; see [`Made`]).
     pub made: Option<Made>,
+    /// Its static address (`A.B.C.D/N`), when the agent assigned one (VMs on isolated networks).
+    pub address: Option<String>,
+}
+
+/// What the agent assigned an instance beyond its spec (kept in the registry, stable across
+/// redeploys): passed to [`Runtime::create`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assigned {
+    /// A static address from [`Runtime::address_pool`], `A.B.C.D/N`.
+    pub address: Option<String>,
 }
 
 /// What a container was created with, as the runtime's listing shows it. Compared with the
@@ -190,8 +201,13 @@ pub trait Runtime: Send + Sync {
     fn spec_hash(&self, comp: &Component) -> Result<String, RuntimeError> {
         Ok(crate::plan::spec_hash(comp))
     }
+    /// The pool a component's static address comes from, when it needs one that nothing on
+    /// its network would hand out (a VM on an isolated bridge); the agent assigns from it.
+    fn address_pool(&self, _comp: &Component) -> Option<address::Pool> {
+        None
+    }
     /// Create and start the component, labelled with its spec hash; returns the new id.
-    fn create(&self, service: &str, component: &Component, spec: &str) -> Result<String, RuntimeError>;
+    fn create(&self, service: &str, component: &Component, spec: &str, assigned: &Assigned) -> Result<String, RuntimeError>;
     fn start(&self, id: &str) -> Result<(), RuntimeError>;
     fn stop(&self, id: &str) -> Result<(), RuntimeError>;
     fn restart(&self, id: &str) -> Result<(), RuntimeError>;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::qemu::{self, Qemu};
-use super::{EventStream, Observed, Runtime, RuntimeError, RuntimeEvent, Stopper};
+use super::{Assigned, EventStream, Observed, Runtime, RuntimeError, RuntimeEvent, Stopper};
 use crate::plan::{Component, Kind};
 
 pub struct Runtimes {
@@ -66,7 +66,11 @@ impl Runtime for Runtimes {
         self.by_kind(comp).spec_hash(comp)
     }
 
-    fn create(&self, service: &str, comp: &Component, spec: &str) -> Result<String, RuntimeError> {
+    fn address_pool(&self, comp: &Component) -> Option<super::address::Pool> {
+        self.by_kind(comp).address_pool(comp)
+    }
+
+    fn create(&self, service: &str, comp: &Component, spec: &str, assigned: &Assigned) -> Result<String, RuntimeError> {
         // One name space: a VM may not take a container's name, nor the other way round.
         let name = crate::plan::instance_name(service, &comp.name);
         let other: &dyn Runtime = match comp.kind {
@@ -76,7 +80,7 @@ impl Runtime for Runtimes {
         if other.by_name(&name)?.is_some() {
             return Err(RuntimeError::NameInUse { name });
         }
-        self.by_kind(comp).create(service, comp, spec)
+        self.by_kind(comp).create(service, comp, spec, assigned)
     }
 
     fn start(&self, id: &str) -> Result<(), RuntimeError> {

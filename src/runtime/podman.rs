@@ -286,6 +286,7 @@ pub fn parse_ps(json: &str) -> Result<Vec<Observed>, String> {
                 id: r.id,
                 restarts: 0,
                 made: Some(made),
+                address: None,
             }
         })
         .collect())
@@ -526,7 +527,7 @@ impl Runtime for Podman {
         Ok(self.ps(&ps_name_argv(name))?.into_iter().find(|o| o.name == name))
     }
 
-    fn create(&self, service: &str, comp: &Component, spec: &str) -> Result<String, RuntimeError> {
+    fn create(&self, service: &str, comp: &Component, spec: &str, _assigned: &super::Assigned) -> Result<String, RuntimeError> {
         let env = self.env_file(comp)?;
         let argv = run_argv(service, comp, spec, env.as_ref().map(|f| f.path()));
         let name = instance_name(service, &comp.name);

@@ -134,7 +134,7 @@ impl KnownHosts {
     /// `~/.ssh/known_hosts` and mcp's own `$XDG_CONFIG_HOME/mcp/known_hosts`.
     pub fn for_user() -> KnownHosts {
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
-        let own = crate::cli::config::config_dir().unwrap_or_else(|| home.join(".config/mcp")).join("known_hosts");
+        let own = crate::node::config_dir().unwrap_or_else(|| home.join(".config/mcp")).join("known_hosts");
         KnownHosts { files: vec![home.join(".ssh/known_hosts"), own.clone()], own }
     }
 

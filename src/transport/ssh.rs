@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use super::tcp::QuickAck;
 use super::known_hosts::{fingerprint, HostKeyStatus, KnownHosts};
 use super::{CallError, Link, Session, Transport, TransportError};
-use crate::cli::config::NodeConfig;
+use crate::node::NodeConfig;
 
 pub const DEFAULT_AGENT_COMMAND: &str = "mcp-agent rpc";
 
