@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod nanos;
 pub mod sshd;
 
 use std::cell::RefCell;

@@ -2,7 +2,7 @@
 //!
 //!   mcp-guest serve PORT DIR                 HTTP/1.0 file server for DIR
 //!   mcp-guest serve-tls PORT DIR CERT KEY    the same over TLS (built with `--features tls`)
-//!   mcp-guest probe HOST:PORT                once a second: "probe ok: <body>" or "probe failed"
+//!   mcp-guest probe IP:PORT                  once a second: "probe ok: <body>" or "probe failed"
 //!
 //! Every mode first prints one line with its arguments and $GREETING, so a test can read on
 //! the console what reached the program.
@@ -26,7 +26,7 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: mcp-guest serve PORT DIR | serve-tls PORT DIR CERT KEY | probe HOST:PORT");
+    eprintln!("usage: mcp-guest serve PORT DIR | serve-tls PORT DIR CERT KEY | probe IP:PORT");
     std::process::exit(2)
 }
 
@@ -68,8 +68,11 @@ fn answer<S: Read + Write>(mut stream: S, dir: &Path) -> std::io::Result<()> {
 }
 
 fn probe(target: &str) {
+    let addr: std::net::SocketAddr = target.parse().unwrap_or_else(|_| usage());
     loop {
-        let got = TcpStream::connect(target).and_then(|mut s| {
+        // An address nobody answers on (another bridge) must fail within the round, not
+        // after TCP's own minutes of retries.
+        let got = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
             s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
             let mut out = String::new();

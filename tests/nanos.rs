@@ -1,0 +1,376 @@
+//! Nanos unikernels for real: the toolchain built from the pinned Nanos source, guest programs
+//! built from tests/guest, images made by the agent with that mkfs, booted by qemu under TCG.
+//! The seed's case (HTTPS with a certificate and key baked from a volume), the program form's
+//! whole lifecycle over user networking, isolated networks with assigned addresses inside a
+//! network namespace, the disk-image forms, and bad definitions refused before anything runs.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::nanos::{agent_toml, https_get, program_service, programs, test_ca, toolchain};
+use common::*;
+
+/// Nanos boots in under a second under TCG; generous for a loaded CI machine.
+const BOOT: Duration = Duration::from_secs(60);
+
+fn vm_dir(env: &Env, svc: &str) -> PathBuf {
+    env.state.join("vms").join(format!("{svc}-app"))
+}
+
+fn vm_pid(env: &Env, svc: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(vm_dir(env, svc).join("pid")).ok()?.trim().parse().ok()?;
+    alive(pid).then_some(pid)
+}
+
+/// Running, not a zombie: daemonized qemu is reparented to PID 1, which here does not reap.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+fn cmdline(pid: i32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
+}
+
+/// Every process's command line on this machine that contains `needle`.
+fn processes_showing(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .map(cmdline)
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+fn change(out: &serde_json::Value) -> String {
+    out["result"]["changes"][0]["change"].as_str().unwrap_or_default().to_string()
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// The seed's headline case: a service deployed as a Nanos unikernel, booting with its baked
+/// /srv/mcat config and certificates, serving HTTPS, verified against the CA that made them.
+#[test]
+fn seed_case_https_with_certificate_and_key_baked_from_a_volume() {
+    let env = Env::new();
+    agent_toml(&env.state, "");
+    let svc = env.svc("mcat");
+    let srv = env.dir.path().join("srv-mcat");
+    let (ca, cert, key) = test_ca(&env.dir.path().join("pki"));
+    std::fs::create_dir_all(srv.join("tls")).unwrap();
+    std::fs::copy(cert, srv.join("tls/cert.pem")).unwrap();
+    std::fs::copy(key, srv.join("tls/key.pem")).unwrap();
+    write(&srv.join("www/index.html"), "mcat over tls\n");
+    let port = free_port();
+    let fields = format!(
+        "cmd = [\"serve-tls\", \"8443\", \"/srv/mcat/www\", \"/srv/mcat/tls/cert.pem\", \"/srv/mcat/tls/key.pem\"]\n\
+         env = {{ GREETING = \"hi\" }}\nvolumes = [\"{}:/srv/mcat\"]\nnetwork = \"user\"\nports = [\"127.0.0.1:{port}:8443\"]\n\
+         memory = \"256M\"\nrestart = \"always\"\n",
+        srv.display()
+    );
+    env.define(&svc, &program_service(&svc, &programs().static_tls, &fields));
+    let out = env.ok(&["deploy", &svc, "--json"]).json();
+    assert_eq!(change(&out), "created", "{out}");
+    assert_eq!(https_get(port, &ca, BOOT).as_deref(), Some("mcat over tls\n"), "HTTPS through the forward, verified against the test CA");
+    let logs = env.ok(&["logs", &svc]).stdout;
+    assert!(logs.contains("mcp-guest: serving /srv/mcat/www on 8443 (tls)") && logs.contains("greeting=hi"), "{logs}");
+    // Built by the agent with the toolchain's mkfs: an owner-only image (it holds the env).
+    let disk = vm_dir(&env, &svc).join("disk.img");
+    assert_eq!(std::fs::metadata(&disk).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!vm_dir(&env, &svc).join("staging").exists(), "no second copy of the volume is kept");
+    let pid = vm_pid(&env, &svc).expect("a running VM");
+    assert!(cmdline(pid).contains(&format!("file={},snapshot=on", disk.display())), "{}", cmdline(pid));
+}
+
+/// The program form with a dynamically linked program (its interpreter and libraries are
+/// collected into the image) over user networking, through every lifecycle command.
+#[test]
+fn program_form_over_user_networking_full_lifecycle() {
+    let env = Env::new();
+    agent_toml(&env.state, "");
+    let svc = env.svc("prog");
+    let program = env.dir.path().join("bin/mcat");
+    std::fs::create_dir_all(program.parent().unwrap()).unwrap();
+    std::fs::copy(&programs().dynamic, &program).unwrap();
+    let bytes = std::fs::read(&program).unwrap();
+    assert!(bytes.windows(20).any(|w| w == b"ld-linux-x86-64.so.2"), "the test program is dynamically linked");
+    let www = env.dir.path().join("www");
+    write(&www.join("index.html"), "v1\n");
+    let port = free_port();
+    let secret = "greeting-secret-7f3a";
+    let fields = format!(
+        "cmd = [\"serve\", \"8080\", \"/srv/www\"]\nenv = {{ GREETING = \"{secret}\" }}\nvolumes = [\"{}:/srv/www\"]\n\
+         network = \"user\"\nports = [\"127.0.0.1:{port}:8080\"]\nrestart = \"always\"\n",
+        www.display()
+    );
+    env.define(&svc, &program_service(&svc, &program, &fields));
+
+    assert_eq!(change(&env.ok(&["deploy", &svc, "--json"]).json()), "created");
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("v1\n"));
+    let logs = wait_for(BOOT, || Some(env.ok(&["logs", &svc]).stdout).filter(|l| l.contains("mcp-guest: started"))).unwrap();
+    assert!(logs.contains(&format!("greeting={secret}")) && logs.contains("args=serve 8080 /srv/www"), "{logs}");
+    // The environment is in the image, never on a command line.
+    assert_eq!(processes_showing(secret), Vec::<String>::new());
+    let pid = vm_pid(&env, &svc).unwrap();
+    assert!(cmdline(pid).contains("-machine q35") && cmdline(pid).contains("virtio-scsi-pci"), "{}", cmdline(pid));
+
+    // Same files: unchanged, nothing restarted.
+    assert_eq!(change(&env.ok(&["deploy", &svc, "--json"]).json()), "unchanged");
+    assert_eq!(vm_pid(&env, &svc), Some(pid));
+    // A changed volume file: rebuilt, replaced, new content.
+    write(&www.join("index.html"), "v2\n");
+    assert_eq!(change(&env.ok(&["deploy", &svc, "--json"]).json()), "replaced");
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("v2\n"));
+    assert!(!alive(pid));
+    // A changed program binary: replaced too.
+    let pid = vm_pid(&env, &svc).unwrap();
+    let mut changed = bytes.clone();
+    changed.extend_from_slice(b"\0trailing bytes change the file, not what it runs");
+    std::fs::write(&program, &changed).unwrap();
+    assert_eq!(change(&env.ok(&["deploy", &svc, "--json"]).json()), "replaced");
+    assert!(!alive(pid));
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("v2\n"));
+
+    // stop: graceful (ACPI powerdown), and qemu is gone when the command returns.
+    let pid = vm_pid(&env, &svc).unwrap();
+    let started = Instant::now();
+    env.ok(&["stop", &svc]);
+    let took = started.elapsed();
+    assert!(!alive(pid), "qemu still runs after stop returned");
+    assert!(took < Duration::from_secs(5), "stop waited out its timeout ({took:?}): the guest ignored the powerdown");
+    let st = env.ok(&["status", &svc, "--json"]).json();
+    let c = &st["nodes"][0]["result"]["services"][0]["components"][0];
+    assert_eq!((c["desired"].as_str(), c["observed"].as_str()), (Some("stopped"), Some("exited")), "{st}");
+    assert!(c["drift"].is_null(), "{st}");
+    assert!(env.ok(&["logs", &svc]).stdout.contains("mcp-guest: serving /srv/www on 8080"), "the console after stop");
+    env.ok(&["start", &svc]);
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("v2\n"));
+    let pid = vm_pid(&env, &svc).unwrap();
+    assert_eq!(change(&env.ok(&["restart", &svc, "--json"]).json()), "restarted");
+    assert!(!alive(pid));
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("v2\n"));
+
+    // With the daemon: qemu killed -> drift, repair, serving again.
+    let _daemon = env.start_daemon(&[]);
+    let pid = vm_pid(&env, &svc).unwrap();
+    signal(pid as u32, libc::SIGKILL);
+    let m = env.wait_event(&svc, "repair", BOOT).expect("repair of the killed VM");
+    assert!(m.contains("restarted"), "{m}");
+    assert!(env.count_events(&svc, "drift.stopped") >= 1);
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("v2\n"));
+    assert_ne!(vm_pid(&env, &svc), Some(pid));
+}
+
+/// Isolated networks inside a namespace this test makes: the agent gives each Nanos VM a static
+/// address; two on one network name reach each other at theirs, one on its own bridge does not.
+#[test]
+fn isolated_nanos_services_reach_each_other_at_assigned_addresses() {
+    let env = Env::new();
+    let ns = format!("mcp{}", env.prefix);
+    assert!(std::process::Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _ns = Netns(ns.clone());
+    agent_toml(&env.state, "");
+    env.write_config(&format!("ip netns exec {ns} {AGENT} rpc --state-dir {}", env.state.display()));
+    let www = env.dir.path().join("www");
+    write(&www.join("index.html"), "from web\n");
+    let prog = &programs().static_tls;
+    let (web, friend, stranger) = (env.svc("web"), env.svc("friend"), env.svc("stranger"));
+    let web_def = |network: &str| {
+        program_service(&web, prog, &format!("cmd = [\"serve\", \"8080\", \"/srv/www\"]\nvolumes = [\"{}:/srv/www\"]\n{network}", www.display()))
+    };
+    env.define(&web, &web_def("network = \"shared\"\n"));
+    env.ok(&["deploy", &web]);
+    let address_of = |svc: &str| -> String {
+        let ps = env.ok(&["ps", "--json"]).json();
+        let found = ps["nodes"][0]["result"]["containers"].as_array().unwrap().iter().find(|c| c["service"] == svc).cloned();
+        found.and_then(|c| c["address"].as_str().map(str::to_string)).unwrap_or_else(|| panic!("no address for {svc}: {ps}"))
+    };
+    let web_addr = address_of(&web);
+    let web_ip = web_addr.split('/').next().unwrap().to_string();
+    let probe = |name: &str, network: &str| {
+        program_service(name, prog, &format!("cmd = [\"probe\", \"{web_ip}:8080\"]\n{network}"))
+    };
+    env.define(&friend, &probe(&friend, "network = \"shared\"\n"));
+    env.define(&stranger, &probe(&stranger, ""));
+    env.ok(&["deploy", &friend]);
+    env.ok(&["deploy", &stranger]);
+    let friend_ok = wait_for(BOOT, || env.ok(&["logs", &friend]).stdout.contains("probe ok: from web").then_some(()));
+    assert!(friend_ok.is_some(), "same network: reachable; logs: {}", env.ok(&["logs", &friend]).stdout);
+    let stranger_tried = wait_for(BOOT, || {
+        let l = env.ok(&["logs", &stranger]).stdout;
+        (l.matches("probe failed").count() >= 3).then_some(l)
+    })
+    .expect("the stranger's probe runs");
+    assert!(!stranger_tried.contains("probe ok"), "{stranger_tried}");
+
+    // Three VMs, three addresses from the pool, shown by ps and status; the console says the
+    // guest took its address.
+    let addrs = [web_addr.clone(), address_of(&friend), address_of(&stranger)];
+    assert!(addrs.iter().all(|a| a.starts_with("10.213.") && a.ends_with("/16")), "{addrs:?}");
+    assert!(addrs[0] != addrs[1] && addrs[1] != addrs[2] && addrs[0] != addrs[2], "{addrs:?}");
+    let st = env.ok(&["status", &friend, "--json"]).json();
+    assert_eq!(st["nodes"][0]["result"]["services"][0]["components"][0]["address"].as_str(), Some(addrs[1].as_str()), "{st}");
+    assert!(env.ok(&["ps"]).stdout.contains(&addrs[1]), "ps shows the address");
+    // A redeploy (changed file: replaced) keeps the address; removing a service frees its.
+    write(&www.join("index.html"), "from web 2\n");
+    assert_eq!(change(&env.ok(&["deploy", &web, "--json"]).json()), "replaced");
+    assert_eq!(address_of(&web), web_addr, "stable across a replace");
+    let friend_sees_new = wait_for(BOOT, || env.ok(&["logs", &friend]).stdout.contains("probe ok: from web 2").then_some(()));
+    assert!(friend_sees_new.is_some(), "the replaced web answers at the same address");
+    std::fs::remove_file(env.services.join(format!("{stranger}.toml"))).unwrap();
+    env.ok(&["sync", "--prune"]);
+    let again = env.svc("again");
+    env.define(&again, &probe(&again, ""));
+    env.ok(&["deploy", &again]);
+    assert_eq!(address_of(&again), addrs[2], "the removed service's address is free again");
+}
+
+/// The disk-image forms with the toolchain configured: a prebuilt image (made here with the
+/// toolchain's mkfs, as lib.mkNanosImage does) boots as it is; the image form with volumes is
+/// rebuilt from the program in cmd[0] with mkfs (no ops).
+#[test]
+fn disk_image_forms_boot_with_the_toolchain() {
+    let env = Env::new();
+    agent_toml(&env.state, "");
+    let prog = &programs().static_tls;
+    let www = env.dir.path().join("www");
+    write(&www.join("index.html"), "prebuilt\n");
+    let image = env.dir.path().join("prebuilt.img");
+    let manifest = format!(
+        "(children:(app:(contents:(host:{})) srv:(children:(www:(children:(index.html:(contents:(host:{}))))))) \
+         program:/app arguments:[app serve 8080 /srv/www] environment:())",
+        prog.display(),
+        www.join("index.html").display()
+    );
+    let t = toolchain();
+    let mut mkfs = std::process::Command::new(t.join("mkfs"))
+        .arg("-b")
+        .arg(t.join("boot.img"))
+        .arg("-k")
+        .arg(t.join("kernel.img"))
+        .arg(&image)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(mkfs.stdin.as_mut().unwrap(), manifest.as_bytes()).unwrap();
+    drop(mkfs.stdin.take());
+    assert!(mkfs.wait().unwrap().success());
+
+    let svc = env.svc("img");
+    let port = free_port();
+    let def = |fields: &str| {
+        format!(
+            "name = \"{svc}\"\nnode = \"local\"\n\n[[components]]\nname = \"app\"\nkind = \"unikernel\"\nimage = \"{}\"\n\
+             network = \"user\"\nports = [\"127.0.0.1:{port}:8080\"]\nstop_timeout = 5\n{fields}",
+            image.display()
+        )
+    };
+    env.define(&svc, &def(""));
+    env.ok(&["deploy", &svc]);
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("prebuilt\n"));
+    let pid = vm_pid(&env, &svc).unwrap();
+    assert!(cmdline(pid).contains(&format!("file={},snapshot=on", image.display())), "booted as it is");
+
+    // With volumes: rebuilt from cmd[0] by the agent's mkfs.
+    let baked = env.dir.path().join("baked");
+    write(&baked.join("index.html"), "rebuilt with volumes\n");
+    env.define(
+        &svc,
+        &def(&format!("cmd = [\"{}\", \"serve\", \"8080\", \"/srv/www\"]\nvolumes = [\"{}:/srv/www\"]\n", prog.display(), baked.display())),
+    );
+    assert_eq!(change(&env.ok(&["deploy", &svc, "--json"]).json()), "replaced");
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("rebuilt with volumes\n"));
+    let pid = vm_pid(&env, &svc).unwrap();
+    assert!(cmdline(pid).contains(&format!("file={},snapshot=on", vm_dir(&env, &svc).join("disk.img").display())), "{}", cmdline(pid));
+}
+
+/// Each bad definition is refused with a message naming the component, before any VM is
+/// touched: the running version keeps its process and keeps serving.
+#[test]
+fn bad_program_definitions_are_refused_before_any_vm_is_touched() {
+    let env = Env::new();
+    agent_toml(&env.state, "");
+    let svc = env.svc("bad");
+    let www = env.dir.path().join("www");
+    write(&www.join("index.html"), "still serving\n");
+    let port = free_port();
+    let fields = format!(
+        "cmd = [\"serve\", \"8080\", \"/srv/www\"]\nvolumes = [\"{}:/srv/www\"]\nnetwork = \"user\"\nports = [\"127.0.0.1:{port}:8080\"]\n",
+        www.display()
+    );
+    env.define(&svc, &program_service(&svc, &programs().static_tls, &fields));
+    env.ok(&["deploy", &svc]);
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("still serving\n"));
+    let pid = vm_pid(&env, &svc).unwrap();
+    let vms = || std::fs::read_dir(env.state.join("vms")).unwrap().count();
+
+    let dir = env.dir.path().join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("script");
+    write(&script, "#!/bin/sh\necho hi\n");
+    let dynamic = std::fs::read(&programs().dynamic).unwrap();
+    let mut arm = dynamic.clone();
+    arm[18..20].copy_from_slice(&183u16.to_le_bytes());
+    std::fs::write(dir.join("arm"), &arm).unwrap();
+    // DT_NEEDED renamed in the dynamic string table: a library no loader can find.
+    let at = dynamic.windows(14).position(|w| w == b"libgcc_s.so.1\0").expect("the program needs libgcc_s");
+    let mut needs = dynamic.clone();
+    needs[at..at + 13].copy_from_slice(b"libmcpnone.so");
+    std::fs::write(dir.join("needs-missing"), &needs).unwrap();
+
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (dir.join("missing"), "cannot read program"),
+        (script.clone(), "is not an ELF file"),
+        (dir.join("arm"), "the guest runs x86-64 programs"),
+        (dir.join("needs-missing"), "library libmcpnone.so (needed by"),
+    ];
+    for (program, expect) in &cases {
+        env.define(&svc, &program_service(&svc, program, &fields));
+        let r = env.mcp(&["deploy", &svc]);
+        assert_ne!(r.code, 0, "{}", program.display());
+        assert!(r.stderr.contains("component app:") && r.stderr.contains(expect), "{expect}: {}", r.stderr);
+        assert_eq!(vm_pid(&env, &svc), Some(pid), "the running version was not touched");
+        assert_eq!(vms(), 1);
+    }
+    // A volume over the program's own path: refused by validation (exit 2).
+    let over = fields.replace(":/srv/www\"]", ":/srv/www\", \"/tmp:/opt\"]");
+    env.define(&svc, &program_service(&svc, Path::new("/opt/app/serve"), &over));
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("collides with the program /opt/app/serve"), "{}", r.stderr);
+
+    // The toolchain missing, or incomplete.
+    env.define(&svc, &program_service(&svc, &programs().dynamic, &fields));
+    std::fs::write(env.state.join("agent.toml"), "").unwrap();
+    let r = env.mcp(&["deploy", &svc]);
+    assert!(r.code != 0 && r.stderr.contains("component app: no Nanos toolchain is configured ([nanos] dir"), "{}", r.stderr);
+    let partial = env.dir.path().join("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    for f in ["kernel.img", "boot.img"] {
+        std::fs::copy(toolchain().join(f), partial.join(f)).unwrap();
+    }
+    std::fs::write(env.state.join("agent.toml"), format!("[nanos]\ndir = \"{}\"\n", partial.display())).unwrap();
+    let r = env.mcp(&["deploy", &svc]);
+    assert!(r.code != 0 && r.stderr.contains("lacks mkfs"), "{}", r.stderr);
+    let shown = std::process::Command::new(AGENT).arg("--state-dir").arg(&env.state).arg("config").output().unwrap();
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("# Nanos toolchain: none; program-form unikernels cannot be built"), "{shown:?}");
+    assert_eq!(vm_pid(&env, &svc), Some(pid));
+    assert_eq!(http_get(port, BOOT).as_deref(), Some("still serving\n"));
+    agent_toml(&env.state, "");
+    let shown = std::process::Command::new(AGENT).arg("--state-dir").arg(&env.state).arg("config").output().unwrap();
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&format!("# Nanos toolchain: {}", toolchain().display())), "{shown:?}");
+}
