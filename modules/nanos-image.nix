@@ -1,31 +1,32 @@
-# mkNanosImage { pkgs, name, program, kernel, files ? {}, args ? [], env ? {} }: a Nanos disk
-# image built with nixpkgs' `ops`. `files` maps guest dirs to store paths (baked like mcp's
-# volumes: a staging tree mirroring guest paths, its top-level dirs in `Dirs`). `kernel` is the
-# Nanos kernel image, supplied by the caller.
-{ pkgs, name, program, kernel, files ? { }, args ? [ ], env ? { } }:
+# Nanos disk images built by the same code an agent runs for a program-form deploy: the
+# component is rendered as plan JSON (the versioned contract both ends check) and handed to
+# `mcp-agent build-image` with the Nanos toolchain (the flake's packages.nanos). No `ops` (it
+# downloads a kernel at build time, which the Nix sandbox forbids).
+#
+# build { pkgs, name, program, args ? [], env ? {}, files ? {}, nanos, agent }:
+#   program  an x86-64 ELF (a store path; a dynamic one brings its interpreter and libraries)
+#   args     its arguments (argv[1..])
+#   env      its environment, baked into the image: it lands in the world-readable store, so
+#            no secrets here (deploy secrets with the agent's program form instead)
+#   files    guest dir -> store path, baked like a deploy's volumes
+# component { program, args, env, files }: the plan component JSON build hands the agent
+# (plain builtins: tests/nix.rs renders it with nix and builds and boots the image).
 let
-  staging = pkgs.runCommand "${name}-staging" { } (''
-    mkdir -p $out
-  '' + builtins.concatStringsSep "\n" (map (guest: ''
-    mkdir -p "$out${guest}"
-    cp -r --no-preserve=mode "${files.${guest}}/." "$out${guest}/"
-  '') (builtins.attrNames files)));
-  dirs = builtins.attrNames (builtins.listToAttrs (map (g: {
-    name = builtins.head (builtins.filter (s: s != "") (builtins.split "/" g));
-    value = null;
-  }) (builtins.attrNames files)));
-  config = pkgs.writeText "${name}-ops.json" (builtins.toJSON {
-    Args = [ (baseNameOf (toString program)) ] ++ args;
-    Dirs = dirs;
-    Env = env;
-    Kernel = toString kernel;
-  });
+  component = { program, args ? [ ], env ? { }, files ? { } }: {
+    name = "image";
+    kind = "unikernel";
+    program = toString program;
+    cmd = args;
+    inherit env;
+    volumes = map (guest: "${toString files.${guest}}:${guest}") (builtins.attrNames files);
+  };
 in
-pkgs.runCommand "${name}.img" { nativeBuildInputs = [ pkgs.ops ]; } ''
-  export HOME=$TMPDIR OPS_HOME=$TMPDIR/ops
-  cp -r ${staging}/. work/ 2>/dev/null || { mkdir work; cp -r ${staging}/. work/; }
-  chmod -R u+w work
-  cd work
-  ops build ${program} -c ${config} -i ${name}
-  cp $OPS_HOME/images/${name} $out
-''
+{
+  inherit component;
+  build = { pkgs, name, program, args ? [ ], env ? { }, files ? { }, nanos, agent }:
+    pkgs.runCommand "${name}.img" { } ''
+      ${agent}/bin/mcp-agent build-image --nanos-dir ${nanos} \
+        --component ${pkgs.writeText "${name}-component.json" (builtins.toJSON (component { inherit program args env files; }))} \
+        --out $out
+    '';
+}

@@ -9,6 +9,8 @@ let
   agent = "${cfg.package}/bin/mcp-agent";
   rpc = "${agent} rpc --state-dir ${cfg.stateDir}";
   toml = pkgs.formats.toml { };
+  # What the operator set, with [nanos] dir pointing at the toolchain unless set explicitly.
+  settings = lib.recursiveUpdate (lib.optionalAttrs (cfg.nanos != null) { nanos.dir = "${cfg.nanos}"; }) cfg.settings;
 in
 {
   options.services.mcp-agent = {
@@ -27,10 +29,16 @@ in
       description = "SSH public keys that may deploy; each is restricted to `mcp-agent rpc`.";
     };
     qemu = mkOption { type = types.bool; default = true; description = "Install QEMU for unikernel components."; };
+    nanos = mkOption {
+      type = types.nullOr types.package;
+      default = self.packages.${pkgs.stdenv.hostPlatform.system}.nanos or null;
+      defaultText = lib.literalExpression "self.packages.\${system}.nanos (x86_64-linux), else null";
+      description = "The Nanos toolchain (kernel.img, boot.img, mkfs) program-form unikernels are built with; sets [nanos] dir.";
+    };
     settings = mkOption {
       type = toml.type;
       default = { };
-      description = "agent.toml: [podman], [qemu], [monitor], [events], [alert].";
+      description = "agent.toml: [podman], [qemu], [nanos], [monitor], [events], [alert].";
       example = { monitor.sweep_secs = 30; alert.command = [ "/run/current-system/sw/bin/logger" "-t" "mcp" ]; };
     };
   };
@@ -58,7 +66,7 @@ in
       path = [ pkgs.podman pkgs.iproute2 pkgs.coreutils "/run/wrappers" ] ++ lib.optional cfg.qemu pkgs.qemu_kvm;
       environment.MCP_AGENT_STATE = cfg.stateDir;
       serviceConfig = {
-        ExecStart = "${agent} serve --state-dir ${cfg.stateDir} --config ${toml.generate "agent.toml" cfg.settings}";
+        ExecStart = "${agent} serve --state-dir ${cfg.stateDir} --config ${toml.generate "agent.toml" settings}";
         User = cfg.user;
         Group = cfg.group;
         Restart = "on-failure";

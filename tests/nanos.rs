@@ -238,9 +238,10 @@ fn isolated_nanos_services_reach_each_other_at_assigned_addresses() {
     assert_eq!(address_of(&again), addrs[2], "the removed service's address is free again");
 }
 
-/// The disk-image forms with the toolchain configured: a prebuilt image (made here with the
-/// toolchain's mkfs, as lib.mkNanosImage does) boots as it is; the image form with volumes is
-/// rebuilt from the program in cmd[0] with mkfs (no ops).
+/// The disk-image forms with the toolchain configured: a prebuilt image boots as it is; the
+/// image form with volumes is rebuilt from the program in cmd[0] with mkfs (no ops). The
+/// prebuilt image is made the way the flake's lib.mkNanosImage makes it: the component
+/// rendered by modules/nanos-image.nix with the real nix, handed to `mcp-agent build-image`.
 #[test]
 fn disk_image_forms_boot_with_the_toolchain() {
     let env = Env::new();
@@ -248,27 +249,39 @@ fn disk_image_forms_boot_with_the_toolchain() {
     let prog = &programs().static_tls;
     let www = env.dir.path().join("www");
     write(&www.join("index.html"), "prebuilt\n");
-    let image = env.dir.path().join("prebuilt.img");
-    let manifest = format!(
-        "(children:(app:(contents:(host:{})) srv:(children:(www:(children:(index.html:(contents:(host:{}))))))) \
-         program:/app arguments:[app serve 8080 /srv/www] environment:())",
+    let expr = format!(
+        "(import ./modules/nanos-image.nix).component {{ program = \"{}\"; args = [ \"serve\" \"8080\" \"/srv/www\" ]; \
+         env = {{ GREETING = \"from-nix\"; }}; files = {{ \"/srv/www\" = \"{}\"; }}; }}",
         prog.display(),
-        www.join("index.html").display()
+        www.display()
     );
-    let t = toolchain();
-    let mut mkfs = std::process::Command::new(t.join("mkfs"))
-        .arg("-b")
-        .arg(t.join("boot.img"))
-        .arg("-k")
-        .arg(t.join("kernel.img"))
+    let rendered = std::process::Command::new("nix-instantiate")
+        .args(["--option", "build-users-group", "", "--eval", "--strict", "--json", "-E", &expr])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("nix-instantiate runs (apt-get install nix-bin)");
+    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+    let component = env.dir.path().join("component.json");
+    std::fs::write(&component, &rendered.stdout).unwrap();
+    let image = env.dir.path().join("prebuilt.img");
+    let built = std::process::Command::new(AGENT)
+        .args(["build-image", "--component"])
+        .arg(&component)
+        .arg("--out")
         .arg(&image)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
+        .arg("--nanos-dir")
+        .arg(toolchain())
+        .output()
         .unwrap();
-    std::io::Write::write_all(mkfs.stdin.as_mut().unwrap(), manifest.as_bytes()).unwrap();
-    drop(mkfs.stdin.take());
-    assert!(mkfs.wait().unwrap().success());
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert_eq!(std::fs::metadata(&image).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_dir(env.dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".mcp-build")).count(), 0, "no scratch left");
+    // A component that is not the program form is refused with the reason (exit 2 for an
+    // invalid one).
+    std::fs::write(&component, r#"{"name":"image","kind":"unikernel","program":"relative/path"}"#).unwrap();
+    let bad = std::process::Command::new(AGENT).args(["build-image", "--component"]).arg(&component).arg("--out").arg(env.dir.path().join("x.img")).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("program: \"relative/path\" is not a usable path"), "{bad:?}");
 
     let svc = env.svc("img");
     let port = free_port();
@@ -284,6 +297,7 @@ fn disk_image_forms_boot_with_the_toolchain() {
     assert_eq!(http_get(port, BOOT).as_deref(), Some("prebuilt\n"));
     let pid = vm_pid(&env, &svc).unwrap();
     assert!(cmdline(pid).contains(&format!("file={},snapshot=on", image.display())), "booted as it is");
+    assert!(env.ok(&["logs", &svc]).stdout.contains("greeting=from-nix"), "the environment Nix gave is in the image");
 
     // With volumes: rebuilt from cmd[0] by the agent's mkfs.
     let baked = env.dir.path().join("baked");

@@ -307,5 +307,5 @@ fn ops_stand_in_proves_nothing_about_ops_only_how_mcp_calls_it() {
     // qemu runs the image ops left.
     let pid: i32 = std::fs::read_to_string(vm_dir.join("pid")).unwrap().trim().parse().unwrap();
     let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ");
-    assert!(cmdline.contains(&format!("file={},format=raw", vm_dir.join("ops/images/mcp-baked").display())), "{cmdline}");
+    assert!(cmdline.contains(&format!("format=raw,file={},snapshot=on", vm_dir.join("ops/images/mcp-baked").display())), "{cmdline}");
 }

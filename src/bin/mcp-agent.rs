@@ -66,6 +66,23 @@ enum Cmd {
     Serve,
     /// Print the effective configuration and state dir.
     Config,
+    /// Build a Nanos disk image from one program-form component, exactly as a deploy does
+    /// (what the flake's lib.mkNanosImage runs). Touches no state dir.
+    BuildImage(BuildImageOpts),
+}
+
+#[derive(Debug, Args)]
+struct BuildImageOpts {
+    /// JSON of one plan component: kind "unikernel", program, cmd, env, volumes
+    /// ("HOST:GUEST", baked). The environment ends up in the image.
+    #[arg(long, value_name = "FILE")]
+    component: PathBuf,
+    /// The image to write (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// The Nanos toolchain (kernel.img, boot.img, mkfs); default: [nanos] dir of the config.
+    #[arg(long, value_name = "DIR")]
+    nanos_dir: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -86,6 +103,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::BuildImage(opts) => build_image(&config, opts),
         Cmd::Rpc => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
             let result = match serve::connect(&state_dir) {
@@ -110,6 +128,32 @@ fn main() -> Result<()> {
             result
         }
     }
+}
+
+fn build_image(config: &AgentConfig, opts: BuildImageOpts) -> Result<()> {
+    use mcp::plan::{validate, Component, Plan, PLAN_VERSION};
+    use mcp::runtime::qemu::{nanos_image, Form};
+    let text = std::fs::read(&opts.component).with_context(|| format!("reading {}", opts.component.display()))?;
+    anyhow::ensure!(text.len() <= 1 << 20, "{} is larger than 1 MiB; a component is a few lines of JSON", opts.component.display());
+    let comp: Component = serde_json::from_slice(&text).with_context(|| format!("{} is not a plan component", opts.component.display()))?;
+    let plan = Plan { version: PLAN_VERSION, name: "image".into(), node: None, active: true, components: vec![comp.clone()] };
+    if let Err(errors) = validate(&plan, &opts.component.display().to_string()) {
+        eprintln!("{errors}");
+        std::process::exit(2);
+    }
+    anyhow::ensure!(
+        Form::of(&comp, true) == Form::Nanos,
+        "{}: build-image builds a Nanos image from a program: expected kind = \"unikernel\" with program = \"/path/to/elf\"",
+        opts.component.display()
+    );
+    let mut nanos = config.nanos.clone();
+    if let Some(dir) = opts.nanos_dir {
+        nanos.dir = Some(dir);
+    }
+    let parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let scratch = tempfile::Builder::new().prefix(".mcp-build-image").tempdir_in(parent).with_context(|| format!("a scratch dir in {}", parent.display()))?;
+    nanos_image(&comp, nanos.toolchain(), &scratch.path().join("staging"), &opts.out, None, nanos.mkfs_timeout())?;
+    Ok(())
 }
 
 fn open_agent(config: &AgentConfig, state_dir: &std::path::Path) -> Result<Agent> {

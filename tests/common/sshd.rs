@@ -51,14 +51,23 @@ impl Sshd {
             keygen(&host_key);
         }
         std::fs::write(dir.join("authorized_keys"), authorized.join("\n") + "\n").unwrap();
-        Self::spawn(dir, free_port())
+        // A free port may be taken by someone else before sshd binds it: then it exits, and
+        // another port is tried.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::spawn(dir, free_port()) {
+                Ok(sshd) => return sshd,
+                Err(why) => last = why,
+            }
+        }
+        panic!("sshd did not start: {last}")
     }
 
     /// The nodes log in as root on this machine, whose ~/.bashrc runs `pyenv init` (about a
     /// hundred processes per SSH session: 100 ms of the 200 ms a session took, and most of the
     /// CPU when ten sessions share two cores). A node's agent account has no such rc file:
     /// `SetEnv SHLVL=1` makes bash skip ~/.bashrc (it reads it under sshd only at level 1).
-    fn spawn(dir: &Path, port: u16) -> Sshd {
+    fn spawn(dir: &Path, port: u16) -> Result<Sshd, String> {
         let config = dir.join("sshd_config");
         std::fs::write(
             &config,
@@ -71,7 +80,9 @@ impl Sshd {
         )
         .unwrap();
         let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
-        let child = Command::new("/usr/sbin/sshd")
+        let pid_file = dir.join("sshd.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        let mut child = Command::new("/usr/sbin/sshd")
             .args(["-D", "-e", "-f"])
             .arg(&config)
             .stdin(Stdio::null())
@@ -79,12 +90,25 @@ impl Sshd {
             .stderr(log)
             .spawn()
             .expect("sshd starts (apt-get install openssh-server)");
+        // sshd writes its pid file once it listens: then the port is this sshd's (a connect
+        // alone could reach whoever else holds the port).
         let end = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "sshd did not listen on {port}: {}", std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default());
+        let log = || std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!("sshd on port {port} exited ({status}): {}", log()));
+            }
+            let ours = std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == child.id().to_string());
+            if ours && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Sshd { port, dir: dir.to_path_buf(), state: dir.join("agent-state"), child });
+            }
+            if Instant::now() >= end {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("sshd did not listen on {port} within 10 s: {}", log()));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Sshd { port, dir: dir.to_path_buf(), state: dir.join("agent-state"), child }
     }
 
     pub fn address(&self) -> String {
@@ -96,7 +120,7 @@ impl Sshd {
         let (dir, port) = (self.dir.clone(), self.port);
         drop(self);
         keygen(&dir.join("host_ed25519"));
-        Self::spawn(&dir, port)
+        Self::spawn(&dir, port).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn host_key_line(&self) -> String {

@@ -39,17 +39,18 @@ struct NanosInputs {
     program: PathBuf,
 }
 
-impl Qemu {
-    fn nanos_inputs(&self, comp: &Component) -> Result<NanosInputs, RuntimeError> {
-        let toolchain = self.nanos.toolchain().map_err(|e| unusable(comp, e))?;
-        let (program, _) = program_of(comp);
-        let closure = elf::collect(Path::new(program), &Loader::system()).map_err(|e| unusable(comp, e))?;
-        let guest = closure.program.guest.clone();
-        let files = closure.files().cloned().collect();
-        let tree = GuestTree::new(binds(&comp.volumes), files).map_err(|e| unusable(comp, e))?;
-        Ok(NanosInputs { toolchain, tree, program: guest })
-    }
+/// Check and gather what a Nanos image of `comp` is made of.
+fn nanos_inputs(comp: &Component, toolchain: Result<Toolchain, String>) -> Result<NanosInputs, RuntimeError> {
+    let toolchain = toolchain.map_err(|e| unusable(comp, e))?;
+    let (program, _) = program_of(comp);
+    let closure = elf::collect(Path::new(program), &Loader::system()).map_err(|e| unusable(comp, e))?;
+    let guest = closure.program.guest.clone();
+    let files = closure.files().cloned().collect();
+    let tree = GuestTree::new(binds(&comp.volumes), files).map_err(|e| unusable(comp, e))?;
+    Ok(NanosInputs { toolchain, tree, program: guest })
+}
 
+impl Qemu {
     /// The fingerprint of everything a component's VM bakes from the node (None when it bakes
     /// nothing): volume dirs, a Nanos program with its libraries and the toolchain it is
     /// built with.
@@ -62,7 +63,7 @@ impl Qemu {
                 Ok(Some(tree.fingerprint().map_err(|e| unusable(comp, e))?))
             }
             Form::Nanos => {
-                let inputs = self.nanos_inputs(comp)?;
+                let inputs = nanos_inputs(comp, self.nanos.toolchain())?;
                 let tree = inputs.tree.fingerprint().map_err(|e| unusable(comp, e))?;
                 Ok(Some(nanos_contents(&tree, &inputs.toolchain).map_err(|e| unusable(comp, e))?))
             }
@@ -101,34 +102,42 @@ impl Qemu {
                 }
                 Some(contents)
             }
-            Form::Nanos => Some(self.build_nanos(comp, paths, address)?),
+            Form::Nanos => Some(nanos_image(comp, self.nanos.toolchain(), &staging, &paths.disk(), address, self.nanos.mkfs_timeout())?),
         };
         // The copies are in the image now; don't keep a second set of the volume's files.
         let _ = crate::runtime::bake::tree::remove(&staging);
         Ok(baked)
     }
+}
 
-    fn build_nanos(&self, comp: &Component, paths: &VmPaths, address: Option<&str>) -> Result<String, RuntimeError> {
-        let inputs = self.nanos_inputs(comp)?;
-        let staging = paths.staging();
-        let tree = inputs.tree.stage(&staging).map_err(|e| unusable(comp, format!("staging the guest tree: {e}")))?;
-        let contents = nanos_contents(&tree, &inputs.toolchain).map_err(|e| unusable(comp, e))?;
-        let children = nanos::tree_of(&staging).map_err(|e| unusable(comp, e))?;
-        let (_, args) = program_of(comp);
-        let argv0 = inputs.program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let ip = address.map(static_ip).transpose().map_err(|e| unusable(comp, format!("assigned address: {e}")))?;
-        let manifest = Manifest {
-            children,
-            program: inputs.program.to_string_lossy().into_owned(),
-            arguments: std::iter::once(argv0).chain(args.iter().cloned()).collect(),
-            environment: comp.env.clone(),
-            ip,
-        };
-        let secrets: Vec<&str> = comp.env.values().map(String::as_str).collect();
-        nanos::mkfs(&inputs.toolchain, &nanos::render(&manifest), &paths.disk(), &secrets, self.nanos.mkfs_timeout())
-            .map_err(|e| unusable(comp, e))?;
-        Ok(contents)
-    }
+/// Build the Nanos image of `comp` (the program form, or the image form with volumes) into
+/// `out`, staging its guest tree in `staging`: what a deploy does, and what `mcp-agent
+/// build-image` (the flake's lib.mkNanosImage) does. Returns the fingerprint of what was baked.
+pub fn nanos_image(
+    comp: &Component,
+    toolchain: Result<Toolchain, String>,
+    staging: &Path,
+    out: &Path,
+    address: Option<&str>,
+    limit: std::time::Duration,
+) -> Result<String, RuntimeError> {
+    let inputs = nanos_inputs(comp, toolchain)?;
+    let tree = inputs.tree.stage(staging).map_err(|e| unusable(comp, format!("staging the guest tree: {e}")))?;
+    let contents = nanos_contents(&tree, &inputs.toolchain).map_err(|e| unusable(comp, e))?;
+    let children = nanos::tree_of(staging).map_err(|e| unusable(comp, e))?;
+    let (_, args) = program_of(comp);
+    let argv0 = inputs.program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let ip = address.map(static_ip).transpose().map_err(|e| unusable(comp, format!("assigned address: {e}")))?;
+    let manifest = Manifest {
+        children,
+        program: inputs.program.to_string_lossy().into_owned(),
+        arguments: std::iter::once(argv0).chain(args.iter().cloned()).collect(),
+        environment: comp.env.clone(),
+        ip,
+    };
+    let secrets: Vec<&str> = comp.env.values().map(String::as_str).collect();
+    nanos::mkfs(&inputs.toolchain, &nanos::render(&manifest), out, &secrets, limit).map_err(|e| unusable(comp, e))?;
+    Ok(contents)
 }
 
 /// A Nanos build's fingerprint: the guest tree's, and the kernel and boot loader it is built

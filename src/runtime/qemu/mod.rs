@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use argv::{qemu_argv, Form};
+pub use build::nanos_image;
 pub use control::{qmp, qmp_reply};
 pub use net::{isolated_net, net_up_argv, IsolatedNet};
 pub use record::{VmPaths, VmRecord};
