@@ -8,7 +8,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::nanos::{agent_toml, https_get, program_service, programs, test_ca, toolchain};
 use common::*;
@@ -20,19 +20,9 @@ fn vm_dir(env: &Env, svc: &str) -> PathBuf {
     env.state.join("vms").join(format!("{svc}-app"))
 }
 
-fn vm_pid(env: &Env, svc: &str) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(vm_dir(env, svc).join("pid")).ok()?.trim().parse().ok()?;
-    alive(pid).then_some(pid)
-}
-
-/// Running, not a zombie: daemonized qemu is reparented to PID 1, which here does not reap.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
-}
-
-fn cmdline(pid: i32) -> String {
-    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
+/// The running qemu of the service's `app` VM.
+fn app_pid(env: &Env, svc: &str) -> Option<i32> {
+    vm_pid(env, &format!("{svc}-app"))
 }
 
 /// Every process's command line on this machine that contains `needle`.
@@ -41,7 +31,7 @@ fn processes_showing(needle: &str) -> Vec<String> {
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .map(cmdline)
+        .map(cmdline_of)
         .filter(|c| c.contains(needle))
         .collect()
 }
@@ -85,8 +75,8 @@ fn seed_case_https_with_certificate_and_key_baked_from_a_volume() {
     let disk = vm_dir(&env, &svc).join("disk.img");
     assert_eq!(std::fs::metadata(&disk).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(!vm_dir(&env, &svc).join("staging").exists(), "no second copy of the volume is kept");
-    let pid = vm_pid(&env, &svc).expect("a running VM");
-    assert!(cmdline(pid).contains(&format!("file={},snapshot=on", disk.display())), "{}", cmdline(pid));
+    let pid = app_pid(&env, &svc).expect("a running VM");
+    assert!(cmdline_of(pid).contains(&format!("file={},snapshot=on", disk.display())), "{}", cmdline_of(pid));
 }
 
 /// The program form with a dynamically linked program (its interpreter and libraries are
@@ -118,54 +108,31 @@ fn program_form_over_user_networking_full_lifecycle() {
     assert!(logs.contains(&format!("greeting={secret}")) && logs.contains("args=serve 8080 /srv/www"), "{logs}");
     // The environment is in the image, never on a command line.
     assert_eq!(processes_showing(secret), Vec::<String>::new());
-    let pid = vm_pid(&env, &svc).unwrap();
-    assert!(cmdline(pid).contains("-machine q35") && cmdline(pid).contains("virtio-scsi-pci"), "{}", cmdline(pid));
+    let pid = app_pid(&env, &svc).unwrap();
+    assert!(cmdline_of(pid).contains("-machine q35") && cmdline_of(pid).contains("virtio-scsi-pci"), "{}", cmdline_of(pid));
 
     // Same files: unchanged, nothing restarted.
     assert_eq!(change(&env.ok(&["deploy", &svc, "--json"]).json()), "unchanged");
-    assert_eq!(vm_pid(&env, &svc), Some(pid));
+    assert_eq!(app_pid(&env, &svc), Some(pid));
     // A changed volume file: rebuilt, replaced, new content.
     write(&www.join("index.html"), "v2\n");
     assert_eq!(change(&env.ok(&["deploy", &svc, "--json"]).json()), "replaced");
     assert_eq!(http_get(port, BOOT).as_deref(), Some("v2\n"));
-    assert!(!alive(pid));
+    assert!(!process_alive(pid));
     // A changed program binary: replaced too.
-    let pid = vm_pid(&env, &svc).unwrap();
+    let pid = app_pid(&env, &svc).unwrap();
     let mut changed = bytes.clone();
     changed.extend_from_slice(b"\0trailing bytes change the file, not what it runs");
     std::fs::write(&program, &changed).unwrap();
     assert_eq!(change(&env.ok(&["deploy", &svc, "--json"]).json()), "replaced");
-    assert!(!alive(pid));
+    assert!(!process_alive(pid));
     assert_eq!(http_get(port, BOOT).as_deref(), Some("v2\n"));
 
-    // stop: graceful (ACPI powerdown), and qemu is gone when the command returns.
-    let pid = vm_pid(&env, &svc).unwrap();
-    let started = Instant::now();
-    env.ok(&["stop", &svc]);
-    let took = started.elapsed();
-    assert!(!alive(pid), "qemu still runs after stop returned");
-    assert!(took < Duration::from_secs(5), "stop waited out its timeout ({took:?}): the guest ignored the powerdown");
-    let st = env.ok(&["status", &svc, "--json"]).json();
-    let c = &st["nodes"][0]["result"]["services"][0]["components"][0];
-    assert_eq!((c["desired"].as_str(), c["observed"].as_str()), (Some("stopped"), Some("exited")), "{st}");
-    assert!(c["drift"].is_null(), "{st}");
-    assert!(env.ok(&["logs", &svc]).stdout.contains("mcp-guest: serving /srv/www on 8080"), "the console after stop");
-    env.ok(&["start", &svc]);
-    assert_eq!(http_get(port, BOOT).as_deref(), Some("v2\n"));
-    let pid = vm_pid(&env, &svc).unwrap();
-    assert_eq!(change(&env.ok(&["restart", &svc, "--json"]).json()), "restarted");
-    assert!(!alive(pid));
-    assert_eq!(http_get(port, BOOT).as_deref(), Some("v2\n"));
-
-    // With the daemon: qemu killed -> drift, repair, serving again.
-    let _daemon = env.start_daemon(&[]);
-    let pid = vm_pid(&env, &svc).unwrap();
-    signal(pid as u32, libc::SIGKILL);
-    let m = env.wait_event(&svc, "repair", BOOT).expect("repair of the killed VM");
-    assert!(m.contains("restarted"), "{m}");
-    assert!(env.count_events(&svc, "drift.stopped") >= 1);
-    assert_eq!(http_get(port, BOOT).as_deref(), Some("v2\n"));
-    assert_ne!(vm_pid(&env, &svc), Some(pid));
+    // stop (graceful: ACPI powerdown, which Nanos honours), start, restart, repair.
+    vm_lifecycle(&env, &svc, &format!("{svc}-app"), port, "v2\n", BOOT, |took| {
+        assert!(took < Duration::from_secs(5), "stop waited out its timeout ({took:?}): the guest ignored the powerdown");
+        assert!(env.ok(&["logs", &svc]).stdout.contains("mcp-guest: serving /srv/www on 8080"), "the console after stop");
+    });
 }
 
 /// Isolated networks inside a namespace this test makes: the agent gives each Nanos VM a static
@@ -173,15 +140,8 @@ fn program_form_over_user_networking_full_lifecycle() {
 #[test]
 fn isolated_nanos_services_reach_each_other_at_assigned_addresses() {
     let env = Env::new();
-    let ns = format!("mcp{}", env.prefix);
-    assert!(std::process::Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
-    struct Netns(String);
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _ns = Netns(ns.clone());
+    let ns = Netns::new(&format!("mcp{}", env.prefix));
+    let ns = ns.name();
     agent_toml(&env.state, "");
     env.write_config(&format!("ip netns exec {ns} {AGENT} rpc --state-dir {}", env.state.display()));
     let www = env.dir.path().join("www");
@@ -295,8 +255,8 @@ fn disk_image_forms_boot_with_the_toolchain() {
     env.define(&svc, &def(""));
     env.ok(&["deploy", &svc]);
     assert_eq!(http_get(port, BOOT).as_deref(), Some("prebuilt\n"));
-    let pid = vm_pid(&env, &svc).unwrap();
-    assert!(cmdline(pid).contains(&format!("file={},snapshot=on", image.display())), "booted as it is");
+    let pid = app_pid(&env, &svc).unwrap();
+    assert!(cmdline_of(pid).contains(&format!("file={},snapshot=on", image.display())), "booted as it is");
     assert!(env.ok(&["logs", &svc]).stdout.contains("greeting=from-nix"), "the environment Nix gave is in the image");
 
     // With volumes: rebuilt from cmd[0] by the agent's mkfs.
@@ -308,8 +268,8 @@ fn disk_image_forms_boot_with_the_toolchain() {
     );
     assert_eq!(change(&env.ok(&["deploy", &svc, "--json"]).json()), "replaced");
     assert_eq!(http_get(port, BOOT).as_deref(), Some("rebuilt with volumes\n"));
-    let pid = vm_pid(&env, &svc).unwrap();
-    assert!(cmdline(pid).contains(&format!("file={},snapshot=on", vm_dir(&env, &svc).join("disk.img").display())), "{}", cmdline(pid));
+    let pid = app_pid(&env, &svc).unwrap();
+    assert!(cmdline_of(pid).contains(&format!("file={},snapshot=on", vm_dir(&env, &svc).join("disk.img").display())), "{}", cmdline_of(pid));
 }
 
 /// Each bad definition is refused with a message naming the component, before any VM is
@@ -329,7 +289,7 @@ fn bad_program_definitions_are_refused_before_any_vm_is_touched() {
     env.define(&svc, &program_service(&svc, &programs().static_tls, &fields));
     env.ok(&["deploy", &svc]);
     assert_eq!(http_get(port, BOOT).as_deref(), Some("still serving\n"));
-    let pid = vm_pid(&env, &svc).unwrap();
+    let pid = app_pid(&env, &svc).unwrap();
     let vms = || std::fs::read_dir(env.state.join("vms")).unwrap().count();
 
     let dir = env.dir.path().join("bad");
@@ -357,7 +317,7 @@ fn bad_program_definitions_are_refused_before_any_vm_is_touched() {
         let r = env.mcp(&["deploy", &svc]);
         assert_ne!(r.code, 0, "{}", program.display());
         assert!(r.stderr.contains("component app:") && r.stderr.contains(expect), "{expect}: {}", r.stderr);
-        assert_eq!(vm_pid(&env, &svc), Some(pid), "the running version was not touched");
+        assert_eq!(app_pid(&env, &svc), Some(pid), "the running version was not touched");
         assert_eq!(vms(), 1);
     }
     // A volume over the program's own path: refused by validation (exit 2).
@@ -382,7 +342,7 @@ fn bad_program_definitions_are_refused_before_any_vm_is_touched() {
     assert!(r.code != 0 && r.stderr.contains("lacks mkfs"), "{}", r.stderr);
     let shown = std::process::Command::new(AGENT).arg("--state-dir").arg(&env.state).arg("config").output().unwrap();
     assert!(String::from_utf8_lossy(&shown.stdout).contains("# Nanos toolchain: none; program-form unikernels cannot be built"), "{shown:?}");
-    assert_eq!(vm_pid(&env, &svc), Some(pid));
+    assert_eq!(app_pid(&env, &svc), Some(pid));
     assert_eq!(http_get(port, BOOT).as_deref(), Some("still serving\n"));
     agent_toml(&env.state, "");
     let shown = std::process::Command::new(AGENT).arg("--state-dir").arg(&env.state).arg("config").output().unwrap();

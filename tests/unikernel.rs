@@ -26,17 +26,6 @@ fn vm_service(name: &str, port: u16, www: &std::path::Path, extra: &str) -> Stri
     )
 }
 
-fn vm_pid(env: &Env, name: &str) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(env.state.join("vms").join(name).join("pid")).ok()?.trim().parse().ok()?;
-    alive(pid).then_some(pid)
-}
-
-/// Running, not a zombie: daemonized qemu is reparented to PID 1, which here does not reap.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
-}
-
 #[test]
 fn baked_volume_served_through_user_networking_with_full_lifecycle() {
     let env = Env::new();
@@ -53,7 +42,7 @@ fn baked_volume_served_through_user_networking_with_full_lifecycle() {
     assert_eq!(http_get(port, BOOT).as_deref(), Some("baked v1\n"), "the baked file through hostfwd");
     // The state dir holds the VM; env never reaches qemu's command line.
     let pid = vm_pid(&env, &name).expect("a running VM");
-    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ");
+    let cmdline = cmdline_of(pid);
     assert!(cmdline.contains("-accel tcg") && cmdline.contains("hostfwd=tcp:127.0.0.1:"), "{cmdline}");
     assert!(!cmdline.contains("hello-from-env"), "{cmdline}");
     // Serial console = logs: the guest printed its env (baked) and its args (kernel command line).
@@ -78,32 +67,7 @@ fn baked_volume_served_through_user_networking_with_full_lifecycle() {
     assert_eq!(http_get(port, BOOT).as_deref(), Some("baked v2\n"));
     assert!(!env.state.join("vms").join(format!("{name}.mcp-old")).exists(), "the old VM is gone");
 
-    // stop: QMP (powerdown, then quit), process gone, desired stopped without drift.
-    let pid = vm_pid(&env, &name).unwrap();
-    env.ok(&["stop", &svc]);
-    assert!(!alive(pid), "qemu still runs after stop");
-    let st = env.ok(&["status", &svc, "--json"]).json();
-    let vm = &st["nodes"][0]["result"]["services"][0]["components"][0];
-    assert_eq!((vm["desired"].as_str(), vm["observed"].as_str()), (Some("stopped"), Some("exited")), "{st}");
-    assert!(vm["drift"].is_null(), "{st}");
-    env.ok(&["start", &svc]);
-    assert_eq!(http_get(port, BOOT).as_deref(), Some("baked v2\n"));
-    // restart: the same VM (same id and dir), a new qemu process.
-    let pid = vm_pid(&env, &name).unwrap();
-    let out = env.ok(&["restart", &svc, "--json"]).json();
-    assert_eq!(out["result"]["changes"][0]["change"], "restarted", "{out}");
-    assert!(!alive(pid));
-    assert_eq!(http_get(port, BOOT).as_deref(), Some("baked v2\n"));
-
-    // The daemon brings a killed VM back (restart = "always").
-    let _daemon = env.start_daemon(&[]);
-    let pid = vm_pid(&env, &name).unwrap();
-    signal(pid as u32, libc::SIGKILL);
-    let m = env.wait_event(&svc, "repair", BOOT).expect("repair of the killed VM");
-    assert!(m.contains("restarted"), "{m}");
-    assert!(env.count_events(&svc, "drift.stopped") >= 1);
-    assert_eq!(http_get(port, BOOT).as_deref(), Some("baked v2\n"));
-    assert_ne!(vm_pid(&env, &name), Some(pid));
+    vm_lifecycle(&env, &svc, &name, port, "baked v2\n", BOOT, |_| {});
 }
 
 /// `auto` acceleration (the default): KVM only after a Linux kernel was seen to boot under it.
@@ -149,7 +113,7 @@ fn auto_acceleration_chooses_kvm_only_after_a_kernel_booted_under_it() {
         other => panic!("unexpected accelerator {other}: {why}"),
     }
     let pid = vm_pid(&env, &format!("{svc}-vm")).expect("a running VM");
-    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ");
+    let cmdline = cmdline_of(pid);
     assert!(cmdline.contains(&format!("-accel {accel} ")), "{cmdline}");
     let shown = std::process::Command::new(AGENT).arg("--state-dir").arg(&env.state).arg("config").output().unwrap();
     assert!(String::from_utf8_lossy(&shown.stdout).contains(&format!("# VMs get -accel {accel}: {why}")), "{shown:?}");
@@ -196,15 +160,8 @@ fn bad_unikernel_definitions_are_refused_before_anything_runs() {
 #[test]
 fn isolated_bridges_separate_services_unless_they_share_a_network() {
     let env = Env::new();
-    let ns = format!("mcp{}", env.prefix);
-    assert!(std::process::Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
-    struct Netns(String);
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _ns = Netns(ns.clone());
+    let ns = Netns::new(&format!("mcp{}", env.prefix));
+    let ns = ns.name();
     env.write_config(&format!("ip netns exec {ns} {AGENT} rpc --state-dir {}", env.state.display()));
     let www = env.dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
@@ -306,6 +263,6 @@ fn ops_stand_in_proves_nothing_about_ops_only_how_mcp_calls_it() {
     assert_eq!(mode, 0o600, "the config may carry secrets");
     // qemu runs the image ops left.
     let pid: i32 = std::fs::read_to_string(vm_dir.join("pid")).unwrap().trim().parse().unwrap();
-    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ");
+    let cmdline = cmdline_of(pid);
     assert!(cmdline.contains(&format!("format=raw,file={},snapshot=on", vm_dir.join("ops/images/mcp-baked").display())), "{cmdline}");
 }

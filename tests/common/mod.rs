@@ -316,6 +316,78 @@ impl Drop for Env {
     }
 }
 
+/// Running and not a zombie (daemonized qemu is reparented to PID 1, which here does not reap).
+pub fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+/// The command line of process `pid`, arguments joined by spaces.
+pub fn cmdline_of(pid: i32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
+}
+
+/// The running qemu of VM `name` (`<service>-<component>`) of this test's agent.
+pub fn vm_pid(env: &Env, name: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(env.state.join("vms").join(name).join("pid")).ok()?.trim().parse().ok()?;
+    process_alive(pid).then_some(pid)
+}
+
+/// What every unikernel form must do from a running VM `name` of service `svc` (restart
+/// policy "always", answering `body` on `port`): `stop` returns once qemu is gone, leaves
+/// desired stopped with no drift (`while_stopped` then gets how long stop took); `start`
+/// serves again; `restart` is a new qemu; with the daemon, qemu SIGKILLed is drift, repaired,
+/// serving again.
+pub fn vm_lifecycle(env: &Env, svc: &str, name: &str, port: u16, body: &str, deadline: Duration, while_stopped: impl FnOnce(Duration)) {
+    let pid = vm_pid(env, name).expect("a running VM");
+    let started = Instant::now();
+    env.ok(&["stop", svc]);
+    let took = started.elapsed();
+    assert!(!process_alive(pid), "qemu still runs after stop returned");
+    let st = env.ok(&["status", svc, "--json"]).json();
+    let c = &st["nodes"][0]["result"]["services"][0]["components"][0];
+    assert_eq!((c["desired"].as_str(), c["observed"].as_str()), (Some("stopped"), Some("exited")), "{st}");
+    assert!(c["drift"].is_null(), "{st}");
+    while_stopped(took);
+    env.ok(&["start", svc]);
+    assert_eq!(http_get(port, deadline).as_deref(), Some(body));
+    // restart: the same VM (same id and dir), a new qemu process.
+    let pid = vm_pid(env, name).unwrap();
+    let out = env.ok(&["restart", svc, "--json"]).json();
+    assert_eq!(out["result"]["changes"][0]["change"], "restarted", "{out}");
+    assert!(!process_alive(pid));
+    assert_eq!(http_get(port, deadline).as_deref(), Some(body));
+
+    let _daemon = env.start_daemon(&[]);
+    let pid = vm_pid(env, name).unwrap();
+    signal(pid as u32, libc::SIGKILL);
+    let m = env.wait_event(svc, "repair", deadline).expect("repair of the killed VM");
+    assert!(m.contains("restarted"), "{m}");
+    assert!(env.count_events(svc, "drift.stopped") >= 1);
+    assert_eq!(http_get(port, deadline).as_deref(), Some(body));
+    assert_ne!(vm_pid(env, name), Some(pid));
+}
+
+/// A network namespace this test made (`ip netns add`), deleted when dropped.
+pub struct Netns(String);
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        assert!(Command::new("ip").args(["netns", "add", name]).status().unwrap().success(), "ip netns add {name}");
+        Netns(name.to_string())
+    }
+
+    pub fn name(&self) -> String {
+        self.0.clone()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 /// Poll `f` until it gives Some or the deadline passes.
 pub fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + deadline;
