@@ -179,6 +179,15 @@ pub struct TokenParams {
     pub token: u64,
 }
 
+/// `get_end`: the hash of what the client received (checked against what was served; an
+/// older client sends none).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetEndParams {
+    pub token: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
 /// An open transfer: where, how big, which mode.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TransferInfo {

@@ -52,7 +52,6 @@ pub struct Agent {
     state_dir: PathBuf,
     registry: Mutex<Registry>,
     runtime: Box<dyn Runtime>,
-    transfers: Mutex<files::Transfers>,
     /// What the monitor last observed, when a daemon keeps it current.
     cache: Option<std::sync::Arc<monitor::ObservedCache>>,
 }
@@ -78,7 +77,7 @@ impl Agent {
     /// Open the registry in `state_dir` (created 0700) with the given runtime.
     pub fn open(state_dir: &Path, runtime: Box<dyn Runtime>) -> Result<Agent, RegistryError> {
         let registry = Mutex::new(Registry::open(&state_dir.join(REGISTRY_FILE))?);
-        Ok(Agent { state_dir: state_dir.to_path_buf(), registry, runtime, transfers: Default::default(), cache: None })
+        Ok(Agent { state_dir: state_dir.to_path_buf(), registry, runtime, cache: None })
     }
 
     /// Answer `status`/`ps` from `cache` while it is current (the daemon's monitor keeps it so).
@@ -98,10 +97,6 @@ impl Agent {
     /// The registry, for one query or transaction.
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn transfers(&self) -> MutexGuard<'_, files::Transfers> {
-        self.transfers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Wait for the service's lock (serializes changes to one service across threads and
@@ -613,42 +608,24 @@ impl Agent {
         Ok(ApplyResult { service: service.to_string(), changes })
     }
 
-    /// Begin a push into the service's volume dirs.
-    pub fn put_begin(&self, p: &PutBeginParams) -> Result<TransferInfo, RpcError> {
+    /// Begin a push into the service's volume dirs (a transfer of the session `transfers`).
+    pub fn put_begin(&self, transfers: &mut files::Transfers, p: &PutBeginParams) -> Result<TransferInfo, RpcError> {
         let roots = files::volume_roots(&self.show(&p.service)?);
         let requested = p.path.clone().unwrap_or_else(|| p.name.clone());
-        let (root, mut target) = files::resolve(&roots, &requested)?;
-        if requested.ends_with('/') || target.is_dir() {
-            target = target.join(&p.name);
-            files::resolve(&roots, &target.to_string_lossy())?;
+        let mut target = files::resolve(&roots, &requested)?;
+        // Into a directory: the file keeps its name. (A directory swapped in after this look
+        // is refused when the upload is created.)
+        let is_dir = std::fs::symlink_metadata(target.path()).is_ok_and(|m| m.is_dir());
+        if requested.ends_with('/') || is_dir {
+            target = target.child(&p.name)?;
         }
-        std::fs::create_dir_all(&root)
-            .map_err(|e| RpcError::new(ErrorCode::Runtime, format!("cannot create {}: {e}", root.display())))?;
-        files::check_on_disk(&root, &target)?;
-        self.transfers().put_begin(&root, &target, p.mode, p.size)
-    }
-
-    pub fn put_chunk(&self, token: u64, data: &str) -> Result<u64, RpcError> {
-        self.transfers().put_chunk(token, data)
-    }
-
-    pub fn put_end(&self, token: u64, sha256: &str) -> Result<TransferInfo, RpcError> {
-        self.transfers().put_end(token, sha256)
+        transfers.put_begin(&target, p.mode, p.size)
     }
 
     /// Begin a pull from the service's volume dirs.
-    pub fn get_begin(&self, p: &GetBeginParams) -> Result<TransferInfo, RpcError> {
+    pub fn get_begin(&self, transfers: &mut files::Transfers, p: &GetBeginParams) -> Result<TransferInfo, RpcError> {
         let roots = files::volume_roots(&self.show(&p.service)?);
-        let (root, target) = files::resolve(&roots, &p.path)?;
-        self.transfers().get_begin(&root, &target)
-    }
-
-    pub fn get_chunk(&self, token: u64, offset: u64) -> Result<String, RpcError> {
-        self.transfers().get_chunk(token, offset)
-    }
-
-    pub fn end_transfer(&self, token: u64) {
-        self.transfers().end(token)
+        transfers.get_begin(&files::resolve(&roots, &p.path)?)
     }
 
     pub fn list(&self) -> Result<ListResult, RpcError> {

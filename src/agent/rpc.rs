@@ -29,6 +29,8 @@ where
 {
     let mut lines = BufReader::new(input).lines();
     let mut greeted = false;
+    // This session's file transfers: no other session can touch them, and they end with it.
+    let transfers = Arc::new(std::sync::Mutex::new(super::files::Transfers::default()));
     let mut pending: Option<String> = None;
     loop {
         let line = match pending.take() {
@@ -65,6 +67,7 @@ where
         let cancel = Arc::new(AtomicBool::new(false));
         let slot = agent.clone();
         let job_cancel = cancel.clone();
+        let job_transfers = transfers.clone();
         let job = tokio::task::spawn_blocking(move || match &slot {
             Ok(a) => {
                 let progress_tx = tx.clone();
@@ -74,7 +77,8 @@ where
                 let mut log = |l| {
                     let _ = tx.send(Response { id, log: Some(l), ..Default::default() });
                 };
-                dispatch(a, &req, &mut progress, &mut log, &job_cancel)
+                let mut transfers = job_transfers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                dispatch(a, &mut transfers, &req, &mut progress, &mut log, &job_cancel)
             }
             Err(why) => Err(RpcError::new(ErrorCode::Registry, why.clone())),
         });
@@ -127,6 +131,7 @@ fn hello(params: &Value, daemon: bool) -> Result<Value, RpcError> {
 
 fn dispatch(
     agent: &Agent,
+    transfers: &mut super::files::Transfers,
     req: &Request,
     progress: &mut dyn FnMut(Progress),
     log: &mut dyn FnMut(LogLine),
@@ -155,23 +160,23 @@ fn dispatch(
             let p: proto::ServiceParams = params_of(&req.params)?;
             to_value(agent.adopt(&p.service, progress)?)
         }
-        proto::PUT_BEGIN => to_value(agent.put_begin(&params_of(&req.params)?)?),
+        proto::PUT_BEGIN => to_value(agent.put_begin(transfers, &params_of(&req.params)?)?),
         proto::PUT_CHUNK => {
             let p: proto::PutChunkParams = params_of(&req.params)?;
-            to_value(agent.put_chunk(p.token, &p.data)?)
+            to_value(transfers.put_chunk(p.token, &p.data)?)
         }
         proto::PUT_END => {
             let p: proto::PutEndParams = params_of(&req.params)?;
-            to_value(agent.put_end(p.token, &p.sha256)?)
+            to_value(transfers.put_end(p.token, &p.sha256)?)
         }
-        proto::GET_BEGIN => to_value(agent.get_begin(&params_of(&req.params)?)?),
+        proto::GET_BEGIN => to_value(agent.get_begin(transfers, &params_of(&req.params)?)?),
         proto::GET_CHUNK => {
             let p: proto::GetChunkParams = params_of(&req.params)?;
-            to_value(agent.get_chunk(p.token, p.offset)?)
+            to_value(transfers.get_chunk(p.token, p.offset)?)
         }
         proto::GET_END => {
-            let p: proto::TokenParams = params_of(&req.params)?;
-            agent.end_transfer(p.token);
+            let p: proto::GetEndParams = params_of(&req.params)?;
+            transfers.end(p.token, p.sha256.as_deref())?;
             to_value(true)
         }
         proto::LOGS => to_value(super::logs::logs(agent, &params_of(&req.params)?, log, cancel)?),

@@ -11,7 +11,8 @@ use data_encoding::BASE64;
 
 use super::output::Meter;
 use super::{Ctx, NodeOpts};
-use crate::proto::{self, GetBeginParams, GetChunkParams, TokenParams, TransferInfo};
+use crate::agent::files::MODE_BITS;
+use crate::proto::{self, GetBeginParams, GetChunkParams, GetEndParams, TransferInfo};
 
 #[derive(Debug, Args)]
 pub struct Opts {
@@ -41,22 +42,34 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     let mut meter = Meter::new(&format!("pull {}", info.path), info.size, ctx.quiet);
     let mut got = 0u64;
+    let mut hash = sha2::Sha256::default();
     while got < info.size {
         let data: String = session.call(proto::GET_CHUNK, &GetChunkParams { token: info.token, offset: got }, &mut |_| {}).await?;
         let bytes = BASE64.decode(data.as_bytes()).context("the agent sent a bad chunk")?;
         if bytes.is_empty() {
             bail!("{} shrank while it was read ({got} of {} bytes); nothing was written", info.path, info.size);
         }
+        if got + bytes.len() as u64 > info.size {
+            bail!("the agent sent more of {} than its {} bytes; nothing was written", info.path, info.size);
+        }
         tmp.write_all(&bytes)?;
+        sha2::Digest::update(&mut hash, &bytes);
         got += bytes.len() as u64;
         meter.update(got);
     }
     meter.finish();
-    let _: bool = session.call(proto::GET_END, &TokenParams { token: info.token }, &mut |_| {}).await?;
+    // The agent checks that what arrived is what it served (SHA-256).
+    let sha256: String = sha2::Digest::finalize(hash).iter().map(|b| format!("{b:02x}")).collect();
+    let _: bool = session
+        .call(proto::GET_END, &GetEndParams { token: info.token, sha256: Some(sha256) }, &mut |_| {})
+        .await
+        .with_context(|| format!("pull of {} failed; nothing was written", info.path))?;
     tmp.as_file().sync_all()?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(info.mode))?;
+    // Permission bits only: a setuid file on the node is not one here.
+    let mode = info.mode & MODE_BITS;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))?;
     tmp.persist(&dest).with_context(|| format!("cannot write {}", dest.display()))?;
-    println!("pulled {}:{} to {} ({got} bytes, mode {:04o})", node.name, info.path, dest.display(), info.mode);
+    println!("pulled {}:{} to {} ({got} bytes, mode {mode:04o})", node.name, info.path, dest.display());
     Ok(())
 }
 
