@@ -241,6 +241,42 @@ impl Agent {
         result
     }
 
+    /// Finish or undo replaces of `service` that an earlier agent was killed in the middle of
+    /// (what the registry holds decides which: it is written last). Call under the service's
+    /// lock with `registered` = the registry's components; true when anything changed.
+    pub fn recover(&self, service: &str, registered: &[ComponentRecord], observed: &[Observed], progress: ProgressFn) -> Result<bool, RpcError> {
+        let todo = reconcile::interrupted(service, registered, observed);
+        let mut events = Vec::new();
+        for r in &todo {
+            let (component, message) = match r {
+                reconcile::Recovery::Undo { component, old_id, new_id, start } => {
+                    let name = instance_name(service, component);
+                    note(&mut *progress, component, format!("undoing an interrupted replace of {name}"));
+                    if let Some(id) = new_id {
+                        self.runtime.remove(id)?;
+                    }
+                    self.runtime.rename(old_id, &name)?;
+                    if *start {
+                        self.runtime.start(old_id)?;
+                    }
+                    (component, format!("undid an interrupted replace of {name}: the registered version is back under its name"))
+                }
+                reconcile::Recovery::Finish { component, old_id } => {
+                    let old = reconcile::old_name(service, component);
+                    note(&mut *progress, component, format!("removing {old}, left by an interrupted replace"));
+                    self.runtime.remove(old_id)?;
+                    (component, format!("finished an interrupted replace: removed {old}"))
+                }
+            };
+            events.push(NewEvent { service: service.to_string(), component: Some(component.clone()), kind: "recovered".into(), message });
+        }
+        if !events.is_empty() {
+            self.changed();
+            self.registry().record_events(&events)?;
+        }
+        Ok(!todo.is_empty())
+    }
+
     /// Create the instance of a registered component, with what the agent assigns it (a
     /// static address, kept in the registry, when its network hands out none).
     pub fn create_instance(&self, service: &str, c: &ComponentRecord) -> Result<String, RuntimeError> {
@@ -296,6 +332,9 @@ impl Agent {
             None => Vec::new(),
             Some(components) => {
                 let mut found = self.runtime.list(Some(service))?;
+                if self.recover(service, components, &found, progress)? {
+                    found = self.runtime.list(Some(service))?;
+                }
                 reconcile::claim_adopted(&mut found, components);
                 found
             }
@@ -380,7 +419,7 @@ impl Agent {
                     let c = spec_of(&component);
                     let name = instance_name(service, &component);
                     note(&mut *progress, &component, format!("replacing {name} with spec {} (image {})", c.hash, c.spec.image));
-                    self.runtime.rename(old_id, &format!("{name}.mcp-old")).map_err(ExecError::from)?;
+                    self.runtime.rename(old_id, &reconcile::old_name(service, &component)).map_err(ExecError::from)?;
                     undo.push(Undo::RestoreOld { old_id: old_id.clone(), name: name.clone(), was_running: *old_running, new_id: None });
                     if *old_running {
                         self.runtime.stop(old_id).map_err(ExecError::from)?;

@@ -354,7 +354,11 @@ impl Monitor {
             return Ok(());
         };
         let Some(record) = self.agent.registry().service(service)? else { return Ok(()) };
-        let observed = self.agent.runtime().list(Some(service))?;
+        let mut observed = self.agent.runtime().list(Some(service))?;
+        // A replace an earlier agent was killed in is finished or undone first: it is not drift.
+        if self.agent.recover(service, &record.components, &observed, &mut |_| {})? {
+            observed = self.agent.runtime().list(Some(service))?;
+        }
         // This look may see more than the sweep's listing (the runtime's event for it can still
         // be on its way): the cache must not answer `status` with less than is recorded below.
         self.cache.invalidate();

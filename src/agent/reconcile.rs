@@ -43,6 +43,52 @@ impl Action {
     }
 }
 
+/// The name a replaced instance carries while its replacement proves itself: the rename is
+/// the replace's intent, written in the runtime itself before anything else changes.
+pub fn old_name(service: &str, component: &str) -> String {
+    format!("{}{OLD_SUFFIX}", instance_name(service, component))
+}
+
+pub const OLD_SUFFIX: &str = ".mcp-old";
+
+/// How to finish a replace that was interrupted (the agent killed between its rename and the
+/// registry's commit, or before the old instance was removed). The registry is the commit
+/// point: what it holds is what was deployed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// The replace never committed: the old instance is what the registry holds. Remove the
+    /// new one (if any), give the old one its name back, and start it if it should run.
+    Undo { component: String, old_id: String, new_id: Option<String>, start: bool },
+    /// The replace committed (or the leftover runs nothing registered): remove the leftover.
+    Finish { component: String, old_id: String },
+}
+
+/// What to do about interrupted replaces of `service`, from the registry's record of it and
+/// what the runtime has.
+pub fn interrupted(service: &str, registered: &[ComponentRecord], observed: &[Observed]) -> Vec<Recovery> {
+    let mut out = Vec::new();
+    let prefix = format!("{service}-");
+    for old in observed.iter() {
+        // The component from the name: an adopted (unlabelled) one has no label to say it.
+        let Some(component) = old.name.strip_prefix(&prefix).and_then(|n| n.strip_suffix(OLD_SUFFIX)) else { continue };
+        let want = registered.iter().find(|c| c.spec.name == component);
+        let current = observed.iter().find(|o| o.name == instance_name(service, component));
+        let component = component.to_string();
+        match want {
+            Some(w) if old.runs_spec(&w.hash) && !current.is_some_and(|c| c.runs_spec(&w.hash)) => out.push(Recovery::Undo {
+                component,
+                old_id: old.id.clone(),
+                new_id: current.map(|c| c.id.clone()),
+                start: w.desired == Desired::Running,
+            }),
+            // Only what mcp made is removed; a stranger under such a name is left alone.
+            _ if old.managed => out.push(Recovery::Finish { component, old_id: old.id.clone() }),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Unlabelled objects the registry adopted earlier are mcp's: mark them managed, so that a
 /// new definition replaces them (and a removed one removes them) like labelled ones.
 pub fn claim_adopted(observed: &mut [Observed], registered: &[ComponentRecord]) {
@@ -248,6 +294,39 @@ mod tests {
         let d = [want("a", "i", Desired::Running), want("b", "i", Desired::Running)];
         let o = [seen("gone", "h", "running")];
         assert_eq!(reconcile("svc", &d, &o, Some("b")), vec![Action::Create { component: "b".into() }]);
+    }
+
+    #[test]
+    fn interrupted_replaces_are_undone_or_finished_by_what_the_registry_holds() {
+        let old_spec = want("a", "old", Desired::Running);
+        let mut old = seen("a", &old_spec.hash, "exited");
+        old.name = "svc-a.mcp-old".into();
+        old.id = "old".into();
+        let mut new = seen("a", "new-hash", "running");
+        new.id = "new".into();
+        // Killed in the settle window: the registry still holds the old spec.
+        assert_eq!(
+            interrupted("svc", std::slice::from_ref(&old_spec), &[new.clone(), old.clone()]),
+            vec![Recovery::Undo { component: "a".into(), old_id: "old".into(), new_id: Some("new".into()), start: true }]
+        );
+        // Killed between the rename and the create: nothing under the name.
+        let stopped = want("a", "old", Desired::Stopped);
+        assert_eq!(
+            interrupted("svc", &[stopped], std::slice::from_ref(&old)),
+            vec![Recovery::Undo { component: "a".into(), old_id: "old".into(), new_id: None, start: false }]
+        );
+        // Killed after the commit, before the old one was removed.
+        let new_spec = ComponentRecord { hash: "new-hash".into(), ..want("a", "new", Desired::Running) };
+        assert_eq!(
+            interrupted("svc", &[new_spec], &[new.clone(), old.clone()]),
+            vec![Recovery::Finish { component: "a".into(), old_id: "old".into() }]
+        );
+        // No leftover, nothing to do; an unmanaged stranger under such a name is left alone.
+        assert_eq!(interrupted("svc", std::slice::from_ref(&old_spec), std::slice::from_ref(&new)), vec![]);
+        let mut stranger = old.clone();
+        stranger.managed = false;
+        stranger.spec = None;
+        assert_eq!(interrupted("svc", &[old_spec], &[new, stranger]), vec![]);
     }
 
     #[test]

@@ -83,10 +83,20 @@ where
             Err(why) => Err(RpcError::new(ErrorCode::Registry, why.clone())),
         });
         let mut input_open = true;
+        // The client may be gone (killed, Ctrl-C): its output then fails, but the request runs
+        // to its end (a deploy must not stop half-way), and only then does the session end.
+        let mut output_error: Option<std::io::Error> = None;
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(m) => write(&mut output, &m).await?,
+                    Some(m) => {
+                        if output_error.is_none() {
+                            if let Err(e) = write(&mut output, &m).await {
+                                cancel.store(true, Ordering::SeqCst);
+                                output_error = Some(e);
+                            }
+                        }
+                    }
                     None => break,
                 },
                 next = lines.next_line(), if input_open && pending.is_none() => match next {
@@ -104,6 +114,9 @@ where
             }
         }
         let result = job.await.map_err(std::io::Error::other)?;
+        if let Some(e) = output_error {
+            return Err(e);
+        }
         write(&mut output, &finish(id, result)).await?;
         if !input_open {
             break;

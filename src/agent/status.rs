@@ -197,7 +197,16 @@ pub fn match_service<'a>(r: &'a ServiceRecord, scoped: &'a [Observed]) -> (Vec<S
 }
 
 fn extra_drift(o: &Observed) -> Drift {
-    if o.managed {
+    if o.managed && o.name.ends_with(super::reconcile::OLD_SUFFIX) {
+        Drift::new(
+            DriftKind::Orphan,
+            format!(
+                "interrupted replace: {} is the version a replace set aside and never finished with; \
+                 the next deploy, start or stop of {} (or the daemon) finishes or undoes it",
+                o.name, o.service
+            ),
+        )
+    } else if o.managed {
         Drift::new(DriftKind::Orphan, format!("orphan: {} carries mcp labels but is not in the registry", o.name))
     } else {
         Drift::new(

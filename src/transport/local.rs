@@ -74,8 +74,11 @@ impl Link for ChildLink {
 impl Transport for LocalTransport {
     fn open(&self) -> Pin<Box<dyn Future<Output = Result<Session, TransportError>> + Send + '_>> {
         Box::pin(async move {
+            // Its own process group: a Ctrl-C at the terminal stops mcp, not the agent in the
+            // middle of a replace; the agent sees its input close and finishes the request.
             let mut child = Command::new(&self.argv[0])
                 .args(&self.argv[1..])
+                .process_group(0)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
