@@ -2,7 +2,7 @@
 //! `follow` components are read one after the other; with it, all at once until the client
 //! goes away (`cancel`), and the log processes are killed then.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -104,26 +104,15 @@ fn pump(mut children: Vec<(String, Child)>, sink: &mut dyn FnMut(LogLine), cance
     }
 }
 
+/// The longest log line passed on; the rest of a longer one is cut (and says so).
+pub const MAX_LOG_LINE: usize = 64 * 1024;
+
 fn read_lines(pipe: Box<dyn Read + Send>, component: &str, stream: &str, tx: &mpsc::Sender<LogLine>) {
     let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    buf.pop();
-                }
-                let line = LogLine {
-                    component: component.to_string(),
-                    stream: stream.to_string(),
-                    line: String::from_utf8_lossy(&buf).into_owned(),
-                };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
+    while let Ok(Some(line)) = crate::proto::lines::read_line_capped(&mut reader, MAX_LOG_LINE) {
+        let line = LogLine { component: component.to_string(), stream: stream.to_string(), line };
+        if tx.send(line).is_err() {
+            return;
         }
     }
 }

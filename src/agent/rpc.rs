@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::Agent;
 use crate::plan::PLAN_VERSION;
+use crate::proto::lines::{BoundedLines, Line, MAX_PROTOCOL_LINE};
 use crate::proto::{self, ErrorCode, HelloParams, HelloResult, LogLine, Progress, Request, Response, RpcError, PROTOCOL_VERSION};
 
 /// How the agent was opened: an error is answered to every request (after hello), so the
@@ -27,11 +28,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut lines = BufReader::new(input).lines();
+    // Bounded: a line longer than any request can be is answered with an error and skipped,
+    // never kept (before hello too).
+    let mut lines = BoundedLines::new(BufReader::new(input), MAX_PROTOCOL_LINE);
     let mut greeted = false;
     // This session's file transfers: no other session can touch them, and they end with it.
     let transfers = Arc::new(std::sync::Mutex::new(super::files::Transfers::default()));
-    let mut pending: Option<String> = None;
+    let mut pending: Option<Line> = None;
     loop {
         let line = match pending.take() {
             Some(l) => l,
@@ -39,6 +42,17 @@ where
                 Some(l) => l,
                 None => break,
             },
+        };
+        let line = match line {
+            Line::Text(l) => l,
+            Line::TooLong(n) => {
+                let err = RpcError::new(
+                    ErrorCode::BadRequest,
+                    format!("a request line of {n} bytes is longer than the {MAX_PROTOCOL_LINE} bytes a line may have; skipped"),
+                );
+                write(&mut output, &Response { id: 0, error: Some(err), ..Default::default() }).await?;
+                continue;
+            }
         };
         if line.trim().is_empty() {
             continue;

@@ -13,7 +13,9 @@ use std::pin::Pin;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+use crate::proto::lines::{BoundedLines, Line, MAX_PROTOCOL_LINE};
 
 use crate::proto::{self, HelloParams, HelloResult, LogLine, Progress, Request, Response, RpcError, PROTOCOL_VERSION};
 
@@ -127,7 +129,7 @@ pub trait Transport: Send + Sync {
 /// An open protocol session with one agent, after a successful hello.
 pub struct Session {
     node: String,
-    reader: Lines<BufReader<BoxRead>>,
+    reader: BoundedLines<BufReader<BoxRead>>,
     writer: BoxWrite,
     link: Box<dyn Link>,
     next_id: u64,
@@ -141,7 +143,7 @@ impl Session {
     pub async fn start(node: &str, reader: BoxRead, writer: BoxWrite, link: Box<dyn Link>) -> Result<Session, CallError> {
         let mut s = Session {
             node: node.to_string(),
-            reader: BufReader::new(reader).lines(),
+            reader: BoundedLines::new(BufReader::new(reader), MAX_PROTOCOL_LINE),
             writer,
             link,
             next_id: 1,
@@ -218,7 +220,16 @@ impl Session {
                 None => self.reader.next_line().await,
             };
             let line = match next {
-                Ok(Some(line)) => line,
+                Ok(Some(Line::Text(line))) => line,
+                // Kept nothing of it: a node cannot make the client grow without bound.
+                Ok(Some(Line::TooLong(n))) => {
+                    return Err(TransportError::BadResponse {
+                        node: self.node.clone(),
+                        message: format!("the agent sent a line of {n} bytes, more than the {MAX_PROTOCOL_LINE} a line may have"),
+                        line: String::new(),
+                    }
+                    .into())
+                }
                 Ok(None) => {
                     let stderr = self.link.diagnostics().await;
                     return Err(TransportError::AgentExited { node: self.node.clone(), stderr }.into());

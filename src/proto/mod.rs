@@ -6,6 +6,8 @@
 //! `{"id":1,"result":...}` or `{"id":1,"error":{"code":"...","message":"..."}}`.
 //! The first request of a session must be `hello`, which checks [`PROTOCOL_VERSION`].
 
+pub mod lines;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
