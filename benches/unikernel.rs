@@ -5,6 +5,7 @@
 //! - Nanos program form (a static guest program from tests/guest, the toolchain built from
 //!   the pinned source): `mkfs` on a hand-written manifest + the same qemu command line on
 //!   that image. Target <= 1.2x. And how long `mcp stop` takes for a Nanos guest.
+//!
 //! Not a test: it measures and prints a table.
 
 #[path = "../tests/common/mod.rs"]

@@ -54,6 +54,8 @@ fn a_node_that_sends_a_huge_line_is_an_error_not_a_huge_client() {
     std::fs::write(&fake, "#!/bin/sh\nhead -c 400000000 /dev/zero | tr '\\0' x\necho\nsleep 5\n").unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     env.write_config(&fake.display().to_string());
+    // Reaped below with wait4, which also gives its peak memory.
+    #[allow(clippy::zombie_processes)]
     let child = std::process::Command::new(MCP)
         .arg("--config")
         .arg(&env.config)

@@ -388,6 +388,20 @@ impl Drop for Netns {
     }
 }
 
+/// Isolated networks, seen from guests that probe a peer once a second ("probe ok: <body>" or
+/// "probe failed" on their console): `friend` gets `body` through, `stranger` keeps failing.
+pub fn assert_reachability(env: &Env, friend: &str, stranger: &str, body: &str, deadline: Duration) {
+    let friend_ok = wait_for(deadline, || env.ok(&["logs", friend]).stdout.contains(&format!("probe ok: {body}")).then_some(()));
+    assert!(friend_ok.is_some(), "same network: reachable; logs: {}", env.ok(&["logs", friend]).stdout);
+    // The stranger is up and probing (it says "failed") but never gets through.
+    let stranger_tried = wait_for(deadline, || {
+        let l = env.ok(&["logs", stranger]).stdout;
+        (l.matches("probe failed").count() >= 3).then_some(l)
+    })
+    .expect("the stranger's probe runs");
+    assert!(!stranger_tried.contains("probe ok"), "{stranger_tried}");
+}
+
 /// Poll `f` until it gives Some or the deadline passes.
 pub fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + deadline;

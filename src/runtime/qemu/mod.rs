@@ -67,6 +67,15 @@ fn hex(input: &str, n: usize) -> String {
     hex_prefix(&Sha256::digest(input.as_bytes()), n)
 }
 
+/// A VM's registry hash: its spec's, and the fingerprint of what it bakes, when it bakes any.
+fn spec_with(comp: &Component, contents: Option<&str>) -> String {
+    let base = crate::plan::spec_hash(comp);
+    match contents {
+        None => base,
+        Some(contents) => hex(&format!("{base}\ncontents {contents}"), 16),
+    }
+}
+
 pub struct Qemu {
     config: QemuConfig,
     nanos: NanosConfig,
@@ -196,11 +205,7 @@ impl Runtime for Qemu {
     }
 
     fn spec_hash(&self, comp: &Component) -> Result<String, RuntimeError> {
-        let base = crate::plan::spec_hash(comp);
-        match self.guest_contents(comp, self.form(comp))? {
-            None => Ok(base),
-            Some(contents) => Ok(hex(&format!("{base}\ncontents {contents}"), 16)),
-        }
+        Ok(spec_with(comp, self.guest_contents(comp, self.form(comp))?.as_deref()))
     }
 
     fn address_pool(&self, comp: &Component) -> Option<Pool> {
@@ -218,23 +223,26 @@ impl Runtime for Qemu {
         let result = (|| {
             let form = self.form(comp);
             let built = self.build(comp, form, &paths, assigned.address.as_deref())?;
-            // What was copied must be what the spec hash was taken of (a file may change
-            // between the two): otherwise the registry would name other contents.
-            if let Some(contents) = built {
-                let now = hex(&format!("{}\ncontents {contents}", crate::plan::spec_hash(comp)), 16);
-                if now != spec {
-                    return Err(RuntimeError::Unsupported(format!(
-                        "the files baked into {name} changed while it was built; deploy again"
-                    )));
+            // The VM is labelled with what was actually baked: when a file changed between the
+            // spec hash and the copy, status shows that as drift and the next deploy replaces
+            // it, rather than a repair or a deploy failing for it.
+            let spec = match built {
+                Some(contents) => {
+                    let baked = spec_with(comp, Some(&contents));
+                    if baked != spec {
+                        tracing::warn!(vm = %name, registry = %spec, baked = %baked, "files changed while the VM was built");
+                    }
+                    baked
                 }
-            }
+                None => spec.to_string(),
+            };
             let id = format!("{ID_PREFIX}{}", hex(&format!("{name}\n{}\n{}", now_ms(), std::process::id()), 16));
             let mut rec = VmRecord {
                 id: id.clone(),
                 name: name.clone(),
                 service: service.to_string(),
                 component: comp.name.clone(),
-                spec: spec.to_string(),
+                spec,
                 created_at: now_ms() / 1000,
                 started_at: None,
                 comp: comp.clone(),
