@@ -12,9 +12,21 @@ use common::*;
 #[test]
 fn registry_and_state_dir_are_private() {
     let env = Env::new();
+    // A state dir that exists with a wide mode, holding an env file a killed agent left (named
+    // by its pid, long gone) and one of a live process (this test's).
+    let scratch = env.state.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(scratch.join("env-999999999-abcdef"), "PASSWORD=left-behind\n").unwrap();
+    let live = scratch.join(format!("env-{}-abcdef", std::process::id()));
+    std::fs::write(&live, "X=1\n").unwrap();
     let svc = env.svc("perm");
-    env.define(&svc, &http_service(&svc, free_port(), ""));
+    env.define(&svc, &http_service(&svc, free_port(), "env = { PASSWORD = \"now\" }\n"));
     env.ok(&["deploy", &svc]);
+    assert!(!scratch.join("env-999999999-abcdef").exists(), "a dead agent's env file is removed");
+    assert!(live.exists(), "a live process's env file is left alone");
+    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 1, "the deploy's own env file is gone too: {left:?}");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&env.state), 0o700);
     assert_eq!(mode(&env.state.join("registry.db")), 0o600);

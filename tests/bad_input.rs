@@ -35,6 +35,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("future plan version", "version = 9\nname = \"NAME\"\n[[components]]\nname = \"a\"\nimage = \"i\"\n", "plan version 9 is not supported"),
     ("bad network", "name = \"NAME\"\n[[components]]\nname = \"a\"\nimage = \"i\"\nnetwork = \"my net\"\n", "is not a network name"),
     ("stop timeout", "name = \"NAME\"\n[[components]]\nname = \"a\"\nimage = \"i\"\nstop_timeout = 99999\n", "expected 0-3600 seconds"),
+    // A typo beside a secret: the position is named, the line (and the secret) never shown.
+    ("syntax error beside a secret", "name = \"NAME\"\n[[components]]\nname = \"a\"\nimage = \"i\"\nenv = { PASSWORD = \"hunter2-s3cret\" TOKEN = \"x\" }\n", "line 5, column"),
 ];
 
 #[test]
@@ -49,6 +51,7 @@ fn every_malformed_definition_is_refused_before_podman() {
         assert!(r.stderr.contains(expected), "{what}: expected {expected:?} in:\n{}", r.stderr);
         assert!(r.stderr.contains(&path.display().to_string()), "{what}: the error names the file:\n{}", r.stderr);
         assert_eq!(env.podman_calls(), Vec::<String>::new(), "{what}: podman was called");
+        assert!(!r.stderr.contains("hunter2-s3cret"), "{what}: a secret on screen:\n{}", r.stderr);
     }
     // Nothing was recorded either.
     let list = env.ok(&["list", "--json"]).json();

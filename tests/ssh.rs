@@ -354,7 +354,8 @@ fn sync_prune_and_service_show_export_edit_over_ssh() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("the edit was refused") && r.stderr.contains("ports[0]"), "{}", r.stderr);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
-    assert!(file.with_extension("toml.rejected").exists());
+    let rejected = std::fs::metadata(file.with_extension("toml.rejected")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&rejected.permissions()) & 0o777, 0o600, "the rejected copy may hold secrets");
     env.extra_env.borrow_mut().pop();
     env.extra_env.borrow_mut().push(("SED_SCRIPT".into(), "$ a env = { EDITED = \"yes\" }".into()));
     let r = env.ok(&["service", "edit", &s1]);

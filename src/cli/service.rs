@@ -2,6 +2,7 @@
 //! local definition safely.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -121,8 +122,15 @@ async fn edit(ctx: &Ctx, service: &str) -> Result<()> {
         Ok(plan) => plan,
         Err(e) => {
             // Keep the operator's work beside the file, never over it.
+            // Owner-only: it may hold the service's secrets.
             let rejected = path.with_extension(format!("{ext}.rejected"));
-            let _ = std::fs::write(&rejected, &edited);
+            let _ = std::fs::remove_file(&rejected);
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&rejected)
+                .and_then(|mut f| f.write_all(edited.as_bytes()));
             bail!(InvalidInput(format!(
                 "{e:#}\nthe edit was refused: {} is unchanged; your edited text is in {}",
                 path.display(),

@@ -54,10 +54,25 @@ pub fn to_toml(plan: &Plan) -> String {
     toml::to_string(&out).expect("plans render as TOML")
 }
 
+/// A TOML error as position and reason only: never the source line, which may carry a secret
+/// (a typo inside `env = { ... }` would otherwise print the password beside it).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let reason = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+            format!("line {line}, column {column}: {reason}")
+        }
+        None => reason.to_string(),
+    }
+}
+
 /// Parse (not yet validate) TOML text into a plan.
 pub fn parse_service_toml(text: &str, source: &Path) -> Result<Plan, LoadError> {
-    let file: ServiceFile = toml::from_str(text)
-        .map_err(|e| LoadError::Parse { path: source.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+    let file: ServiceFile =
+        toml::from_str(text).map_err(|e| LoadError::Parse { path: source.to_path_buf(), message: toml_error(text, &e) })?;
     Ok(Plan {
         version: file.version.unwrap_or(PLAN_VERSION),
         name: file.name,

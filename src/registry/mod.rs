@@ -141,6 +141,11 @@ impl Registry {
         if let Some(dir) = path.parent() {
             if !dir.exists() {
                 std::fs::create_dir_all(dir).map_err(open_err)?;
+            }
+            // Owner-only, also when it existed with a wider mode (it holds env files, VM images
+            // with baked environments, the registry).
+            let mode = std::fs::metadata(dir).map_err(open_err)?.permissions().mode();
+            if mode & 0o077 != 0 {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(open_err)?;
             }
         }

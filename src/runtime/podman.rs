@@ -12,6 +12,18 @@ use serde::Deserialize;
 use super::{scope_to_service, EventStream, Made, Observed, Published, Runtime, RuntimeError, RuntimeEvent, LABEL_COMPONENT, LABEL_SERVICE, LABEL_SPEC};
 use crate::plan::{instance_name, Component};
 
+/// Remove `env-<pid>-*` files in `scratch` whose process no longer runs.
+fn remove_dead_env_files(scratch: &Path) {
+    let Ok(entries) = std::fs::read_dir(scratch) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("env-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// How the agent runs podman. Some hosts need a containers.conf or global flags
 /// (e.g. `--runtime runc`, `--cgroup-manager cgroupfs`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -470,8 +482,11 @@ impl Podman {
         }
         let io = |source| RuntimeError::Io { what: format!("env file in {}", self.scratch.display()), source };
         std::fs::create_dir_all(&self.scratch).map_err(io)?;
+        // A process killed while it held one left it behind (it carries secrets): named by
+        // the pid that made it, it goes once that process is gone.
+        remove_dead_env_files(&self.scratch);
         // tempfile creates with mode 0600.
-        let mut f = tempfile::Builder::new().prefix("env-").tempfile_in(&self.scratch).map_err(io)?;
+        let mut f = tempfile::Builder::new().prefix(&format!("env-{}-", std::process::id())).tempfile_in(&self.scratch).map_err(io)?;
         for (k, v) in &comp.env {
             writeln!(f, "{k}={v}").map_err(io)?;
         }
