@@ -26,12 +26,11 @@ use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use crate::plan::Plan;
-use crate::proto::{ErrorCode, RpcError, TransferInfo as Begun};
+use crate::plan::hex_prefix;
+use crate::proto::{ErrorCode, RpcError, TransferInfo as Begun, MODE_BITS};
 
 /// Largest chunk either side sends (raw bytes).
 pub const CHUNK: usize = 1 << 20;
-/// What a transferred file's mode may carry: permission bits only, never setuid/setgid/sticky.
-pub const MODE_BITS: u32 = 0o777;
 
 fn refused(msg: impl Into<String>) -> RpcError {
     RpcError::new(ErrorCode::BadRequest, msg)
@@ -144,11 +143,11 @@ fn dir_beneath(root: BorrowedFd<'_>, rel: &Path) -> Result<OwnedFd, Errno> {
 fn temp_name() -> OsString {
     let mut bytes = [0u8; 8];
     let _ = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
-    OsString::from(format!(".mcp-push-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    OsString::from(format!(".mcp-push-{}", hex_prefix(&bytes, 16)))
 }
 
 fn hex(hash: Sha256) -> String {
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex_prefix(&hash.finalize(), 64)
 }
 
 /// An upload in progress: a temp file in the target's directory, both held open.

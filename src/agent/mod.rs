@@ -301,6 +301,12 @@ impl Agent {
     /// Free the addresses of `service`'s components that are no longer registered (or no
     /// longer need one). Best effort: a leftover is freed by the next deploy or removal.
     fn release_unused_addresses(&self, service: &str) {
+        // Most services hold none (containers): then there is nothing to read.
+        match self.registry().addresses() {
+            Ok(all) if !all.iter().any(|(s, _, _)| s == service) => return,
+            Ok(_) => {}
+            Err(e) => return tracing::warn!(service, error = %e, "cannot read the registry's addresses"),
+        }
         let record = match self.registry().service(service) {
             Ok(r) => r,
             Err(e) => return tracing::warn!(service, error = %e, "cannot read the registry to release addresses"),

@@ -11,8 +11,8 @@ use data_encoding::BASE64;
 
 use super::output::Meter;
 use super::{Ctx, NodeOpts};
-use crate::agent::files::MODE_BITS;
-use crate::proto::{self, GetBeginParams, GetChunkParams, GetEndParams, TransferInfo};
+use crate::plan::hex_prefix;
+use crate::proto::{self, GetBeginParams, GetChunkParams, GetEndParams, TransferInfo, MODE_BITS};
 
 #[derive(Debug, Args)]
 pub struct Opts {
@@ -59,7 +59,7 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
     }
     meter.finish();
     // The agent checks that what arrived is what it served (SHA-256).
-    let sha256: String = sha2::Digest::finalize(hash).iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = hex_prefix(&sha2::Digest::finalize(hash), 64);
     let _: bool = session
         .call(proto::GET_END, &GetEndParams { token: info.token, sha256: Some(sha256) }, &mut |_| {})
         .await

@@ -74,7 +74,7 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         meter.update(sent);
     }
     meter.finish();
-    let sha256: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = crate::plan::hex_prefix(&hash.finalize(), 64);
     let done: TransferInfo = session.call(proto::PUT_END, &PutEndParams { token: info.token, sha256 }, &mut |_| {}).await?;
     println!("pushed {} to {}:{} ({sent} bytes, mode {:04o})", opts.file.display(), node.name, done.path, done.mode);
     Ok(())

@@ -181,6 +181,10 @@ pub struct TokenParams {
     pub token: u64,
 }
 
+/// What a transferred file's mode may carry, both ways: permission bits only, never
+/// setuid/setgid/sticky.
+pub const MODE_BITS: u32 = 0o777;
+
 /// `get_end`: the hash of what the client received (checked against what was served; an
 /// older client sends none).
 #[derive(Debug, Clone, Serialize, Deserialize)]

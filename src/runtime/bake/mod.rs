@@ -17,10 +17,10 @@ pub mod tree;
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-pub use crate::plan::{binds, Bind};
+use crate::plan::Bind;
 use elf::GuestFile;
 use tree::{Copier, Fingerprint, Visit};
 
@@ -61,10 +61,6 @@ impl GuestTree {
         Ok(GuestTree { binds: order.into_iter().map(|(_, b)| b).collect(), files })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.binds.is_empty() && self.files.is_empty()
-    }
-
     /// What bind `i` leaves out: the mount points of binds below it, or all of it when a
     /// later bind has the same mount point.
     fn hidden(&self, i: usize) -> Option<Vec<PathBuf>> {
@@ -84,10 +80,9 @@ impl GuestTree {
     /// The fingerprint of the whole tree as [`GuestTree::stage`] would copy it now.
     pub fn fingerprint(&self) -> io::Result<String> {
         let mut fp = Fingerprint::default();
-        self.each_bind(|bind, hidden, fp_section| {
-            fp.section(&fp_section);
-            let root = tree::open_dir(&bind.host).map_err(|e| io::Error::new(e.kind(), format!("volume host dir {e}")))?;
-            tree::walk(root.as_fd(), &mut Hiding { inner: &mut fp, hidden })
+        self.each_bind(|_, root, hidden, section| {
+            fp.section(&section);
+            tree::walk(root, &mut Hiding { inner: &mut fp, hidden })
         })?;
         for f in &self.files {
             hash_file(&mut fp, f);
@@ -100,11 +95,10 @@ impl GuestTree {
     pub fn stage(&self, staging: &Path) -> io::Result<String> {
         let mut copier = Copier::into_dir(tree::fresh_dir(staging)?);
         copier.fingerprint = Some(Fingerprint::default());
-        self.each_bind(|bind, hidden, section| {
+        self.each_bind(|bind, root, hidden, section| {
             copier.fingerprint.as_mut().expect("set above").section(&section);
-            let root = tree::open_dir(&bind.host).map_err(|e| io::Error::new(e.kind(), format!("volume host dir {e}")))?;
             let depth = enter_path(&mut copier, &bind.guest)?;
-            tree::walk(root.as_fd(), &mut Hiding { inner: &mut copier, hidden })?;
+            tree::walk(root, &mut Hiding { inner: &mut copier, hidden })?;
             for _ in 0..depth {
                 copier.leave_dir()?;
             }
@@ -127,10 +121,13 @@ impl GuestTree {
         Ok(copier.finish()?.expect("set above").hex())
     }
 
-    fn each_bind(&self, mut f: impl FnMut(&Bind, &[PathBuf], String) -> io::Result<()>) -> io::Result<()> {
+    /// Each bind that is not wholly hidden, with its host dir opened, what it leaves out, and
+    /// its fingerprint section.
+    fn each_bind(&self, mut f: impl FnMut(&Bind, BorrowedFd<'_>, &[PathBuf], String) -> io::Result<()>) -> io::Result<()> {
         for (i, b) in self.binds.iter().enumerate() {
             let Some(hidden) = self.hidden(i) else { continue };
-            f(b, &hidden, format!("bind {} -> {}", b.host.display(), b.guest.display()))?;
+            let root = tree::open_dir(&b.host).map_err(|e| io::Error::new(e.kind(), format!("volume host dir {e}")))?;
+            f(b, root.as_fd(), &hidden, format!("bind {} -> {}", b.host.display(), b.guest.display()))?;
         }
         Ok(())
     }

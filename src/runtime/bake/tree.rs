@@ -188,6 +188,23 @@ impl Visit for Fingerprint {
     }
 }
 
+/// Writes to `out` and hashes what was written.
+struct Tee<'a, W: Write> {
+    out: &'a mut W,
+    hash: &'a mut Sha256,
+}
+
+impl<W: Write> Write for Tee<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// The mode a copy gets: setuid and setgid are never carried over to a file the agent writes.
 pub fn safe_mode(mode: u32) -> u32 {
     mode & 0o1777
@@ -222,20 +239,7 @@ impl Copier {
         let fd = rustix::fs::openat(self.top(), name, flags, Mode::from_bits_truncate(0o600)).map_err(io::Error::from)?;
         let mut out = io::BufWriter::new(File::from(fd));
         let copied = match &mut self.fingerprint {
-            Some(fp) => {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut total = 0u64;
-                loop {
-                    let n = data.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    fp.update(&buf[..n]);
-                    out.write_all(&buf[..n])?;
-                    total += n as u64;
-                }
-                total
-            }
+            Some(fp) => io::copy(data, &mut Tee { out: &mut out, hash: &mut fp.0 })?,
             None => io::copy(data, &mut out)?,
         };
         if copied != size {

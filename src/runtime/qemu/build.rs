@@ -31,6 +31,11 @@ fn program_of(comp: &Component) -> (&str, &[String]) {
     }
 }
 
+/// The guest tree of the kernel and ops forms: the volumes only.
+fn volume_tree(comp: &Component) -> Result<GuestTree, RuntimeError> {
+    GuestTree::new(binds(&comp.volumes), Vec::new()).map_err(|e| unusable(comp, e))
+}
+
 /// A Nanos build's inputs, checked.
 struct NanosInputs {
     toolchain: Toolchain,
@@ -58,10 +63,7 @@ impl Qemu {
         match form {
             Form::Image => Ok(None),
             Form::Kernel if !form.bakes_initrd(comp) => Ok(None),
-            Form::Kernel | Form::Ops => {
-                let tree = GuestTree::new(binds(&comp.volumes), Vec::new()).map_err(|e| unusable(comp, e))?;
-                Ok(Some(tree.fingerprint().map_err(|e| unusable(comp, e))?))
-            }
+            Form::Kernel | Form::Ops => Ok(Some(volume_tree(comp)?.fingerprint().map_err(|e| unusable(comp, e))?)),
             Form::Nanos => {
                 let inputs = nanos_inputs(comp, self.nanos.toolchain())?;
                 let tree = inputs.tree.fingerprint().map_err(|e| unusable(comp, e))?;
@@ -78,8 +80,7 @@ impl Qemu {
             Form::Image => None,
             Form::Kernel if !form.bakes_initrd(comp) => None,
             Form::Kernel => {
-                let tree = GuestTree::new(binds(&comp.volumes), Vec::new()).map_err(|e| unusable(comp, e))?;
-                let contents = tree.stage(&staging).map_err(|e| unusable(comp, format!("staging volumes: {e}")))?;
+                let contents = volume_tree(comp)?.stage(&staging).map_err(|e| unusable(comp, format!("staging volumes: {e}")))?;
                 let env: String = comp.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
                 let mut extra: Vec<(&str, u32, Vec<u8>)> = Vec::new();
                 if !env.is_empty() {
@@ -93,9 +94,8 @@ impl Qemu {
                 Some(contents)
             }
             Form::Ops => {
-                let tree = GuestTree::new(binds(&comp.volumes), Vec::new()).map_err(|e| unusable(comp, e))?;
                 let program = ops::find(self.config.ops.as_deref()).map_err(|e| unusable(comp, e))?;
-                let contents = tree.stage(&staging).map_err(|e| unusable(comp, format!("staging volumes: {e}")))?;
+                let contents = volume_tree(comp)?.stage(&staging).map_err(|e| unusable(comp, format!("staging volumes: {e}")))?;
                 ops::build(&program, comp, &staging, &paths.ops_config(), &paths.ops_home()).map_err(|e| unusable(comp, e))?;
                 if !paths.ops_image().exists() {
                     return Err(unusable(comp, format!("ops build succeeded but left no image at {}", paths.ops_image().display())));

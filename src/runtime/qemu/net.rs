@@ -7,11 +7,9 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use sha2::{Digest, Sha256};
-
 use super::record::VmRecord;
-use super::Qemu;
-use crate::plan::{hex_prefix, Component};
+use super::{hex, Qemu};
+use crate::plan::Component;
 use crate::runtime::bake::nanos::StaticIp;
 use crate::runtime::address::Pool;
 use crate::runtime::RuntimeError;
@@ -23,10 +21,6 @@ pub struct IsolatedNet {
     pub bridge: String,
     pub tap: String,
     pub mac: String,
-}
-
-fn hex(input: &str, n: usize) -> String {
-    hex_prefix(&Sha256::digest(input.as_bytes()), n)
 }
 
 /// Does `comp` sit on an isolated network (and so need an assigned address)?
