@@ -1,7 +1,10 @@
 {
   description = "mcp: a declarative deployer for small fleets (podman containers and unikernel VMs over SSH)";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
+  # nixos-25.11: its rustc (1.91) meets Cargo.toml's rust-version 1.89 (24.05 had 1.77,
+  # 25.05 1.86). No flake.lock is committed: it cannot be made on the offline machines mcp is
+  # developed on; `nix flake lock` writes one on first use.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
   # The Nanos unikernel and what its Makefile vendors, at the commits the tests build
   # (shared/nanos/SOURCES); flake.lock records their hashes on first use.
   inputs.nanos-src = { url = "github:nanovms/nanos/b9c3671d9b95cdab590e223b3b01a8f18c09483c"; flake = false; };
@@ -36,10 +39,16 @@
       packages = forAll (system:
         let
           pkgs = nixpkgs.legacyPackages.${system};
+          inherit (pkgs) lib;
           mcp = pkgs.rustPlatform.buildRustPackage {
             pname = "mcp";
             version = (builtins.fromTOML (builtins.readFile ./Cargo.toml)).package.version;
-            src = pkgs.lib.cleanSource ./.;
+            # What the build reads (modules/plan.nix is compiled in): a change to README,
+            # tests or scripts does not rebuild mcp.
+            src = lib.fileset.toSource {
+              root = ./.;
+              fileset = lib.fileset.unions [ ./Cargo.toml ./Cargo.lock ./src ./benches ./modules/plan.nix ];
+            };
             cargoLock.lockFile = ./Cargo.lock;
             # The integration tests need podman, sshd and qemu; they run in tests/vm.
             doCheck = false;
@@ -48,7 +57,7 @@
         in
         {
           inherit mcp;
-          mcp-agent = mcp // { meta = mcp.meta // { mainProgram = "mcp-agent"; }; };
+          mcp-agent = lib.addMetaAttrs { mainProgram = "mcp-agent"; } mcp;
           default = mcp;
         } // pkgs.lib.optionalAttrs (system == "x86_64-linux") {
           # The Nanos toolchain from source, for [nanos] dir (program-form unikernels).
@@ -66,6 +75,7 @@
       apps = forAll (system: {
         deploy = {
           type = "app";
+          meta.description = "mcp deploy: deploy services to their nodes";
           program = toString (nixpkgs.legacyPackages.${system}.writeShellScript "mcp-deploy" ''
             exec ${self.packages.${system}.mcp}/bin/mcp deploy "$@"
           '');
@@ -73,7 +83,12 @@
         default = self.apps.${system}.deploy;
       });
 
-      nixosModules.mcp-agent = import ./modules/nixos.nix { inherit self; };
+      # With a key: importing it twice declares nothing twice; errors name the file.
+      nixosModules.mcp-agent = {
+        _file = ./modules/nixos.nix;
+        key = "mcp-agent";
+        imports = [ (import ./modules/nixos.nix { inherit self; }) ];
+      };
       nixosModules.default = self.nixosModules.mcp-agent;
 
       checks = forAll (system:
@@ -81,7 +96,9 @@
         {
           deploy = import ./tests/vm/deploy.nix { inherit pkgs self; };
           drift = import ./tests/vm/drift.nix { inherit pkgs self; };
+        } // (if system == "x86_64-linux" then {
+          # qemu-system-x86_64 guests and the Nanos toolchain: x86_64 only.
           unikernel = import ./tests/vm/unikernel.nix { inherit pkgs self; };
-        });
+        } else { }));
     };
 }

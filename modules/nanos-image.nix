@@ -15,10 +15,11 @@ let
   component = { program, args ? [ ], env ? { }, files ? { } }: {
     name = "image";
     kind = "unikernel";
-    program = toString program;
+    # "${...}" (not toString): a path literal is copied to the store and becomes an input.
+    program = "${program}";
     cmd = args;
     inherit env;
-    volumes = map (guest: "${toString files.${guest}}:${guest}") (builtins.attrNames files);
+    volumes = map (guest: "${files.${guest}}:${guest}") (builtins.attrNames files);
   };
 in
 {

@@ -1,16 +1,31 @@
 # services.mcp-agent: the node side of mcp. Runs `mcp-agent serve` (drift monitor, restart
-# policy, alerts) as a hardened systemd service, as its own user, with rootless podman and
-# qemu available; optional authorized keys get `command="mcp-agent rpc",restrict`.
+# policy, alerts) as a system service of its own lingering user, whose rootless podman and
+# QEMU run the workloads; deploy keys get `command="mcp-agent rpc ...",restrict`.
+#
+# One podman for everyone: the daemon, an SSH session of a deploy key (forced command) and an
+# admin (`mcp-podman`) all run podman as that user with HOME = stateDir (storage under
+# stateDir/.local/share/containers) and XDG_RUNTIME_DIR = /run/user/<uid> (runroot, the user's
+# systemd bus for cgroups), the way pam_systemd sets up an SSH login of that user. So the unit
+# pins the uid, starts after user@<uid>.service and keeps no mount-namespace hardening: rootless
+# podman's pause process and conmon outlive the process that started them, and must see the
+# same /run, /tmp and /home as an SSH session does (see README "With Nix").
+# The strings handed to the binaries come from ./agent-contract.nix (tested against them).
 { self }:
 { config, lib, pkgs, ... }:
 let
   cfg = config.services.mcp-agent;
+  contract = import ./agent-contract.nix;
   inherit (lib) mkEnableOption mkOption mkIf types;
-  agent = "${cfg.package}/bin/mcp-agent";
-  rpc = "${agent} rpc --state-dir ${cfg.stateDir}";
-  toml = pkgs.formats.toml { };
-  # What the operator set, with [nanos] dir pointing at the toolchain unless set explicitly.
-  settings = lib.recursiveUpdate (lib.optionalAttrs (cfg.nanos != null) { nanos.dir = "${cfg.nanos}"; }) cfg.settings;
+  isX86 = pkgs.stdenv.hostPlatform.isx86_64;
+  podman = config.virtualisation.podman.package;
+  runtimeDir = "/run/user/${toString cfg.uid}";
+  configFile = (pkgs.formats.toml { }).generate "agent.toml" (contract.settings { inherit (cfg) settings nanos; });
+  paths = { agent = "${cfg.package}/bin/mcp-agent"; inherit (cfg) stateDir; config = configFile; };
+  # podman as the agent's user, in the daemon's environment (for admins and the VM tests).
+  mcpPodman = pkgs.writeShellScriptBin "mcp-podman" ''
+    exec ${pkgs.util-linux}/bin/runuser -u ${cfg.user} -- \
+      ${pkgs.coreutils}/bin/env HOME=${cfg.stateDir} XDG_RUNTIME_DIR=${runtimeDir} ${podman}/bin/podman "$@"
+  '';
 in
 {
   options.services.mcp-agent = {
@@ -18,73 +33,104 @@ in
     package = mkOption {
       type = types.package;
       default = self.packages.${pkgs.stdenv.hostPlatform.system}.mcp-agent;
+      defaultText = lib.literalExpression "mcp.packages.\${system}.mcp-agent";
       description = "The package providing mcp-agent.";
     };
-    user = mkOption { type = types.str; default = "mcp"; description = "User the agent (and its containers and VMs) run as."; };
+    user = mkOption { type = types.str; default = "mcp"; description = "User the agent, its containers (rootless podman) and its VMs run as."; };
     group = mkOption { type = types.str; default = "mcp"; description = "Group of the agent's socket (mode 0660)."; };
-    stateDir = mkOption { type = types.path; default = "/var/lib/mcp-agent"; description = "Registry, socket, VM dirs."; };
-    authorizedKeys = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      description = "SSH public keys that may deploy; each is restricted to `mcp-agent rpc`.";
+    uid = mkOption {
+      type = types.ints.between 1000 60000;
+      default = 2947;
+      description = "The user's uid, fixed because the unit needs /run/user/<uid> (its XDG_RUNTIME_DIR) at evaluation time.";
     };
-    qemu = mkOption { type = types.bool; default = true; description = "Install QEMU for unikernel components."; };
+    stateDir = mkOption {
+      type = types.strMatching "/[A-Za-z0-9._/+@-]*";
+      default = "/var/lib/mcp-agent";
+      description = "The user's home: registry, socket, VM dirs, podman storage (.local/share/containers).";
+    };
+    authorizedKeys = mkOption {
+      type = types.listOf (types.either types.singleLineStr (types.submodule {
+        options.key = mkOption { type = types.singleLineStr; description = "A bare public key."; };
+        options.options = mkOption { type = types.listOf types.singleLineStr; default = [ ]; description = "authorized_keys options, e.g. from=\"10.0.0.0/8\"."; };
+      }));
+      default = [ ];
+      example = lib.literalExpression ''[ "ssh-ed25519 AAAA... ops@laptop" { key = "ssh-ed25519 AAAA... ci"; options = [ "from=\"10.0.0.0/8\"" ]; } ]'';
+      description = "SSH public keys that may deploy; each is restricted to `mcp-agent rpc` (forced command, `restrict`).";
+    };
+    qemu = mkOption {
+      type = types.bool;
+      default = isX86;
+      defaultText = lib.literalExpression "pkgs.stdenv.hostPlatform.isx86_64";
+      description = "QEMU for unikernel components (x86_64 guests: x86_64 nodes only).";
+    };
+    isolatedNetworks = mkOption {
+      type = types.bool;
+      default = cfg.qemu;
+      defaultText = lib.literalExpression "config.services.mcp-agent.qemu";
+      description = "Let the agent create bridges and taps for VMs on isolated networks (CAP_NET_ADMIN as an ambient capability of the unit).";
+    };
     nanos = mkOption {
       type = types.nullOr types.package;
       default = self.packages.${pkgs.stdenv.hostPlatform.system}.nanos or null;
-      defaultText = lib.literalExpression "self.packages.\${system}.nanos (x86_64-linux), else null";
+      defaultText = lib.literalExpression "mcp.packages.\${system}.nanos (x86_64-linux), else null";
       description = "The Nanos toolchain (kernel.img, boot.img, mkfs) program-form unikernels are built with; sets [nanos] dir.";
     };
     settings = mkOption {
-      type = toml.type;
+      type = (pkgs.formats.toml { }).type;
       default = { };
-      description = "agent.toml: [podman], [qemu], [nanos], [monitor], [events], [alert].";
+      description = "agent.toml: [podman], [qemu], [nanos], [monitor], [events], [alert] (unknown keys stop the agent at start).";
       example = { monitor.sweep_secs = 30; alert.command = [ "/run/current-system/sw/bin/logger" "-t" "mcp" ]; };
     };
   };
 
   config = mkIf cfg.enable {
+    assertions = [{
+      assertion = cfg.qemu -> isX86;
+      message = "services.mcp-agent.qemu: mcp runs x86_64 guests with qemu-system-x86_64; set it to false on ${pkgs.stdenv.hostPlatform.system}.";
+    }];
     users.groups.${cfg.group} = { };
     users.users.${cfg.user} = {
+      # A login shell for the forced command; isNormalUser also allots subordinate uid/gid
+      # ranges (rootless podman's user namespace).
       isNormalUser = true;
-      group = cfg.group;
+      inherit (cfg) uid group;
       home = cfg.stateDir;
       createHome = true;
-      # Rootless podman needs subordinate ids and a lingering user.
-      autoSubUidGidRange = true;
       linger = true;
-      openssh.authorizedKeys.keys = map (k: ''command="${rpc}",restrict ${k}'') cfg.authorizedKeys;
+      extraGroups = lib.optional cfg.qemu "kvm";
+      openssh.authorizedKeys.keys = map (contract.authorizedKey (contract.rpcCommand paths)) cfg.authorizedKeys;
     };
     virtualisation.podman.enable = true;
-    environment.systemPackages = [ cfg.package pkgs.podman ] ++ lib.optional cfg.qemu pkgs.qemu_kvm;
+    environment.systemPackages = [ cfg.package mcpPodman ] ++ lib.optional cfg.qemu pkgs.qemu_kvm;
+    # For admins: `mcp-agent config --config /etc/mcp-agent/agent.toml`.
+    environment.etc."mcp-agent/agent.toml".source = configFile;
 
     systemd.services.mcp-agent = {
       description = "mcp agent: keeps this node's services as deployed";
       wantedBy = [ "multi-user.target" ];
-      after = [ "network-online.target" ];
-      wants = [ "network-online.target" ];
-      path = [ pkgs.podman pkgs.iproute2 pkgs.coreutils "/run/wrappers" ] ++ lib.optional cfg.qemu pkgs.qemu_kvm;
-      environment.MCP_AGENT_STATE = cfg.stateDir;
+      # The user's manager (started at boot for a lingering user) owns /run/user/<uid>, the
+      # bus podman's systemd cgroup manager talks to, and the scopes containers run in.
+      wants = [ "network-online.target" "linger-users.service" ];
+      requires = [ "user@${toString cfg.uid}.service" ];
+      after = [ "network-online.target" "linger-users.service" "user@${toString cfg.uid}.service" ];
+      path = [ podman pkgs.iproute2 pkgs.coreutils "/run/wrappers" ] ++ lib.optional cfg.qemu pkgs.qemu_kvm;
+      environment = { HOME = cfg.stateDir; XDG_RUNTIME_DIR = runtimeDir; MCP_AGENT_STATE = cfg.stateDir; };
+      # A crash loop at boot keeps retrying instead of ending in "failed" after 5 starts.
+      startLimitIntervalSec = 0;
       serviceConfig = {
-        ExecStart = "${agent} serve --state-dir ${cfg.stateDir} --config ${toml.generate "agent.toml" settings}";
+        ExecStart = contract.execStart paths;
         User = cfg.user;
         Group = cfg.group;
         Restart = "on-failure";
-        RestartSec = 2;
-        KillMode = "process"; # containers and VMs outlive agent restarts
+        RestartSec = 5;
+        KillMode = "process"; # VMs outlive agent restarts (containers live in the user's own scopes)
         UMask = "0077";
-        NoNewPrivileges = false; # rootless podman uses newuidmap (setuid)
-        ProtectSystem = "strict";
-        ReadWritePaths = [ cfg.stateDir ];
-        ProtectHome = "read-only";
-        PrivateTmp = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectControlGroups = false; # podman manages cgroups
+        # newuidmap/newgidmap are setuid wrappers: no NoNewPrivileges, and none of the options
+        # that imply it for a User= unit (seccomp-based: LockPersonality, RestrictRealtime,
+        # SystemCallArchitectures, ProtectKernel*, MemoryDenyWriteExecute, SystemCallFilter ...).
+        NoNewPrivileges = false;
         RestrictSUIDSGID = false;
-        LockPersonality = true;
-        RestrictRealtime = true;
-        SystemCallArchitectures = "native";
+        AmbientCapabilities = lib.optional cfg.isolatedNetworks "CAP_NET_ADMIN";
       };
     };
   };

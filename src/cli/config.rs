@@ -1,5 +1,6 @@
 //! The operator's config: `~/.config/mcp/mcp.toml` (XDG_CONFIG_HOME respected; `--config` or
-//! `MCP_CONFIG` override). With no file at all: one node `local` and services in `./services`.
+//! `MCP_CONFIG` override). With no file at all: one node `local` and services in `./services`;
+//! a file without `[services]` means the `services` dir beside it.
 
 use std::path::{Path, PathBuf};
 
@@ -88,10 +89,9 @@ impl Config {
             }
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        let services_dir = match file.services {
-            Some(s) => resolve(base, &s.dir),
-            None => PathBuf::from("services"),
-        };
+        // Without [services]: the dir beside the file, so a command finds the same services
+        // from any working directory (a test driver's shell runs in /tmp).
+        let services_dir = resolve(base, file.services.as_ref().map_or(Path::new("services"), |s| &s.dir));
         let mut nodes = file.nodes;
         if nodes.is_empty() {
             nodes = Config::embedded().nodes;
@@ -177,6 +177,8 @@ address = "100.95.252.120:9444"
         assert_eq!(c.services_dir, PathBuf::from("/cfg/svc"));
         assert_eq!(c.nodes[0].name, "local");
         assert!(c.nodes[0].is_local());
+        let c = Config::parse("[[nodes]]\nname = \"n\"\naddress = \"n\"\n", Path::new("/cfg/mcp.toml")).unwrap();
+        assert_eq!(c.services_dir, PathBuf::from("/cfg/services"), "no [services]: beside the file, not the cwd");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 # Drift: a container killed behind mcp's back is recorded and brought back by the agent's
-# monitor (restart = "always").
+# monitor (restart = "always"; `podman kill` marks it stopped by the user, so podman's own
+# restart policy would not).
 { pkgs, self }:
 let common = import ./lib.nix { inherit pkgs self; }; in
 pkgs.testers.nixosTest {
@@ -8,21 +9,12 @@ pkgs.testers.nixosTest {
   testScript = ''
     start_all()
     node.wait_for_unit("mcp-agent.service")
-    node.succeed("su - mcp -c 'podman load -i /etc/mcp-test-image.tar'")
+    node.succeed("mcp-podman load -i /etc/mcp-test-image.tar")
     ${common.setupWorkstation}
-    workstation.succeed("""cat > /root/.config/mcp/services/sticky.toml <<'EOS'
-    name = "sticky"
-    node = "node"
-    [[components]]
-    name = "web"
-    image = "localhost/mcp-test:latest"
-    restart = "always"
-    cmd = ["httpd", "-f", "-p", "8080", "-h", "/www"]
-    EOS""")
     workstation.succeed("mcp deploy sticky")
-    node.succeed("su - mcp -c 'podman kill sticky-web'")
+    node.succeed("mcp-podman kill sticky-web")
     workstation.wait_until_succeeds("mcp status sticky --json | grep drift.stopped", timeout=60)
     workstation.wait_until_succeeds("mcp status sticky --json | grep '\"repairs\": 1'", timeout=60)
-    node.wait_until_succeeds("su - mcp -c 'podman ps --filter name=sticky-web --format {{.State}}' | grep -i running")
+    node.wait_until_succeeds("mcp-podman ps --filter name=sticky-web --format {{.State}} | grep -i running", timeout=60)
   '';
 }

@@ -1,47 +1,39 @@
-# Unikernel networking: a kernel-form VM with user-mode networking serves a baked config dir
-# through hostfwd on the agent node.
+# Unikernel networking with Nanos program-form guests (the flake's Nanos toolchain, images
+# built by the agent from tests/guest): one on QEMU user networking serving a baked dir through
+# a forwarded port, then two on an isolated network (a bridge without a host address) where
+# the friend reaches the web guest at its assigned address and a stranger on another network
+# does not. x86_64-linux only (qemu-system-x86_64 guests).
 { pkgs, self }:
-let
-  common = import ./lib.nix { inherit pkgs self; };
-  init = pkgs.writeScript "init" ''
-    #!/bin/sh
-    mount -t proc proc /proc; mount -t sysfs sysfs /sys
-    ip link set lo up; ip link set eth0 up
-    ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
-    httpd -f -p 8080 -h /srv/www &
-    while true; do sleep 3600; done
-  '';
-  initrd = pkgs.makeInitrd {
-    contents = [
-      { object = "${pkgs.pkgsStatic.busybox}/bin"; symlink = "/bin"; }
-      { object = init; symlink = "/init"; }
-    ];
-  };
-in
+let common = import ./lib.nix { inherit pkgs self; }; in
 pkgs.testers.nixosTest {
   name = "mcp-unikernel";
   nodes = {
-    node = { ... }: { imports = [ common.agentNode ]; virtualisation.memorySize = 3072; };
+    node = { ... }: {
+      imports = [ common.agentNode ];
+      virtualisation.memorySize = 3072;
+      virtualisation.cores = 2;
+      environment.systemPackages = [ common.guest ];
+    };
     workstation = common.workstation;
   };
   testScript = ''
+    import json
     start_all()
     node.wait_for_unit("mcp-agent.service")
     node.succeed("mkdir -p /srv/www && echo 'baked config' > /srv/www/index.html && chown -R mcp /srv/www")
     ${common.setupWorkstation}
-    workstation.succeed("""cat > /root/.config/mcp/services/uk.toml <<'EOS'
-    name = "uk"
-    node = "node"
-    [[components]]
-    name = "vm"
-    kind = "unikernel"
-    kernel = "${pkgs.linuxPackages.kernel}/bzImage"
-    initrd = "${initrd}/initrd"
-    network = "user"
-    ports = ["127.0.0.1:18080:8080"]
-    volumes = ["/srv/www:/srv/www"]
-    EOS""")
     workstation.succeed("mcp deploy uk")
-    node.wait_until_succeeds("curl -sf http://127.0.0.1:18080/ | grep 'baked config'", timeout=180)
+    node.wait_until_succeeds("curl -sf http://127.0.0.1:18080/ | grep 'baked config'", timeout=300)
+
+    workstation.succeed("mcp deploy uk-web")
+    ps = json.loads(workstation.succeed("mcp ps --json"))
+    web = next(c for c in ps["nodes"][0]["result"]["containers"] if c["service"] == "uk-web")
+    ip = web["address"].split("/")[0]
+    workstation.succeed(f"sed -i 's/@WEB@/{ip}/' /root/.config/mcp/services/uk-friend.toml /root/.config/mcp/services/uk-stranger.toml")
+    workstation.succeed("mcp deploy uk-friend")
+    workstation.succeed("mcp deploy uk-stranger")
+    workstation.wait_until_succeeds("mcp logs uk-friend | grep 'probe ok: baked config'", timeout=300)
+    workstation.wait_until_succeeds("test $(mcp logs uk-stranger | grep -c 'probe failed') -ge 3", timeout=300)
+    workstation.fail("mcp logs uk-stranger | grep 'probe ok'")
   '';
 }
