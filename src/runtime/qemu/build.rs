@@ -97,6 +97,11 @@ impl Qemu {
                 let program = ops::find(self.config.ops.as_deref()).map_err(|e| unusable(comp, e))?;
                 let contents = volume_tree(comp)?.stage(&staging).map_err(|e| unusable(comp, format!("staging volumes: {e}")))?;
                 ops::build(&program, comp, &staging, &paths.ops_config(), &paths.ops_home()).map_err(|e| unusable(comp, e))?;
+                // Some ops versions name the image `<name>.img`.
+                let suffixed = paths.ops_image().with_extension("img");
+                if !paths.ops_image().exists() && suffixed.exists() {
+                    std::fs::rename(&suffixed, paths.ops_image()).map_err(io_err(format!("moving {} into place", suffixed.display())))?;
+                }
                 if !paths.ops_image().exists() {
                     return Err(unusable(comp, format!("ops build succeeded but left no image at {}", paths.ops_image().display())));
                 }
