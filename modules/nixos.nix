@@ -22,9 +22,12 @@ let
   configFile = (pkgs.formats.toml { }).generate "agent.toml" (contract.settings { inherit (cfg) settings nanos; });
   paths = { agent = "${cfg.package}/bin/mcp-agent"; inherit (cfg) stateDir; config = configFile; };
   # podman as the agent's user, in the daemon's environment (for admins and the VM tests).
+  # The environment every podman of the agent's user gets (the daemon's unit sets the same).
+  podmanEnv = { HOME = cfg.stateDir; XDG_RUNTIME_DIR = runtimeDir; DBUS_SESSION_BUS_ADDRESS = "unix:path=${runtimeDir}/bus"; };
   mcpPodman = pkgs.writeShellScriptBin "mcp-podman" ''
-    exec ${pkgs.util-linux}/bin/runuser -u ${cfg.user} -- \
-      ${pkgs.coreutils}/bin/env HOME=${cfg.stateDir} XDG_RUNTIME_DIR=${runtimeDir} ${podman}/bin/podman "$@"
+    exec ${pkgs.util-linux}/bin/runuser -u ${cfg.user} -- ${pkgs.coreutils}/bin/env -i -C ${cfg.stateDir} \
+      PATH=/run/wrappers/bin:/run/current-system/sw/bin ${lib.concatStringsSep " " (lib.mapAttrsToList (k: v: "${k}=${v}") podmanEnv)} \
+      ${podman}/bin/podman "$@"
   '';
 in
 {
@@ -41,7 +44,7 @@ in
     uid = mkOption {
       type = types.ints.between 1000 60000;
       default = 2947;
-      description = "The user's uid, fixed because the unit needs /run/user/<uid> (its XDG_RUNTIME_DIR) at evaluation time.";
+      description = "The user's uid, fixed because the unit needs /run/user/<uid> (its XDG_RUNTIME_DIR) at evaluation time. NixOS never changes an existing user's uid: on a node where the user already exists, set this to its uid (`id -u mcp`).";
     };
     stateDir = mkOption {
       type = types.strMatching "/[A-Za-z0-9._/+@-]*";
@@ -110,11 +113,11 @@ in
       wantedBy = [ "multi-user.target" ];
       # The user's manager (started at boot for a lingering user) owns /run/user/<uid>, the
       # bus podman's systemd cgroup manager talks to, and the scopes containers run in.
-      wants = [ "network-online.target" "linger-users.service" ];
-      requires = [ "user@${toString cfg.uid}.service" ];
+      # Wants, not Requires: `loginctl terminate-user` must not stop the agent for good.
+      wants = [ "network-online.target" "linger-users.service" "user@${toString cfg.uid}.service" ];
       after = [ "network-online.target" "linger-users.service" "user@${toString cfg.uid}.service" ];
       path = [ podman pkgs.iproute2 pkgs.coreutils "/run/wrappers" ] ++ lib.optional cfg.qemu pkgs.qemu_kvm;
-      environment = { HOME = cfg.stateDir; XDG_RUNTIME_DIR = runtimeDir; MCP_AGENT_STATE = cfg.stateDir; };
+      environment = podmanEnv // { MCP_AGENT_STATE = cfg.stateDir; };
       # A crash loop at boot keeps retrying instead of ending in "failed" after 5 starts.
       startLimitIntervalSec = 0;
       serviceConfig = {

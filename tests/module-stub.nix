@@ -13,6 +13,8 @@ let
     inherit mkOption;
     mkEnableOption = what: mkOption { default = false; description = "Whether to enable ${what}."; };
     mkIf = cond: value: if cond then value else { };
+    concatStringsSep = builtins.concatStringsSep;
+    mapAttrsToList = f: attrs: map (n: f n attrs.${n}) (builtins.attrNames attrs);
     optional = cond: x: if cond then [ x ] else [ ];
     literalExpression = text: { _type = "literalExpression"; inherit text; };
     types = let t = name: { inherit name; }; in {
@@ -44,7 +46,7 @@ in
   settings = out.environment.etc."mcp-agent/agent.toml".source.value;
   execStart = unit.serviceConfig.ExecStart;
   environment = unit.environment;
-  requires = unit.requires;
+  wants = unit.wants;
   ambientCapabilities = unit.serviceConfig.AmbientCapabilities;
   authorizedKeys = user.openssh.authorizedKeys.keys;
   inherit (user) uid home linger;

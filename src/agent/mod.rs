@@ -4,6 +4,7 @@
 pub mod alert;
 pub mod config;
 pub mod files;
+mod images;
 pub mod logs;
 pub mod monitor;
 pub mod reconcile;
@@ -349,6 +350,7 @@ impl Agent {
         if restart {
             actions = actions.into_iter().map(|a| restart_kept(a, service, &observed)).collect();
         }
+        self.prepare_images(record, &actions, progress)?;
         let result = match self.execute(record, &actions, progress) {
             Err(ExecError::NameInUse(name)) if assume_empty => {
                 observed = self.runtime.list(Some(service))?;

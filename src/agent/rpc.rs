@@ -207,6 +207,12 @@ fn dispatch(
             to_value(true)
         }
         proto::LOGS => to_value(super::logs::logs(agent, &params_of(&req.params)?, log, cancel)?),
+        proto::REGISTRY_LOGIN => to_value(agent.registry_login(&params_of(&req.params)?)?),
+        proto::REGISTRY_LOGOUT => {
+            let p: proto::RegistryParams = params_of(&req.params)?;
+            to_value(agent.registry_logout(&p.registry)?)
+        }
+        proto::REGISTRY_LIST => to_value(agent.registry_list()?),
         other => Err(RpcError::new(ErrorCode::BadRequest, format!("unknown method {other:?}"))),
     }
 }

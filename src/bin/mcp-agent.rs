@@ -188,5 +188,8 @@ fn load_config(opts: &AgentOpts, state_dir: &std::path::Path) -> Result<AgentCon
     if let Some(s) = opts.sweep_secs {
         config.monitor.sweep_secs = Some(s);
     }
+    // Registry credentials live with the rest of the node's state (not under
+    // $XDG_RUNTIME_DIR, which a reboot empties).
+    config.podman.auth_file.get_or_insert_with(|| state_dir.join("registries/auth.json"));
     Ok(config)
 }

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod ps;
 pub mod pull;
 pub mod push;
+pub mod registry;
 pub mod service;
 pub mod status;
 pub mod sync;
@@ -104,6 +105,9 @@ pub enum Command {
     Push(push::Opts),
     /// Copy a file out of a service's volume dir on its node.
     Pull(pull::Opts),
+    /// Image registry credentials on the nodes: login, logout, list.
+    #[command(subcommand)]
+    Registry(registry::Cmd),
 }
 
 /// `--json` for commands that read.
@@ -154,6 +158,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Adopt(o) => adopt::run(&ctx, o).await,
         Command::Push(o) => push::run(&ctx, o).await,
         Command::Pull(o) => pull::run(&ctx, o).await,
+        Command::Registry(c) => registry::run(&ctx, c).await,
     }
 }
 
@@ -270,8 +275,18 @@ impl Ctx {
         F: Fn(Session) -> Fut + Clone + Send + 'static,
         Fut: std::future::Future<Output = Result<T, CallError>> + Send + 'static,
     {
+        self.each_of(self.config.nodes.iter().collect(), f).await
+    }
+
+    /// Run `f` against `nodes` at once; one result per node, in the given order.
+    pub async fn each_of<T, F, Fut>(&self, nodes: Vec<&NodeConfig>, f: F) -> Vec<NodeResult<T>>
+    where
+        T: Send + 'static,
+        F: Fn(Session) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, CallError>> + Send + 'static,
+    {
         let mut set = JoinSet::new();
-        for (i, node) in self.config.nodes.iter().enumerate() {
+        for (i, node) in nodes.into_iter().enumerate() {
             let name = node.name.clone();
             let transport = self.transport(node);
             let f = f.clone();

@@ -137,6 +137,59 @@ pub const GET_CHUNK: &str = "get_chunk";
 pub const GET_END: &str = "get_end";
 /// A service's output: `log` lines, then the result; with `follow` until the client goes away.
 pub const LOGS: &str = "logs";
+/// Registry credentials on the node (added in protocol 1; an older agent answers "unknown
+/// method").
+pub const REGISTRY_LOGIN: &str = "registry_login";
+pub const REGISTRY_LOGOUT: &str = "registry_logout";
+pub const REGISTRY_LIST: &str = "registry_list";
+
+/// `registry_login`: the password travels only inside this request (over the SSH channel or
+/// the local pipe) and reaches podman on stdin; Debug never shows it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RegistryLoginParams {
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+    /// PEM of the CA that signed the registry's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryLoginParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLoginParams")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| format!("{} bytes", p.len())))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryParams {
+    pub registry: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryLogoutResult {
+    pub registry: String,
+    /// False when the node had no credentials for it.
+    pub logged_out: bool,
+}
+
+/// A registry the node has credentials for (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryEntry {
+    pub registry: String,
+    /// A CA for it is in podman's certs dir.
+    pub ca: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryListResult {
+    pub registries: Vec<RegistryEntry>,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PutBeginParams {

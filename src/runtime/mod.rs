@@ -8,6 +8,8 @@ pub mod child;
 pub mod multi;
 pub mod podman;
 pub mod qemu;
+pub mod registries;
+mod podman_images;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -178,6 +180,21 @@ pub enum RuntimeError {
     Unsupported(String),
     #[error("no {kind} with id {id}")]
     NotFound { kind: &'static str, id: String },
+    #[error("pulling {image} from {registry} failed: {cause}")]
+    Pull { image: String, registry: String, cause: String },
+    #[error("logging in to {registry} failed: {cause}")]
+    Login { registry: String, cause: String },
+}
+
+/// Credentials and trust for image registries on the node (podman).
+pub trait Registries {
+    /// Check the credentials against the registry and keep them (and the CA, when given,
+    /// kept only if the login succeeds). The password reaches podman on stdin only.
+    fn login(&self, registry: &str, username: &str, password: &str, ca_pem: Option<&str>) -> Result<(), RuntimeError>;
+    /// Forget the credentials (and a CA mcp installed); false when there were none.
+    fn logout(&self, registry: &str) -> Result<bool, RuntimeError>;
+    /// Registries with credentials, never the secrets.
+    fn list(&self) -> Result<Vec<registries::RegistryEntry>, RuntimeError>;
 }
 
 /// What a component runs on. Implementations are blocking; the agent calls them off the async
@@ -223,4 +240,13 @@ pub trait Runtime: Send + Sync {
     fn tail_logs(&self, id: &str, lines: u32) -> String;
     /// How long a fresh replacement must stay up before the old one is discarded.
     fn settle(&self) -> Duration;
+    /// Make what the component needs available before anything is replaced (a container's
+    /// image is pulled when missing), reporting progress lines.
+    fn prepare(&self, _comp: &Component, _progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    /// Registry credentials, where this runtime pulls images.
+    fn registries(&self) -> Option<&dyn Registries> {
+        None
+    }
 }

@@ -124,6 +124,14 @@ impl Runtime for Runtimes {
     fn settle(&self) -> Duration {
         self.containers.settle()
     }
+
+    fn prepare(&self, comp: &Component, progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {
+        self.by_kind(comp).prepare(comp, progress)
+    }
+
+    fn registries(&self) -> Option<&dyn super::Registries> {
+        self.containers.registries()
+    }
 }
 
 /// Several event streams as one; it ends when any of them ends (the follower then starts

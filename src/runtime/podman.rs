@@ -41,6 +41,13 @@ pub struct PodmanConfig {
     /// Milliseconds a replacement must stay running before the old container is dropped.
     #[serde(default)]
     pub settle_ms: Option<u64>,
+    /// The registry auth file every podman call reads (`REGISTRY_AUTH_FILE`); the agent sets
+    /// `<state dir>/registries/auth.json` unless this names another.
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
+    /// Seconds a pull may take before it is stopped (default 1800).
+    #[serde(default)]
+    pub pull_timeout_secs: Option<u64>,
 }
 
 pub const DEFAULT_SETTLE_MS: u64 = 1500;
@@ -431,7 +438,7 @@ fn classify(step: &str, code: i32, stderr: &str) -> RuntimeError {
 }
 
 pub struct Podman {
-    config: PodmanConfig,
+    pub(super) config: PodmanConfig,
     program: OnceLock<PathBuf>,
     /// Where env files are written (mode 0600, deleted right after `podman run`).
     scratch: PathBuf,
@@ -447,17 +454,21 @@ impl Podman {
     }
 
     /// `podman <global flags> <args>` with the configured environment, not yet run.
-    fn command(&self, args: &[String]) -> Result<Command, RuntimeError> {
+    pub(super) fn command(&self, args: &[String]) -> Result<Command, RuntimeError> {
         let mut cmd = Command::new(self.program()?);
         cmd.args(&self.config.args).args(args).stdin(Stdio::null());
         if let Some(conf) = &self.config.containers_conf {
             cmd.env("CONTAINERS_CONF", conf);
         }
+        // Once a pull or login made it (podman refuses an auth file that does not exist).
+        if let Some(auth) = self.config.auth_file.as_deref().filter(|a| a.exists()) {
+            cmd.env("REGISTRY_AUTH_FILE", auth);
+        }
         Ok(cmd)
     }
 
     /// Run podman with `args`; stdout on success.
-    fn run(&self, args: &[String]) -> Result<String, RuntimeError> {
+    pub(super) fn run(&self, args: &[String]) -> Result<String, RuntimeError> {
         let step = args.first().cloned().unwrap_or_default();
         tracing::debug!(step = %step, "podman");
         let out = self.command(args)?.output().map_err(|source| self.spawn_error(&step, source))?;
@@ -468,7 +479,7 @@ impl Podman {
         }
     }
 
-    fn spawn_error(&self, step: &str, source: std::io::Error) -> RuntimeError {
+    pub(super) fn spawn_error(&self, step: &str, source: std::io::Error) -> RuntimeError {
         RuntimeError::Spawn {
             program: self.program().map(|p| p.display().to_string()).unwrap_or_default(),
             step: step.to_string(),
@@ -619,6 +630,14 @@ impl Runtime for Podman {
 
     fn settle(&self) -> Duration {
         Duration::from_millis(self.config.settle_ms.unwrap_or(DEFAULT_SETTLE_MS))
+    }
+
+    fn prepare(&self, comp: &Component, progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {
+        self.ensure_image(&comp.image, progress)
+    }
+
+    fn registries(&self) -> Option<&dyn super::Registries> {
+        Some(self)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod guest;
 pub mod nanos;
+pub mod registry;
 pub mod sshd;
 
 use std::cell::RefCell;
@@ -179,6 +180,26 @@ impl Env {
 
     pub fn mcp(&self, args: &[&str]) -> Run {
         self.mcp_in(args, self.dir.path())
+    }
+
+    /// `mcp ...` with `input` on its stdin.
+    pub fn mcp_stdin(&self, args: &[&str], input: &str) -> Run {
+        let mut cmd = Command::new(MCP);
+        cmd.arg("--config").arg(&self.config).args(args).current_dir(self.dir.path());
+        cmd.env("HOME", &self.home).env("XDG_CONFIG_HOME", self.home.join(".config")).env_remove("SSH_AUTH_SOCK");
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+        let out = child.wait_with_output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     pub fn mcp_in(&self, args: &[&str], cwd: &Path) -> Run {

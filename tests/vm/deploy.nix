@@ -4,12 +4,16 @@
 let common = import ./lib.nix { inherit pkgs self; }; in
 pkgs.testers.nixosTest {
   name = "mcp-deploy";
-  nodes = { node = common.agentNode; workstation = common.workstation; };
+  nodes = {
+    # Containers only: the Nanos toolchain is not built for this test.
+    node = { imports = [ common.agentNode ]; services.mcp-agent.nanos = null; };
+    workstation = common.workstation;
+  };
   testScript = ''
     start_all()
     node.wait_for_unit("mcp-agent.service")
     node.succeed("mcp-podman load -i /etc/mcp-test-image.tar")
-    ${common.setupWorkstation}
+    ${common.setupWorkstation [ "hello" ]}
     workstation.succeed("mcp deploy hello")
     workstation.wait_until_succeeds("curl -sf http://node:8080/ | grep 'hello from mcp'", timeout=120)
     workstation.succeed("mcp status hello --json | grep '\"observed\": \"running\"'")

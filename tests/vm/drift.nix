@@ -5,12 +5,16 @@
 let common = import ./lib.nix { inherit pkgs self; }; in
 pkgs.testers.nixosTest {
   name = "mcp-drift";
-  nodes = { node = common.agentNode; workstation = common.workstation; };
+  nodes = {
+    # Containers only: the Nanos toolchain is not built for this test.
+    node = { imports = [ common.agentNode ]; services.mcp-agent.nanos = null; };
+    workstation = common.workstation;
+  };
   testScript = ''
     start_all()
     node.wait_for_unit("mcp-agent.service")
     node.succeed("mcp-podman load -i /etc/mcp-test-image.tar")
-    ${common.setupWorkstation}
+    ${common.setupWorkstation [ "sticky" ]}
     workstation.succeed("mcp deploy sticky")
     node.succeed("mcp-podman kill sticky-web")
     workstation.wait_until_succeeds("mcp status sticky --json | grep drift.stopped", timeout=60)

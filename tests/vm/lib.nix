@@ -41,16 +41,17 @@ in
   workstation = { ... }: {
     environment.systemPackages = [ self.packages.${system}.mcp pkgs.curl ];
   };
-  # The workstation's key, mcp.toml and service files (as root, whose shell runs in /tmp),
-  # once both machines are up and the node's sshd listens (it makes its host keys first).
-  setupWorkstation = ''
+  # The workstation's key, mcp.toml and the named service files (as root, whose shell runs in
+  # /tmp), once both machines are up and the node's sshd listens (it makes its host keys first).
+  # Only the named services are rendered: deploy and drift do not build the Nanos guest.
+  setupWorkstation = services: ''
     workstation.wait_for_unit("multi-user.target")
     node.wait_for_unit("sshd.service")
     node.wait_for_open_port(22)
     workstation.succeed("mkdir -p /root/.ssh /root/.config/mcp/services")
     workstation.succeed("install -m 600 ${./keys/id_ed25519} /root/.ssh/id_ed25519")
     ${copyFile "/root/.config/mcp/mcp.toml" "mcp.toml" files.mcpToml}
-    ${builtins.concatStringsSep "\n" (map (n: copyFile "/root/.config/mcp/services/${n}.toml" "${n}.toml" files.services.${n}) (builtins.attrNames files.services))}
+    ${builtins.concatStringsSep "\n" (map (n: copyFile "/root/.config/mcp/services/${n}.toml" "${n}.toml" files.services.${n}) services)}
     workstation.succeed("mcp login --yes")
   '';
 }

@@ -21,7 +21,7 @@ pkgs.testers.nixosTest {
     start_all()
     node.wait_for_unit("mcp-agent.service")
     node.succeed("mkdir -p /srv/www && echo 'baked config' > /srv/www/index.html && chown -R mcp /srv/www")
-    ${common.setupWorkstation}
+    ${common.setupWorkstation [ "uk" "uk-web" "uk-friend" "uk-stranger" ]}
     workstation.succeed("mcp deploy uk")
     node.wait_until_succeeds("curl -sf http://127.0.0.1:18080/ | grep 'baked config'", timeout=300)
 

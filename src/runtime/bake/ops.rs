@@ -14,7 +14,9 @@ pub const OPS_IMAGE: &str = "mcp-baked";
 /// The ops configuration: the program's arguments and environment, and the staging root's
 /// top-level dirs (guest paths mirrored there) as `Dirs`.
 pub fn ops_config(comp: &Component, dirs: &[String]) -> serde_json::Value {
-    let mut config = serde_json::json!({ "Args": comp.cmd, "Dirs": dirs });
+    // ops puts the program (`ops build <cmd[0]>`) in front of Args itself (its
+    // MergeToConfig: `c.Args = append([]string{c.Program}, c.Args...)`): Args is argv[1..].
+    let mut config = serde_json::json!({ "Args": comp.cmd.get(1..).unwrap_or_default(), "Dirs": dirs });
     if !comp.env.is_empty() {
         config["Env"] = serde_json::json!(comp.env);
     }
@@ -98,7 +100,7 @@ mod tests {
         );
         assert_eq!(
             ops_config(&comp, &["srv".into()]),
-            serde_json::json!({"Args": ["/opt/app/server", "--port", "8080"], "Dirs": ["srv"], "Env": {"MODE": "prod"}})
+            serde_json::json!({"Args": ["--port", "8080"], "Dirs": ["srv"], "Env": {"MODE": "prod"}})
         );
     }
 }

@@ -1,0 +1,65 @@
+//! Images and registries, agent side: what a deploy pulls before it changes anything, and
+//! the registry credentials requests (validated here, carried out by the runtime).
+
+use super::reconcile::Action;
+use super::{Agent, ProgressFn};
+use crate::proto::{ErrorCode, Progress, RegistryListResult, RegistryLoginParams, RegistryLogoutResult, RpcError};
+use crate::registry::{NewEvent, ServiceRecord};
+use crate::runtime::registries::{check_ca, check_registry, check_username};
+use crate::runtime::Registries;
+
+/// Longest password accepted (podman has no limit; a line of the protocol is 4 MiB).
+const MAX_PASSWORD: usize = 4096;
+
+impl Agent {
+    /// Make every image the actions create from available (pulled when missing), before any
+    /// of them runs: a failed pull changes nothing and is recorded as a failed deploy.
+    pub(super) fn prepare_images(&self, record: &ServiceRecord, actions: &[Action], progress: ProgressFn) -> Result<(), RpcError> {
+        for action in actions {
+            let (Action::Create { component } | Action::Replace { component, .. }) = action else { continue };
+            let Some(c) = record.component(component) else { continue };
+            let mut lines = |message: String| progress(Progress { component: Some(component.clone()), message });
+            if let Err(e) = self.runtime.prepare(&c.spec, &mut lines) {
+                let err = RpcError::new(ErrorCode::Runtime, format!("{}/{component}: {e}; nothing was changed", record.name));
+                let _ = self.registry().record_events(&[NewEvent {
+                    service: record.name.clone(),
+                    component: Some(component.clone()),
+                    kind: "deploy_failed".into(),
+                    message: err.message.clone(),
+                }]);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    fn registries(&self) -> Result<&dyn Registries, RpcError> {
+        self.runtime
+            .registries()
+            .ok_or_else(|| RpcError::new(ErrorCode::Runtime, "this agent's runtime pulls from no registry"))
+    }
+
+    pub fn registry_login(&self, p: &RegistryLoginParams) -> Result<RegistryListResult, RpcError> {
+        let bad = |m: String| RpcError::new(ErrorCode::BadRequest, m);
+        check_registry(&p.registry).map_err(bad)?;
+        check_username(&p.username).map_err(bad)?;
+        if p.password.is_empty() || p.password.len() > MAX_PASSWORD || p.password.contains(['\n', '\r']) {
+            return Err(bad(format!("the password must be 1-{MAX_PASSWORD} bytes on one line")));
+        }
+        if let Some(pem) = &p.ca_pem {
+            check_ca(pem).map_err(bad)?;
+        }
+        self.registries()?.login(&p.registry, &p.username, &p.password, p.ca_pem.as_deref())?;
+        self.registry_list()
+    }
+
+    pub fn registry_logout(&self, registry: &str) -> Result<RegistryLogoutResult, RpcError> {
+        check_registry(registry).map_err(|m| RpcError::new(ErrorCode::BadRequest, m))?;
+        let logged_out = self.registries()?.logout(registry)?;
+        Ok(RegistryLogoutResult { registry: registry.to_string(), logged_out })
+    }
+
+    pub fn registry_list(&self) -> Result<RegistryListResult, RpcError> {
+        Ok(RegistryListResult { registries: self.registries()?.list()? })
+    }
+}

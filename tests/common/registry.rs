@@ -1,0 +1,134 @@
+//! A real private registry for the pull tests: Debian's docker-registry (the CNCF distribution
+//! registry) on 127.0.0.1 with TLS from a CA the test makes and htpasswd auth. Stopped (by pid)
+//! when dropped; its data lives in the test's temp dir.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_port, podman};
+
+pub struct Registry {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub user: String,
+    pub password: String,
+    child: Option<Child>,
+}
+
+/// Run `cmd` with `input` on stdin; panics with its stderr when it fails.
+pub fn with_stdin(mut cmd: Command, input: &str) -> String {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawns");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Registry {
+    /// Start one in `dir` with a fresh CA and one user (a random password, never in argv).
+    pub fn start(dir: &Path) -> Registry {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let (ca, cert, key) = super::nanos::test_ca(&dir.join("tls"));
+        let mut random = [0u8; 12];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut random).unwrap();
+        let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let mut htpasswd = Command::new("htpasswd");
+        htpasswd.args(["-B", "-i", "-c"]).arg(dir.join("htpasswd")).arg("deployer");
+        with_stdin(htpasswd, &format!("{password}\n"));
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let config = dir.join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
+                     http:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {cert}\n    key: {key}\n\
+                     auth:\n  htpasswd:\n    realm: mcp-test\n    path: {htpasswd}\n",
+                    data = dir.join("data").display(),
+                    cert = cert.display(),
+                    key = key.display(),
+                    htpasswd = dir.join("htpasswd").display()
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("docker-registry runs (apt-get install docker-registry)");
+            let end = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    last = format!("exited ({st}): {}", std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default());
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Registry { port, dir: dir.to_path_buf(), ca, user: "deployer".into(), password, child: Some(child) };
+                }
+                if Instant::now() >= end {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last = "did not listen within 20 s".into();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("the registry did not start: {last}")
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The test's own podman credentials and CA (not the agent's): an auth file and a cert dir.
+    fn client(&self) -> (PathBuf, PathBuf) {
+        let (auth, certs) = (self.dir.join("client-auth.json"), self.dir.join("client-certs"));
+        if !auth.exists() {
+            std::fs::create_dir_all(&certs).unwrap();
+            std::fs::copy(&self.ca, certs.join("ca.crt")).unwrap();
+            let mut login = Command::new("podman");
+            login.arg("login").arg("--authfile").arg(&auth).arg("--cert-dir").arg(&certs).args(["--username", &self.user, "--password-stdin", &self.address()]);
+            with_stdin(login, &self.password);
+        }
+        (auth, certs)
+    }
+
+    /// Push the local image `local` as `<registry>/<repo>` and drop the local copy of that
+    /// name (so a deploy has to pull it). Returns the full reference.
+    pub fn push(&self, local: &str, repo: &str) -> String {
+        let (auth, certs) = self.client();
+        let reference = format!("{}/{repo}", self.address());
+        let out = podman(&["tag", local, &reference]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("podman").arg("push").arg("--authfile").arg(&auth).arg("--cert-dir").arg(&certs).arg(&reference).output().unwrap();
+        assert!(out.status.success(), "push: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = podman(&["rmi", &reference]);
+        reference
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+        // A CA an agent installed for this registry (root's podman certs dir).
+        let _ = std::fs::remove_dir_all(format!("/etc/containers/certs.d/{}", self.address()));
+    }
+}

@@ -1,0 +1,200 @@
+//! Pulls from a real private registry (docker-registry on 127.0.0.1 with TLS from the test's
+//! CA and htpasswd auth): `mcp registry login/logout/list` through the agent, deploys that
+//! pull before they change anything, failures that say why and leave the previous version
+//! serving, and a password that reaches no argv and no file but the agent's 0600 auth file.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::registry::Registry;
+use common::sshd::{agent_command, keygen, public_key, Sshd};
+use common::*;
+
+const ANSWER: Duration = Duration::from_secs(20);
+
+/// Watches every process's argv for `secret` until dropped; `seen()` says whether it showed.
+struct ArgvWatch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl ArgvWatch {
+    fn new(secret: &str) -> ArgvWatch {
+        let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (s, f, secret) = (stop.clone(), seen.clone(), secret.as_bytes().to_vec());
+        let thread = std::thread::spawn(move || {
+            let mut scans = 0;
+            while !s.load(Ordering::SeqCst) {
+                for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                    if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
+                        if cmdline.windows(secret.len()).any(|w| w == secret.as_slice()) {
+                            f.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                scans += 1;
+            }
+            scans
+        });
+        ArgvWatch { stop, seen, thread: Some(thread) }
+    }
+
+    /// Stop watching: (seen, number of full scans of /proc).
+    fn finish(mut self) -> (bool, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        let scans = self.thread.take().unwrap().join().unwrap();
+        (self.seen.load(Ordering::SeqCst), scans)
+    }
+}
+
+/// Files under `dir` whose bytes contain `secret`.
+fn files_holding(dir: &Path, secret: &str, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        if meta.is_dir() {
+            files_holding(&p, secret, out);
+        } else if meta.is_file() && meta.len() < 64 << 20 {
+            if let Ok(bytes) = std::fs::read(&p) {
+                if bytes.windows(secret.len()).any(|w| w == secret.as_bytes()) {
+                    out.push(p.display().to_string());
+                }
+            }
+        }
+    }
+}
+
+fn registry_list(env: &Env, node: Option<&str>) -> serde_json::Value {
+    let mut args = vec!["registry", "list", "--json"];
+    if let Some(n) = node {
+        args.extend(["--node", n]);
+    }
+    env.ok(&args).json()["nodes"][0]["result"]["registries"].clone()
+}
+
+fn certs_dir(reg: &Registry) -> std::path::PathBuf {
+    Path::new("/etc/containers/certs.d").join(reg.address())
+}
+
+#[test]
+fn deploys_pull_from_a_private_registry_after_login() {
+    let env = Env::new();
+    let mut reg = Registry::start(&env.dir.path().join("registry"));
+    let watch = ArgvWatch::new(&reg.password);
+    let v1 = reg.push(IMAGE, &format!("mcp/{}:v1", env.prefix));
+    let svc = env.svc("reg");
+    let port = free_port();
+    let define = |image: &str| env.define(&svc, &http_service(&svc, port, "stop_timeout = 0").replace(IMAGE, image));
+    define(&v1);
+    let login = |ca: &Path, password: &str| {
+        env.mcp_stdin(
+            &["registry", "login", &reg.address(), "--ca-file", ca.to_str().unwrap(), "--username", &reg.user, "--password-stdin"],
+            &format!("{password}\n"),
+        )
+    };
+
+    // No CA, no credentials: refused before anything changed, with what to do.
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("pulling {v1} from {}", reg.address())), "{}", r.stderr);
+    assert!(r.stderr.contains("unknown CA") && r.stderr.contains("mcp registry login") && r.stderr.contains("nothing was changed"), "{}", r.stderr);
+    assert!(env.container_id(&format!("{svc}-web")).is_none());
+
+    // A login checks the credentials: a wrong CA or password fails and leaves nothing behind.
+    let other_ca = common::nanos::test_ca(&env.dir.path().join("other-ca")).0;
+    let r = login(&other_ca, &reg.password);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("unknown CA"), "{}", r.stderr);
+    let r = login(&reg.ca, "not-the-password");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("unauthorized"), "{}", r.stderr);
+    assert_eq!(registry_list(&env, None), serde_json::json!([]));
+    assert!(!certs_dir(&reg).exists(), "a failed login leaves no CA behind");
+
+    let r = login(&reg.ca, &reg.password);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(registry_list(&env, None), serde_json::json!([{ "registry": reg.address(), "ca": true }]));
+    let auth = env.state.join("registries/auth.json");
+    assert_eq!(std::fs::metadata(&auth).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // Now the deploy pulls (progress says so) and serves.
+    let r = env.ok(&["deploy", &svc]);
+    assert!(r.stderr.contains(&format!("pulling {v1}")), "{}", r.stderr);
+    assert!(http_get(port, ANSWER).is_some());
+    let id = env.container_id(&format!("{svc}-web")).unwrap();
+
+    // A tag that does not exist: refused, the previous version serves on.
+    define(&v1.replace(":v1", ":nope"));
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no such image or tag"), "{}", r.stderr);
+    assert_eq!(env.container_id(&format!("{svc}-web")).as_deref(), Some(id.as_str()));
+    assert!(http_get(port, ANSWER).is_some());
+
+    // The registry gone: refused, still serving.
+    reg.stop();
+    define(&v1.replace(":v1", ":v2"));
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("unreachable"), "{}", r.stderr);
+    assert_eq!(env.container_id(&format!("{svc}-web")).as_deref(), Some(id.as_str()));
+    assert!(http_get(port, ANSWER).is_some());
+    assert!(env.count_events(&svc, "deploy_failed") >= 2, "{:?}", env.events(&svc));
+
+    let r = env.ok(&["registry", "logout", &reg.address()]);
+    assert!(r.stdout.contains("logged out of"), "{}", r.stdout);
+    assert_eq!(registry_list(&env, None), serde_json::json!([]));
+    assert!(!certs_dir(&reg).exists(), "logout removes the CA login installed");
+
+    // The password: in no process's argv during all of this, in no file of the test's dirs.
+    let (seen, scans) = watch.finish();
+    assert!(!seen, "the password showed in a process's argv");
+    assert!(scans > 10, "the watch ran ({scans} scans)");
+    let mut holding = Vec::new();
+    files_holding(env.dir.path(), &reg.password, &mut holding);
+    assert!(holding.is_empty(), "plaintext password in {holding:?}");
+    let _ = podman(&["rmi", &v1]);
+}
+
+#[test]
+fn registry_login_and_pulls_work_over_ssh() {
+    let env = Env::new();
+    let reg = Registry::start(&env.dir.path().join("registry"));
+    let image = reg.push(IMAGE, &format!("mcp/{}:v1", env.prefix));
+    let key = env.home.join(".ssh/id_ed25519");
+    keygen(&key);
+    let dir = env.dir.path().join("node-a");
+    let state = dir.join("agent-state");
+    let sshd = Sshd::start(&dir, &[format!("command=\"{}\",restrict {}", agent_command(&state), public_key(&key))]);
+    env.write_config_text(&format!(
+        "[services]\ndir = \"{}\"\n\n[[nodes]]\nname = \"a\"\naddress = \"{}\"\nuser = \"root\"\nidentity = \"{}\"\n",
+        env.services.display(),
+        sshd.address(),
+        key.display()
+    ));
+    env.ok(&["login", "--yes"]);
+    let r = env.mcp_stdin(
+        &["registry", "login", &reg.address(), "--node", "a", "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"],
+        &reg.password,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(&format!("a: logged in to {}", reg.address())), "{}", r.stdout);
+    assert_eq!(registry_list(&env, Some("a")), serde_json::json!([{ "registry": reg.address(), "ca": true }]));
+    assert!(state.join("registries/auth.json").exists(), "the credentials are the SSH node's agent's");
+    let svc = env.svc("sshreg");
+    let port = free_port();
+    env.define(&svc, &http_service(&svc, port, "stop_timeout = 0").replace(IMAGE, &image).replace("node = \"local\"", "node = \"a\""));
+    let r = env.ok(&["deploy", &svc]);
+    assert!(r.stderr.contains(&format!("pulling {image}")), "progress crosses SSH: {}", r.stderr);
+    assert!(http_get(port, ANSWER).is_some());
+    env.ok(&["registry", "logout", &reg.address(), "--node", "a"]);
+    let _ = env.mcp(&["stop", &svc]);
+    let _ = podman(&["rmi", "-f", &image]);
+}
