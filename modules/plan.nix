@@ -56,7 +56,7 @@ let
   componentOptions = with types; {
     name = str; kind = enum [ "container" "unikernel" ]; image = str; network = str; user = str;
     restart = str; ports = listOfStr; volumes = listOfStr; cmd = listOfStr; env = attrsOfStr;
-    stop_timeout = int; program = str; kernel = str; initrd = str; append = str; memory = str; cpus = int;
+    stop_timeout = int; pull = enum [ "missing" "always" ]; program = str; kernel = str; initrd = str; append = str; memory = str; cpus = int;
   };
 
   serviceOptions = with types; { version = int; name = str; node = str; active = bool; };

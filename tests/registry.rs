@@ -198,3 +198,75 @@ fn registry_login_and_pulls_work_over_ssh() {
     let _ = env.mcp(&["stop", &svc]);
     let _ = podman(&["rmi", "-f", &image]);
 }
+
+/// `IMAGE` with another page, as a new local image `name`.
+fn variant(name: &str, page: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), page).unwrap();
+    let box_name = format!("{}-build", name.replace(['/', ':', '.'], "-"));
+    let _ = podman(&["rm", "-f", &box_name]);
+    podman_ok(&["create", "--name", &box_name, IMAGE, "true"]);
+    podman_ok(&["cp", dir.path().join("index.html").to_str().unwrap(), &format!("{box_name}:/www/index.html")]);
+    podman_ok(&["commit", "-q", &box_name, name]);
+    podman_ok(&["rm", &box_name]);
+}
+
+fn digest_of(env: &Env, svc: &str) -> String {
+    let st = env.ok(&["status", svc, "--json"]).json();
+    st["nodes"][0]["result"]["services"][0]["components"][0]["digest"].as_str().unwrap_or_else(|| panic!("no digest: {st}")).to_string()
+}
+
+#[test]
+fn pull_always_follows_a_moved_tag_and_missing_keeps_what_it_has() {
+    let env = Env::new();
+    let reg = Registry::start(&env.dir.path().join("registry"));
+    let tag = reg.push(IMAGE, &format!("mcp/{}:latest", env.prefix));
+    let r = env.mcp_stdin(
+        &["registry", "login", &reg.address(), "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"],
+        &reg.password,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (always, missing, pinned) = (env.svc("always"), env.svc("missing"), env.svc("pinned"));
+    let (pa, pm, pp) = (free_port(), free_port(), free_port());
+    let define = |svc: &str, port: u16, image: &str, extra: &str| {
+        env.define(svc, &http_service(svc, port, &format!("stop_timeout = 0\n{extra}")).replace(IMAGE, image));
+    };
+    define(&always, pa, &tag, "pull = \"always\"");
+    define(&missing, pm, &tag, "");
+    env.ok(&["deploy", &always]);
+    env.ok(&["deploy", &missing]);
+    let first = http_get(pa, ANSWER).unwrap();
+    let d1 = digest_of(&env, &always);
+    assert_eq!(digest_of(&env, &missing), d1);
+    assert!(d1.starts_with("sha256:") && d1.len() == 71, "{d1}");
+    assert!(env.ok(&["ps"]).stdout.contains(&d1[7..19]), "ps shows the short digest");
+
+    // Nothing moved: one registry round trip, "unchanged".
+    let r = env.ok(&["deploy", &always, "--json"]).json();
+    assert_eq!(r["result"]["changes"][0]["change"], "unchanged", "{r}");
+
+    // The tag moves to a new image.
+    let v2 = format!("localhost/{}-v2:latest", env.prefix);
+    variant(&v2, "version two\n");
+    reg.push(&v2, &format!("mcp/{}:latest", env.prefix));
+    let r = env.ok(&["deploy", &always, "--json"]).json();
+    assert_eq!(r["result"]["changes"][0]["change"], "replaced", "{r}");
+    assert_eq!(http_get(pa, ANSWER).as_deref(), Some("version two\n"));
+    let d2 = digest_of(&env, &always);
+    assert_ne!(d2, d1, "status shows the new digest");
+    // `missing` keeps the image it has.
+    let r = env.ok(&["deploy", &missing, "--json"]).json();
+    assert_eq!(r["result"]["changes"][0]["change"], "unchanged", "{r}");
+    assert_eq!(digest_of(&env, &missing), d1);
+    assert_eq!(http_get(pm, ANSWER), Some(first.clone()));
+
+    // A digest reference pins the first image.
+    let repo = tag.rsplit_once(':').unwrap().0;
+    define(&pinned, pp, &format!("{repo}@{d1}"), "");
+    env.ok(&["deploy", &pinned]);
+    assert_eq!(http_get(pp, ANSWER), Some(first));
+    for svc in [&always, &missing, &pinned] {
+        let _ = env.mcp(&["stop", svc]);
+    }
+    let _ = podman(&["rmi", "-f", &tag, &v2]);
+}

@@ -19,18 +19,28 @@ impl Agent {
             let (Action::Create { component } | Action::Replace { component, .. }) = action else { continue };
             let Some(c) = record.component(component) else { continue };
             let mut lines = |message: String| progress(Progress { component: Some(component.clone()), message });
-            if let Err(e) = self.runtime.prepare(&c.spec, &mut lines) {
-                let err = RpcError::new(ErrorCode::Runtime, format!("{}/{component}: {e}; nothing was changed", record.name));
-                let _ = self.registry().record_events(&[NewEvent {
-                    service: record.name.clone(),
-                    component: Some(component.clone()),
-                    kind: "deploy_failed".into(),
-                    message: err.message.clone(),
-                }]);
-                return Err(err);
-            }
+            self.runtime.prepare(&c.spec, &mut lines).map_err(|e| self.pull_failed(&record.name, component, e))?;
         }
         Ok(())
+    }
+
+    /// Before a component's hash is taken: with `pull = "always"`, pull (the tag may point at
+    /// a new image, which makes a new hash and so a replace).
+    pub(super) fn resolve_image(&self, service: &str, c: &crate::plan::Component, progress: ProgressFn) -> Result<(), RpcError> {
+        let mut lines = |message: String| progress(Progress { component: Some(c.name.clone()), message });
+        self.runtime.resolve(c, &mut lines).map_err(|e| self.pull_failed(service, &c.name, e))
+    }
+
+    /// A pull that failed before anything changed: said so, and recorded as a failed deploy.
+    fn pull_failed(&self, service: &str, component: &str, e: crate::runtime::RuntimeError) -> RpcError {
+        let err = RpcError::new(ErrorCode::Runtime, format!("{service}/{component}: {e}; nothing was changed"));
+        let _ = self.registry().record_events(&[NewEvent {
+            service: service.to_string(),
+            component: Some(component.to_string()),
+            kind: "deploy_failed".into(),
+            message: err.message.clone(),
+        }]);
+        err
     }
 
     fn registries(&self) -> Result<&dyn Registries, RpcError> {

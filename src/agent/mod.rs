@@ -158,6 +158,7 @@ impl Agent {
         // Only the components in scope: VMs hash their baked volume dirs' contents.
         let mut wanted = Vec::with_capacity(plan.components.len());
         for c in plan.components.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
+            self.resolve_image(&plan.name, c, progress)?;
             let hash = self.runtime.spec_hash(c)?;
             wanted.push(ComponentRecord { spec: c.clone(), hash, desired });
         }
@@ -727,6 +728,7 @@ impl Agent {
                 spec: o.spec.unwrap_or_default(),
                 ports: o.ports,
                 address: o.address,
+                digest: o.digest,
             })
             .collect();
         Ok(PsResult { containers })

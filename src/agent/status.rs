@@ -314,6 +314,7 @@ pub fn service_statuses(
                         repairs: repaired.map(|c| c.count).unwrap_or(0),
                         last_repair: repaired.map(|c| c.last),
                         address: s.mine.and_then(|o| o.address.clone()),
+                        digest: s.mine.and_then(|o| o.digest.clone()),
                     }
                 })
                 .collect();
@@ -346,6 +347,7 @@ fn extra_status(o: &Observed, uptime_secs: Option<u64>) -> ComponentStatus {
         repairs: 0,
         last_repair: None,
         address: o.address.clone(),
+        digest: o.digest.clone(),
     }
 }
 

@@ -117,3 +117,11 @@ impl Meter {
         }
     }
 }
+
+/// A registry digest as tables show it: its first 12 hex digits (`--json` has it whole).
+pub fn short_digest(digest: Option<&str>) -> String {
+    match digest {
+        Some(d) => d.strip_prefix("sha256:").unwrap_or(d).chars().take(12).collect(),
+        None => "-".into(),
+    }
+}

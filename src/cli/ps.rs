@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use super::output::{duration, table};
+use super::output::{duration, short_digest, table};
 use super::{print_json, report_failures, Ctx, OutputOpts};
 use crate::proto::{self, PsResult};
 
@@ -33,9 +33,10 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                 c.id.chars().take(12).collect(),
                 c.ports.join(","),
                 c.address.clone().unwrap_or_else(|| "-".into()),
+                short_digest(c.digest.as_deref()),
             ]);
         }
     }
-    print!("{}", table(&["NAME", "NODE", "STATE", "UPTIME", "IMAGE", "ID", "PORTS", "ADDRESS"], &rows));
+    print!("{}", table(&["NAME", "NODE", "STATE", "UPTIME", "IMAGE", "ID", "PORTS", "ADDRESS", "DIGEST"], &rows));
     report_failures(&results)
 }

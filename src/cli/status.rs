@@ -4,7 +4,7 @@
 use anyhow::{Context as _, Result};
 use clap::Args;
 
-use super::output::{duration, table, timestamp};
+use super::output::{duration, short_digest, table, timestamp};
 use super::{print_json, report_failures, Ctx, NodeOpts, NodeResult, OutputOpts};
 use crate::proto::{self, StatusParams, StatusResult};
 
@@ -49,6 +49,8 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
     let mut events = Vec::new();
     // The address column only where some component has one (VMs on isolated networks).
     let addresses = results.iter().flat_map(|r| r.result.iter()).flat_map(|st| &st.services).flat_map(|s| &s.components).any(|c| c.address.is_some());
+    // The digest column only where some container was pulled or checked by the agent.
+    let digests = results.iter().flat_map(|r| r.result.iter()).flat_map(|st| &st.services).flat_map(|s| &s.components).any(|c| c.digest.is_some());
     for r in &results {
         for s in r.result.iter().flat_map(|st| &st.services) {
             for c in &s.components {
@@ -65,6 +67,9 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                     },
                     c.drift.clone().unwrap_or_else(|| "-".into()),
                 ]);
+                if digests {
+                    rows.last_mut().expect("just pushed").insert(6, short_digest(c.digest.as_deref()));
+                }
                 if addresses {
                     rows.last_mut().expect("just pushed").insert(2, c.address.clone().unwrap_or_else(|| "-".into()));
                 }
@@ -79,6 +84,9 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         }
     }
     let mut header = vec!["COMPONENT", "NODE", "DESIRED", "OBSERVED", "UPTIME", "SPEC", "REPAIRS", "DRIFT"];
+    if digests {
+        header.insert(6, "DIGEST");
+    }
     if addresses {
         header.insert(2, "ADDRESS");
     }

@@ -13,6 +13,12 @@ pub fn spec_hash(component: &Component) -> String {
     hex_prefix(&Sha256::digest(format!("mcp-spec-v1\n{canonical}").as_bytes()), 16)
 }
 
+/// The hash of a `pull = "always"` component: its spec and the registry digest its tag
+/// pointed at when the deploy asked.
+pub fn pulled_spec_hash(spec_hash: &str, digest: &str) -> String {
+    hex_prefix(&Sha256::digest(format!("mcp-spec-v1+digest\n{spec_hash}\n{digest}").as_bytes()), 16)
+}
+
 /// The first `chars` hex digits of a digest: the short names mcp writes (spec and content
 /// hashes, VM ids, interface names).
 pub fn hex_prefix(digest: &[u8], chars: usize) -> String {

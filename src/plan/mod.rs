@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use file::{load_service_file, load_service_files, parse_service_toml, to_toml, LoadError};
-pub use hash::{hex_prefix, spec_hash};
+pub use hash::{hex_prefix, pulled_spec_hash, spec_hash};
 pub use validate::{binds, check_name, parse_port, validate, Bind, FieldError, PlanErrors, PortSpec};
 
 /// The plan schema version this build reads and writes. Bump it on any incompatible change.
@@ -45,6 +45,16 @@ pub enum Kind {
     #[default]
     Container,
     Unikernel,
+}
+
+/// When a container's image is pulled from its registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Only when the node does not have the image (the default).
+    Missing,
+    /// On every deploy: the container is replaced when the tag points at a new image.
+    Always,
 }
 
 impl Kind {
@@ -82,6 +92,9 @@ pub struct Component {
     /// Seconds `stop` waits for the process before it is killed (podman's default is 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<u32>,
+    /// Container: when its image is pulled (`missing`, the default, or `always`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullPolicy>,
     /// Unikernel, program form: an x86-64 ELF on the node that mcp builds a Nanos image from
     /// (with its libraries when dynamic); `cmd` are its arguments, argv[1..].
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -180,6 +180,12 @@ fn check_container(c: &mut Collector, at: &str, comp: &Component) {
             c.push(format!("{at}.user"), format!("{user:?} is not a user; expected \"UID\", \"UID:GID\" or \"name[:group]\""));
         }
     }
+    if let Some(d) = comp.image.split_once('@').map(|(_, d)| d) {
+        let hex = d.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.chars().all(|ch| ch.is_ascii_hexdigit()) {
+            c.push(format!("{at}.image"), format!("{:?}: a digest is sha256: and 64 hex digits", comp.image));
+        }
+    }
     for (field, set) in [
         ("program", comp.program.is_some()),
         ("kernel", comp.kernel.is_some()),
@@ -202,6 +208,9 @@ fn check_unikernel(c: &mut Collector, at: &str, comp: &Component) {
             c.push(format!("{at}.{field}"), format!("{value:?} is not a usable path; expected an absolute path on the node without '..' or ','"));
         }
     };
+    if comp.pull.is_some() {
+        c.push(format!("{at}.pull"), "only for containers (a unikernel's image is a file on the node)");
+    }
     let forms: Vec<&str> = [("program", comp.program.is_some()), ("image", !comp.image.is_empty()), ("kernel", comp.kernel.is_some())]
         .into_iter()
         .filter_map(|(f, set)| set.then_some(f))

@@ -392,6 +392,9 @@ pub struct PsEntry {
     /// The static address the agent assigned it (`A.B.C.D/N`: VMs on isolated networks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The registry digest of the image it runs (`sha256:...`), when the agent knew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -437,6 +440,9 @@ pub struct ComponentStatus {
     /// The static address the agent assigned it (`A.B.C.D/N`: VMs on isolated networks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The registry digest of the image it runs (`sha256:...`), when the agent knew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,9 @@ use crate::plan::Component;
 pub const LABEL_SERVICE: &str = "mcp.service";
 pub const LABEL_COMPONENT: &str = "mcp.component";
 pub const LABEL_SPEC: &str = "mcp.spec";
+/// The registry digest (`sha256:...`) of the image a container was created from, when the
+/// agent knew it (it asked podman while making sure the image was there).
+pub const LABEL_DIGEST: &str = "mcp.digest";
 
 /// One runtime object (container or VM) as the runtime reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -49,6 +52,8 @@ pub struct Observed {
     pub made: Option<Made>,
     /// Its static address (`A.B.C.D/N`), when the agent assigned one (VMs on isolated networks).
     pub address: Option<String>,
+    /// The image's registry digest, from the `mcp.digest` label.
+    pub digest: Option<String>,
 }
 
 /// What the agent assigned an instance beyond its spec (kept in the registry, stable across
@@ -243,6 +248,11 @@ pub trait Runtime: Send + Sync {
     /// Make what the component needs available before anything is replaced (a container's
     /// image is pulled when missing), reporting progress lines.
     fn prepare(&self, _comp: &Component, _progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    /// Ask where the component's source points now, before its hash is taken (a container
+    /// with `pull = "always"` is pulled: a moved tag gives a new hash, so a replace).
+    fn resolve(&self, _comp: &Component, _progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {
         Ok(())
     }
     /// Registry credentials, where this runtime pulls images.

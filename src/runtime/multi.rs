@@ -129,6 +129,10 @@ impl Runtime for Runtimes {
         self.by_kind(comp).prepare(comp, progress)
     }
 
+    fn resolve(&self, comp: &Component, progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {
+        self.by_kind(comp).resolve(comp, progress)
+    }
+
     fn registries(&self) -> Option<&dyn super::Registries> {
         self.containers.registries()
     }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{scope_to_service, EventStream, Made, Observed, Published, Runtime, RuntimeError, RuntimeEvent, LABEL_COMPONENT, LABEL_SERVICE, LABEL_SPEC};
-use crate::plan::{instance_name, Component};
+use super::{scope_to_service, EventStream, Made, Observed, Published, Runtime, RuntimeError, RuntimeEvent, LABEL_COMPONENT, LABEL_DIGEST, LABEL_SERVICE, LABEL_SPEC};
+use crate::plan::{instance_name, Component, PullPolicy};
 
 /// Remove `env-<pid>-*` files in `scratch` whose process no longer runs.
 fn remove_dead_env_files(scratch: &Path) {
@@ -54,9 +54,9 @@ pub const DEFAULT_SETTLE_MS: u64 = 1500;
 
 /// `podman run -d ...` for a component, minus the global flags. `env_file` carries the
 /// environment so that values (possibly secrets) never appear in argv or logs.
-pub fn run_argv(service: &str, comp: &Component, spec: &str, env_file: Option<&Path>) -> Vec<String> {
+pub fn run_argv(service: &str, comp: &Component, spec: &str, digest: Option<&str>, env_file: Option<&Path>) -> Vec<String> {
     let mut a: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), instance_name(service, &comp.name)];
-    for (k, v) in [(LABEL_SERVICE, service), (LABEL_COMPONENT, comp.name.as_str()), (LABEL_SPEC, spec)] {
+    for (k, v) in [(LABEL_SERVICE, service), (LABEL_COMPONENT, comp.name.as_str()), (LABEL_SPEC, spec)].into_iter().chain(digest.map(|d| (LABEL_DIGEST, d))) {
         a.push("--label".into());
         a.push(format!("{k}={v}"));
     }
@@ -306,6 +306,7 @@ pub fn parse_ps(json: &str) -> Result<Vec<Observed>, String> {
                 restarts: 0,
                 made: Some(made),
                 address: None,
+                digest: label(LABEL_DIGEST),
             }
         })
         .collect())
@@ -355,6 +356,7 @@ pub fn parse_inspect(json: &str) -> Result<Option<Observed>, String> {
             state: r.state.status,
             restarts: r.restart_count,
             managed: labels.contains_key(LABEL_SERVICE),
+            digest: labels.get(LABEL_DIGEST).cloned(),
             ..Default::default()
         }
     }))
@@ -440,13 +442,15 @@ fn classify(step: &str, code: i32, stderr: &str) -> RuntimeError {
 pub struct Podman {
     pub(super) config: PodmanConfig,
     program: OnceLock<PathBuf>,
+    /// Registry digests of images, learned while making sure they are here (image -> digest).
+    pub(super) digests: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Where env files are written (mode 0600, deleted right after `podman run`).
     scratch: PathBuf,
 }
 
 impl Podman {
     pub fn new(config: PodmanConfig, scratch: PathBuf) -> Self {
-        Podman { config, program: OnceLock::new(), scratch }
+        Podman { config, program: OnceLock::new(), digests: Default::default(), scratch }
     }
 
     fn program(&self) -> Result<&Path, RuntimeError> {
@@ -555,7 +559,8 @@ impl Runtime for Podman {
 
     fn create(&self, service: &str, comp: &Component, spec: &str, _assigned: &super::Assigned) -> Result<String, RuntimeError> {
         let env = self.env_file(comp)?;
-        let argv = run_argv(service, comp, spec, env.as_ref().map(|f| f.path()));
+        let digest = self.known_digest(&comp.image);
+        let argv = run_argv(service, comp, spec, digest.as_deref(), env.as_ref().map(|f| f.path()));
         let name = instance_name(service, &comp.name);
         let attempt = |argv: &[String]| match self.run(argv) {
             Ok(out) => Ok(out.trim().to_string()),
@@ -636,6 +641,23 @@ impl Runtime for Podman {
         self.ensure_image(&comp.image, progress)
     }
 
+    fn resolve(&self, comp: &Component, progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {
+        match comp.pull {
+            Some(PullPolicy::Always) => self.pull(&comp.image, progress),
+            _ => Ok(()),
+        }
+    }
+
+    /// With `pull = "always"` the image the tag points at is part of the spec: a new one is a
+    /// replace, the same one is "unchanged".
+    fn spec_hash(&self, comp: &Component) -> Result<String, RuntimeError> {
+        let base = crate::plan::spec_hash(comp);
+        match (comp.pull, self.known_digest(&comp.image)) {
+            (Some(PullPolicy::Always), Some(digest)) => Ok(crate::plan::pulled_spec_hash(&base, &digest)),
+            _ => Ok(base),
+        }
+    }
+
     fn registries(&self) -> Option<&dyn super::Registries> {
         Some(self)
     }
@@ -660,7 +682,7 @@ mod tests {
             ..Default::default()
         };
         comp.env.insert("SECRET".into(), "hunter2".into());
-        let argv = run_argv("svc", &comp, "abc123", Some(Path::new("/state/run/env-x")));
+        let argv = run_argv("svc", &comp, "abc123", None, Some(Path::new("/state/run/env-x")));
         let expected: Vec<&str> = vec![
             "run", "-d", "--name", "svc-api",
             "--label", "mcp.service=svc", "--label", "mcp.component=api", "--label", "mcp.spec=abc123",
@@ -676,7 +698,7 @@ mod tests {
     fn run_argv_minimal() {
         let comp = Component { name: "w".into(), image: "i".into(), ..Default::default() };
         assert_eq!(
-            run_argv("s", &comp, "h", None),
+            run_argv("s", &comp, "h", None, None),
             vec!["run", "-d", "--name", "s-w", "--label", "mcp.service=s", "--label", "mcp.component=w", "--label", "mcp.spec=h", "i"]
         );
     }

@@ -51,13 +51,32 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), s
 }
 
 impl Podman {
-    /// Pull `image` unless it is here already.
+    /// Pull `image` unless it is here already (one podman call when it is, which also
+    /// tells its digest).
     pub(super) fn ensure_image(&self, image: &str, progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {
-        let exists = self.command(&registries::image_exists_argv(image))?.status().map_err(|e| self.spawn_error("image exists", e))?;
-        if exists.success() {
+        if self.learn_digest(image)? {
             return Ok(());
         }
         self.pull(image, progress)
+    }
+
+    /// Ask podman for the local image's registry digest and remember it; false when the
+    /// image is not here.
+    fn learn_digest(&self, image: &str) -> Result<bool, RuntimeError> {
+        let out = self.command(&registries::digest_argv(image))?.output().map_err(|e| self.spawn_error("image inspect", e))?;
+        if !out.status.success() {
+            return Ok(false);
+        }
+        let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if registries::is_digest(&digest) {
+            self.digests.lock().unwrap_or_else(|p| p.into_inner()).insert(image.to_string(), digest);
+        }
+        Ok(true)
+    }
+
+    /// The digest learned for `image` in this process, if any.
+    pub(super) fn known_digest(&self, image: &str) -> Option<String> {
+        self.digests.lock().unwrap_or_else(|p| p.into_inner()).get(image).cloned()
     }
 
     /// `podman pull`, its stderr lines as progress (plus a heartbeat while it is silent),
@@ -124,6 +143,7 @@ impl Podman {
         if !status.success() {
             return Err(fail(registries::classify(&text).describe(&registry_name(image))));
         }
+        self.learn_digest(image)?;
         Ok(())
     }
 

@@ -56,8 +56,14 @@ pub fn pull_argv(image: &str) -> Vec<String> {
     vec!["pull".into(), image.into()]
 }
 
-pub fn image_exists_argv(image: &str) -> Vec<String> {
-    vec!["image".into(), "exists".into(), image.into()]
+/// `podman image inspect` printing the image's registry digest (fails when it is not here).
+pub fn digest_argv(image: &str) -> Vec<String> {
+    vec!["image".into(), "inspect".into(), "--format".into(), "{{.Digest}}".into(), image.into()]
+}
+
+/// `sha256:` and 64 hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// Why a pull or login failed, in words an operator can act on.
@@ -173,7 +179,8 @@ mod tests {
         assert_eq!(login_argv("r:1", "-u"), ["login", "--username=-u", "--password-stdin", "r:1"]);
         assert_eq!(logout_argv("r:1"), ["logout", "r:1"]);
         assert_eq!(pull_argv("r:1/a:v"), ["pull", "r:1/a:v"]);
-        assert_eq!(image_exists_argv("r:1/a:v"), ["image", "exists", "r:1/a:v"]);
+        assert_eq!(digest_argv("r:1/a:v"), ["image", "inspect", "--format", "{{.Digest}}", "r:1/a:v"]);
+        assert!(is_digest(&format!("sha256:{}", "ab".repeat(32))) && !is_digest("sha256:ab") && !is_digest(""));
     }
 
     #[test]

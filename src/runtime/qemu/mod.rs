@@ -160,6 +160,7 @@ impl Qemu {
             // What the VM was made with is its vm.json, written by mcp.
             made: None,
             address: rec.address.clone(),
+            digest: None,
         }
     }
 
