@@ -156,6 +156,63 @@ fn changed_host_key_is_refused_loudly() {
     drop(a);
 }
 
+/// A known host that now offers a key of another type is a changed host (as OpenSSH says):
+/// refused, never recorded by `login --yes`. A host that has a key of the recorded type among
+/// others is asked for that type first, so it connects.
+#[test]
+fn a_host_key_of_another_type_is_a_changed_key() {
+    let env = Env::new();
+    let auth = client_key(&env);
+    let a = Sshd::start(&node_dir(&env, "a"), &[auth]);
+    write_nodes(&env, &[Node::of("a", &a)]);
+    env.ok(&["login", "--yes"]);
+    let known = env.home.join(".config/mcp/known_hosts");
+    let before = std::fs::read_to_string(&known).unwrap();
+    assert!(before.contains("ssh-ed25519"), "{before}");
+
+    let a = a.with_host_key_types(&["ecdsa"]);
+    let r = env.mcp(&["list"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("HAS CHANGED") && r.stderr.contains("line 1 of"), "{}", r.stderr);
+    let r = env.mcp(&["login", "--yes"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stdout.contains("CHANGED"), "{}", r.stdout);
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), before, "not recorded");
+
+    // Both types offered, ed25519 recorded: the recorded type is negotiated, whatever the
+    // server or russh would prefer.
+    let a = a.with_host_key_types(&["ecdsa", "ed25519"]);
+    env.ok(&["list"]);
+    // And the other way round: ecdsa recorded, ed25519 (russh's first choice) also offered.
+    std::fs::remove_file(&known).unwrap();
+    let a = a.with_host_key_types(&["ecdsa"]);
+    env.ok(&["login", "--yes"]);
+    assert!(std::fs::read_to_string(&known).unwrap().contains("ecdsa-sha2-nistp256"));
+    let a = a.with_host_key_types(&["ed25519", "ecdsa"]);
+    env.ok(&["list"]);
+    drop(a);
+}
+
+/// An identity file others can read is refused, as OpenSSH refuses it, and the error says
+/// how to fix it; at 0600 the same file works.
+#[test]
+fn identity_files_readable_by_others_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let auth = client_key(&env);
+    let a = Sshd::start(&node_dir(&env, "a"), &[auth]);
+    write_nodes(&env, &[Node::of("a", &a)]);
+    env.ok(&["login", "--yes"]);
+    let key = env.home.join(".ssh/id_ed25519");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = env.mcp(&["list"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("mode 0644 lets others read the private key") && r.stderr.contains("chmod 600"), "{}", r.stderr);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.ok(&["list"]);
+    drop(a);
+}
+
 #[test]
 fn hashed_openssh_known_hosts_entries_are_trusted() {
     let env = Env::new();

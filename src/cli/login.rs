@@ -141,7 +141,7 @@ async fn trust_host(ssh: &SshTransport, node: &NodeConfig, opts: &Opts) -> Resul
             "revoked".into(),
             anyhow::anyhow!("host key is revoked (line {line} of {})", file.display()),
         )),
-        HostKeyStatus::Unknown { .. } => {
+        HostKeyStatus::Unknown => {
             let accepted = opts.yes || ask(&format!("node {} ({}) shows host key {algorithm} {fp}. Trust it? [y/N] ", node.name, ssh.address()));
             if !accepted {
                 return Err((

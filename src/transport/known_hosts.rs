@@ -16,9 +16,9 @@ use sha1::Sha1;
 pub enum HostKeyStatus {
     /// Recorded: trusted.
     Known,
-    /// Not recorded. `other_types` lists key types recorded for the host, if any.
-    Unknown { other_types: Vec<String> },
-    /// A different key of the same type is recorded: refuse loudly.
+    /// No key is recorded for the host.
+    Unknown,
+    /// A different key (of any type) is recorded: refuse loudly.
     Changed { file: PathBuf, line: usize },
     /// Marked `@revoked`.
     Revoked { file: PathBuf, line: usize },
@@ -77,49 +77,47 @@ fn glob(pat: &str, s: &str) -> bool {
     go(pat.as_bytes(), s.as_bytes())
 }
 
-/// Check `key` for `name` against the text of one file. Unparsable lines are skipped. As in
-/// OpenSSH, one matching line makes the key known even if another line differs.
-pub fn check_text(text: &str, file: &Path, name: &str, key: &PublicKey) -> HostKeyStatus {
-    let mut other_types = Vec::new();
-    let mut known = false;
-    let mut changed = None;
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
+/// The entries of one file for `name`: (line number, marker, key). Unparsable lines, comments
+/// and `@cert-authority` lines (mcp does not use host certificates) are skipped.
+fn entries<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (usize, Option<&'a str>, PublicKey)> + 'a {
+    text.lines().enumerate().filter_map(move |(i, line)| {
         let mut fields = line.split_whitespace().peekable();
         let marker = match fields.peek() {
-            Some(f) if f.starts_with('#') => continue,
+            Some(f) if f.starts_with('#') => return None,
             Some(f) if f.starts_with('@') => fields.next(),
             Some(_) => None,
-            None => continue,
+            None => return None,
         };
-        let (Some(hosts), Some(_kind), Some(blob)) = (fields.next(), fields.next(), fields.next()) else { continue };
-        if !field_matches(hosts, name) {
-            continue;
+        let (Some(hosts), Some(_kind), Some(blob)) = (fields.next(), fields.next(), fields.next()) else { return None };
+        if marker.is_some_and(|m| m != "@revoked") || !field_matches(hosts, name) {
+            return None;
         }
-        let Ok(recorded) = russh::keys::parse_public_key_base64(blob) else { continue };
+        let recorded = russh::keys::parse_public_key_base64(blob).ok()?;
+        Some((i + 1, marker, recorded))
+    })
+}
+
+/// Check `key` for `name` against the text of one file. As in OpenSSH, one matching line
+/// makes the key known even if another line differs; a differing key of any type (another
+/// type too: a host that offers an RSA key where an ed25519 one is recorded is not a new
+/// host) makes it changed.
+pub fn check_text(text: &str, file: &Path, name: &str, key: &PublicKey) -> HostKeyStatus {
+    let mut known = false;
+    let mut changed = None;
+    for (line, marker, recorded) in entries(text, name) {
+        let same = recorded.key_data() == key.key_data();
         match marker {
-            Some("@revoked") => {
-                if recorded.key_data() == key.key_data() {
-                    return HostKeyStatus::Revoked { file: file.to_path_buf(), line: line_no };
-                }
-                continue;
-            }
-            Some(_) => continue, // @cert-authority: mcp does not use host certificates
-            None => {}
-        }
-        if recorded.key_data() == key.key_data() {
-            known = true;
-        } else if recorded.algorithm() == key.algorithm() {
-            changed = changed.or(Some(line_no));
-        } else {
-            other_types.push(recorded.algorithm().to_string());
+            Some(_) if same => return HostKeyStatus::Revoked { file: file.to_path_buf(), line },
+            Some(_) => {}
+            None if same => known = true,
+            None => changed = changed.or(Some(line)),
         }
     }
     // Revoked (returned above) wins, then a matching line, then a differing one.
     match (known, changed) {
         (true, _) => HostKeyStatus::Known,
         (false, Some(line)) => HostKeyStatus::Changed { file: file.to_path_buf(), line },
-        (false, None) => HostKeyStatus::Unknown { other_types },
+        (false, None) => HostKeyStatus::Unknown,
     }
 }
 
@@ -141,20 +139,32 @@ impl KnownHosts {
     /// The verdict over all files: revoked or changed anywhere wins over known elsewhere.
     pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> HostKeyStatus {
         let name = host_pattern(host, port);
-        let mut verdict = HostKeyStatus::Unknown { other_types: Vec::new() };
+        let mut verdict = HostKeyStatus::Unknown;
         for f in &self.files {
             let Ok(text) = std::fs::read_to_string(f) else { continue };
             match check_text(&text, f, &name, key) {
                 bad @ (HostKeyStatus::Changed { .. } | HostKeyStatus::Revoked { .. }) => return bad,
                 HostKeyStatus::Known => verdict = HostKeyStatus::Known,
-                HostKeyStatus::Unknown { other_types } => {
-                    if let HostKeyStatus::Unknown { other_types: acc } = &mut verdict {
-                        acc.extend(other_types);
-                    }
-                }
+                HostKeyStatus::Unknown => {}
             }
         }
         verdict
+    }
+
+    /// The key types recorded for `host:port` (not revoked), in file order: the host key
+    /// algorithms to ask the server for first.
+    pub fn recorded_algorithms(&self, host: &str, port: u16) -> Vec<russh::keys::Algorithm> {
+        let name = host_pattern(host, port);
+        let mut out = Vec::new();
+        for f in &self.files {
+            let Ok(text) = std::fs::read_to_string(f) else { continue };
+            for (_, marker, key) in entries(&text, &name) {
+                if marker.is_none() && !out.contains(&key.algorithm()) {
+                    out.push(key.algorithm());
+                }
+            }
+        }
+        out
     }
 
     /// Append `key` for `host:port` to mcp's own file (created 0600).
@@ -196,7 +206,7 @@ mod tests {
         assert_eq!(check_text(&text, f, "10.0.0.1", &key(ED)), HostKeyStatus::Known);
         assert_eq!(check_text(&text, f, &host_pattern("127.0.0.1", 2222), &key(ED)), HostKeyStatus::Known);
         assert_eq!(check_text(&text, f, &host_pattern("h.example", 2200), &key(ED)), HostKeyStatus::Known);
-        assert_eq!(check_text(&text, f, "127.0.0.1", &key(ED)), HostKeyStatus::Unknown { other_types: vec![] });
+        assert_eq!(check_text(&text, f, "127.0.0.1", &key(ED)), HostKeyStatus::Unknown);
         assert_eq!(check_text(&text, f, "rift", &key(ED2)), HostKeyStatus::Changed { file: f.into(), line: 3 });
         assert_eq!(check_text(&text, f, &host_pattern("h.example", 2200), &key(ED2)), HostKeyStatus::Changed { file: f.into(), line: 5 });
     }
@@ -206,8 +216,8 @@ mod tests {
         let f = Path::new("kh");
         let text = format!("garbage line\n@cert-authority *.example ssh-ed25519 {ED2}\n*.lan,!bad.lan ssh-ed25519 {ED}\n@revoked old.lan ssh-ed25519 {ED2}\nold.lan ssh-ed25519 {ED}\n");
         assert_eq!(check_text(&text, f, "a.lan", &key(ED)), HostKeyStatus::Known);
-        assert_eq!(check_text(&text, f, "bad.lan", &key(ED)), HostKeyStatus::Unknown { other_types: vec![] });
-        assert_eq!(check_text(&text, f, "x.example", &key(ED2)), HostKeyStatus::Unknown { other_types: vec![] });
+        assert_eq!(check_text(&text, f, "bad.lan", &key(ED)), HostKeyStatus::Unknown);
+        assert_eq!(check_text(&text, f, "x.example", &key(ED2)), HostKeyStatus::Unknown);
         assert_eq!(check_text(&text, f, "old.lan", &key(ED2)), HostKeyStatus::Revoked { file: f.into(), line: 4 });
     }
 
@@ -216,11 +226,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let kh = KnownHosts { files: vec![dir.path().join("none"), dir.path().join("mcp/known_hosts")], own: dir.path().join("mcp/known_hosts") };
-        assert!(matches!(kh.check("127.0.0.1", 2222, &key(ED)), HostKeyStatus::Unknown { .. }));
+        assert!(matches!(kh.check("127.0.0.1", 2222, &key(ED)), HostKeyStatus::Unknown));
         kh.record("127.0.0.1", 2222, &key(ED)).unwrap();
         assert_eq!(kh.check("127.0.0.1", 2222, &key(ED)), HostKeyStatus::Known);
         assert!(matches!(kh.check("127.0.0.1", 2222, &key(ED2)), HostKeyStatus::Changed { line: 1, .. }));
-        assert!(matches!(kh.check("127.0.0.1", 22, &key(ED)), HostKeyStatus::Unknown { .. }));
+        assert!(matches!(kh.check("127.0.0.1", 22, &key(ED)), HostKeyStatus::Unknown));
         assert_eq!(std::fs::metadata(&kh.own).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(fingerprint(&key(ED)).starts_with("SHA256:"));
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use russh::client::{self, Handle};
 use russh::keys::agent::client::AgentClient;
-use russh::keys::{load_secret_key, PrivateKeyWithHashAlg, PublicKey};
+use russh::keys::{decode_secret_key, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::ChannelMsg;
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
@@ -133,10 +133,16 @@ impl SshTransport {
         (&self.host, self.port)
     }
 
-    fn config() -> Arc<client::Config> {
+    /// The client config for this host: the host key types known_hosts records for it are
+    /// asked for first (as OpenSSH does), so a host with several keys shows the recorded one.
+    fn config(&self) -> Arc<client::Config> {
+        let recorded = self.opts.known_hosts.recorded_algorithms(&self.host, self.port);
+        let mut preferred = russh::Preferred::default();
+        preferred.key = host_key_order(&preferred.key, &recorded).into();
         Arc::new(client::Config {
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 4,
+            preferred,
             ..Default::default()
         })
     }
@@ -153,7 +159,7 @@ impl SshTransport {
         };
         let connect = async {
             let stream = QuickAck::connect(&self.host, self.port).await.map_err(russh::Error::IO)?;
-            client::connect_stream(Self::config(), stream, handler).await
+            client::connect_stream(self.config(), stream, handler).await
         };
         let res = match tokio::time::timeout(self.opts.connect_timeout, connect).await {
             Err(_) => Err(TransportError::Timeout {
@@ -212,7 +218,7 @@ impl SshTransport {
                 file: file.clone(),
                 line: *line,
             },
-            HostKeyStatus::Unknown { .. } | HostKeyStatus::Known => TransportError::HostKeyUnknown {
+            HostKeyStatus::Unknown | HostKeyStatus::Known => TransportError::HostKeyUnknown {
                 node: self.node.clone(),
                 address: self.address(),
                 algorithm,
@@ -252,10 +258,10 @@ impl SshTransport {
                 }
                 continue;
             }
-            let key = match load_secret_key(path, None) {
+            let key = match read_identity(path) {
                 Ok(k) => k,
-                Err(e) => {
-                    tried.push(format!("{} (cannot load: {e}; add it to ssh-agent if it has a passphrase)", path.display()));
+                Err(why) => {
+                    tried.push(format!("{} ({why})", path.display()));
                     continue;
                 }
             };
@@ -372,4 +378,47 @@ mod tests {
             assert!(parse_address(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// `default` with the algorithms of the `recorded` key types first (every RSA signature
+/// algorithm for a recorded RSA key), the rest after in their order.
+pub fn host_key_order(default: &[russh::keys::Algorithm], recorded: &[russh::keys::Algorithm]) -> Vec<russh::keys::Algorithm> {
+    let matches = |a: &russh::keys::Algorithm| recorded.iter().any(|r| r == a || (r.clone().is_rsa() && a.clone().is_rsa()));
+    let (mut first, rest): (Vec<_>, Vec<_>) = default.iter().cloned().partition(|a| matches(a));
+    first.extend(rest);
+    first
+}
+
+#[cfg(test)]
+mod key_order_tests {
+    use super::*;
+    use russh::keys::{Algorithm, EcdsaCurve};
+
+    #[test]
+    fn recorded_types_first() {
+        let default = [Algorithm::Ed25519, Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 }, Algorithm::Rsa { hash: None }];
+        let ecdsa = Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 };
+        assert_eq!(host_key_order(&default, &[ecdsa.clone()]), vec![ecdsa.clone(), Algorithm::Ed25519, Algorithm::Rsa { hash: None }]);
+        assert_eq!(host_key_order(&default, &[]), default.to_vec());
+        assert_eq!(host_key_order(&default, &[Algorithm::Rsa { hash: Some(russh::keys::HashAlg::Sha512) }])[0], Algorithm::Rsa { hash: None });
+    }
+}
+
+/// Longest identity file read (OpenSSH keys are a few KiB).
+const MAX_IDENTITY: u64 = 1 << 20;
+
+/// An identity file, refused (as OpenSSH does) when others may read it: its mode is checked
+/// on the open descriptor, and the key is read from that same descriptor.
+fn read_identity(path: &std::path::Path) -> Result<PrivateKey, String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!("refused: mode {mode:04o} lets others read the private key; chmod 600 {}", path.display()));
+    }
+    let mut text = String::new();
+    f.take(MAX_IDENTITY).read_to_string(&mut text).map_err(|e| format!("cannot read: {e}"))?;
+    decode_secret_key(&text, None).map_err(|e| format!("cannot load: {e}; add it to ssh-agent if it has a passphrase"))
 }

@@ -92,7 +92,7 @@ impl Registry {
     }
 
     /// The test's own podman credentials and CA (not the agent's): an auth file and a cert dir.
-    fn client(&self) -> (PathBuf, PathBuf) {
+    pub fn client(&self) -> (PathBuf, PathBuf) {
         let (auth, certs) = (self.dir.join("client-auth.json"), self.dir.join("client-certs"));
         if !auth.exists() {
             std::fs::create_dir_all(&certs).unwrap();

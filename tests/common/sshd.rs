@@ -10,10 +10,15 @@ use std::time::{Duration, Instant};
 use super::{free_port, AGENT};
 
 pub fn keygen(path: &Path) {
+    keygen_type(path, "ed25519");
+}
+
+/// A key of type `kind` (ed25519, ecdsa, rsa) at `path`.
+pub fn keygen_type(path: &Path, kind: &str) {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(path.with_extension("pub"));
     let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "mcp-test", "-f"])
+        .args(["-q", "-t", kind, "-N", "", "-C", "mcp-test", "-f"])
         .arg(path)
         .status()
         .expect("ssh-keygen runs");
@@ -55,7 +60,7 @@ impl Sshd {
         // another port is tried.
         let mut last = String::new();
         for _ in 0..5 {
-            match Self::spawn(dir, free_port()) {
+            match Self::spawn(dir, free_port(), &[host_key.clone()]) {
                 Ok(sshd) => return sshd,
                 Err(why) => last = why,
             }
@@ -67,12 +72,13 @@ impl Sshd {
     /// hundred processes per SSH session: 100 ms of the 200 ms a session took, and most of the
     /// CPU when ten sessions share two cores). A node's agent account has no such rc file:
     /// `SetEnv SHLVL=1` makes bash skip ~/.bashrc (it reads it under sshd only at level 1).
-    fn spawn(dir: &Path, port: u16) -> Result<Sshd, String> {
+    fn spawn(dir: &Path, port: u16, host_keys: &[PathBuf]) -> Result<Sshd, String> {
         let config = dir.join("sshd_config");
+        let host_keys: String = host_keys.iter().map(|k| format!("HostKey {}\n", k.display())).collect();
         std::fs::write(
             &config,
             format!(
-                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {dir}/host_ed25519\nPidFile {dir}/sshd.pid\n\
+                "ListenAddress 127.0.0.1\nPort {port}\n{host_keys}PidFile {dir}/sshd.pid\n\
                  AuthorizedKeysFile {dir}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                  UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nLogLevel ERROR\nSetEnv SHLVL=1\n",
                 dir = dir.display()
@@ -120,7 +126,20 @@ impl Sshd {
         let (dir, port) = (self.dir.clone(), self.port);
         drop(self);
         keygen(&dir.join("host_ed25519"));
-        Self::spawn(&dir, port).unwrap_or_else(|e| panic!("{e}"))
+        Self::spawn(&dir, port, &[dir.join("host_ed25519")]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The same port, now with host keys of these types (made fresh, in this order).
+    pub fn with_host_key_types(self, kinds: &[&str]) -> Sshd {
+        let (dir, port) = (self.dir.clone(), self.port);
+        drop(self);
+        let keys: Vec<PathBuf> = kinds.iter().map(|k| dir.join(format!("host_{k}"))).collect();
+        for (k, path) in kinds.iter().zip(&keys) {
+            if !path.exists() {
+                keygen_type(path, k);
+            }
+        }
+        Self::spawn(&dir, port, &keys).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn host_key_line(&self) -> String {
