@@ -442,15 +442,15 @@ fn classify(step: &str, code: i32, stderr: &str) -> RuntimeError {
 pub struct Podman {
     pub(super) config: PodmanConfig,
     program: OnceLock<PathBuf>,
-    /// Registry digests of images, learned while making sure they are here (image -> digest).
-    pub(super) digests: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// What podman said of images lately (image -> id, digest, when): see [`super::podman_images`].
+    pub(super) images: std::sync::Mutex<std::collections::HashMap<String, super::podman_images::Seen>>,
     /// Where env files are written (mode 0600, deleted right after `podman run`).
     scratch: PathBuf,
 }
 
 impl Podman {
     pub fn new(config: PodmanConfig, scratch: PathBuf) -> Self {
-        Podman { config, program: OnceLock::new(), digests: Default::default(), scratch }
+        Podman { config, program: OnceLock::new(), images: Default::default(), scratch }
     }
 
     fn program(&self) -> Result<&Path, RuntimeError> {
@@ -559,7 +559,7 @@ impl Runtime for Podman {
 
     fn create(&self, service: &str, comp: &Component, spec: &str, _assigned: &super::Assigned) -> Result<String, RuntimeError> {
         let env = self.env_file(comp)?;
-        let digest = self.known_digest(&comp.image);
+        let digest = self.digest_of(&comp.image);
         let argv = run_argv(service, comp, spec, digest.as_deref(), env.as_ref().map(|f| f.path()));
         let name = instance_name(service, &comp.name);
         let attempt = |argv: &[String]| match self.run(argv) {
@@ -652,8 +652,11 @@ impl Runtime for Podman {
     /// replace, the same one is "unchanged".
     fn spec_hash(&self, comp: &Component) -> Result<String, RuntimeError> {
         let base = crate::plan::spec_hash(comp);
-        match (comp.pull, self.known_digest(&comp.image)) {
-            (Some(PullPolicy::Always), Some(digest)) => Ok(crate::plan::pulled_spec_hash(&base, &digest)),
+        match comp.pull {
+            Some(PullPolicy::Always) => match self.image_id(&comp.image)? {
+                Some(id) => Ok(crate::plan::pulled_spec_hash(&base, &id)),
+                None => Ok(base),
+            },
             _ => Ok(base),
         }
     }

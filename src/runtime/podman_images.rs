@@ -13,6 +13,19 @@ use super::registries::{self, certs_dir, certs_root, RegistryEntry, MANAGED_MARK
 use super::{Registries, RuntimeError};
 
 const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How long what podman said of an image is taken as still true (one deploy's span: its pull,
+/// its hash, its create), so that a deploy asks once, not three times.
+const FRESH: Duration = Duration::from_secs(10);
+
+/// What podman said of an image, and when.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The image id (its config digest, hex), what `podman pull` prints.
+    pub id: Option<String>,
+    /// The registry (manifest) digest, `sha256:...`.
+    pub digest: Option<String>,
+    pub at: Instant,
+}
 /// A line of progress at least this often, so that a client's idle timeout never fires
 /// during a long silent download.
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -51,32 +64,56 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), s
 }
 
 impl Podman {
-    /// Pull `image` unless it is here already (one podman call when it is, which also
-    /// tells its digest).
+    /// Pull `image` unless it is here: one podman call (which also tells its id and digest),
+    /// none when podman said so moments ago (a deploy's pull, or its check of the same image).
+    /// Images named `localhost/...` come from no registry (`podman import`, builds): nothing
+    /// to pull or label, and no call for them.
     pub(super) fn ensure_image(&self, image: &str, progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {
-        if self.learn_digest(image)? {
+        if registries::is_local(image) || self.seen_lately(image).is_some() || self.inspect_image(image)? {
             return Ok(());
         }
         self.pull(image, progress)
     }
 
-    /// Ask podman for the local image's registry digest and remember it; false when the
-    /// image is not here.
-    fn learn_digest(&self, image: &str) -> Result<bool, RuntimeError> {
-        let out = self.command(&registries::digest_argv(image))?.output().map_err(|e| self.spawn_error("image inspect", e))?;
+    /// What podman said of `image` less than [`FRESH`] ago.
+    fn seen_lately(&self, image: &str) -> Option<Seen> {
+        self.images.lock().unwrap_or_else(|p| p.into_inner()).get(image).filter(|s| s.at.elapsed() < FRESH).cloned()
+    }
+
+    fn remember(&self, image: &str, id: Option<String>, digest: Option<String>) {
+        self.images.lock().unwrap_or_else(|p| p.into_inner()).insert(image.to_string(), Seen { id, digest, at: Instant::now() });
+    }
+
+    /// `podman image inspect`: remember the image's id and digest; false when it is not here.
+    fn inspect_image(&self, image: &str) -> Result<bool, RuntimeError> {
+        let out = self.command(&registries::inspect_argv(image))?.output().map_err(|e| self.spawn_error("image inspect", e))?;
         if !out.status.success() {
             return Ok(false);
         }
-        let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if registries::is_digest(&digest) {
-            self.digests.lock().unwrap_or_else(|p| p.into_inner()).insert(image.to_string(), digest);
-        }
+        let (id, digest) = registries::parse_inspect(&String::from_utf8_lossy(&out.stdout));
+        self.remember(image, id, digest);
         Ok(true)
     }
 
-    /// The digest learned for `image` in this process, if any.
-    pub(super) fn known_digest(&self, image: &str) -> Option<String> {
-        self.digests.lock().unwrap_or_else(|p| p.into_inner()).get(image).cloned()
+    /// The image's registry digest (for the container's label): known, or asked for now.
+    pub(super) fn digest_of(&self, image: &str) -> Option<String> {
+        if registries::is_local(image) {
+            return None;
+        }
+        if let Some(d) = self.seen_lately(image).and_then(|s| s.digest) {
+            return Some(d);
+        }
+        self.inspect_image(image).ok()?;
+        self.seen_lately(image).and_then(|s| s.digest)
+    }
+
+    /// The local image's id (what a tag points at here): known, or asked for now.
+    pub(super) fn image_id(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        if let Some(id) = self.seen_lately(image).and_then(|s| s.id) {
+            return Ok(Some(id));
+        }
+        self.inspect_image(image)?;
+        Ok(self.seen_lately(image).and_then(|s| s.id))
     }
 
     /// `podman pull`, its stderr lines as progress (plus a heartbeat while it is silent),
@@ -87,7 +124,7 @@ impl Podman {
         progress(format!("pulling {image}"));
         let mut child = self
             .command(&registries::pull_argv(image))?
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| self.spawn_error("pull", e))?;
@@ -135,6 +172,11 @@ impl Podman {
                 }
             }
         }
+        // podman prints the image id on stdout (a line: small, read after the end).
+        let mut stdout = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = out.take(MAX_LINE).read_to_string(&mut stdout);
+        }
         let status = child.wait().map_err(|e| self.spawn_error("pull", e))?;
         let text = reader.join().unwrap_or_default();
         if timed_out {
@@ -143,7 +185,8 @@ impl Podman {
         if !status.success() {
             return Err(fail(registries::classify(&text).describe(&registry_name(image))));
         }
-        self.learn_digest(image)?;
+        let id = stdout.lines().map(str::trim).rfind(|l| registries::is_hex_id(l)).map(str::to_string);
+        self.remember(image, id, None);
         Ok(())
     }
 

@@ -15,6 +15,11 @@ pub fn registry_of(image: &str) -> Option<&str> {
     (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
 }
 
+/// An image that lives only on this node (`localhost/...`): no registry has it.
+pub fn is_local(image: &str) -> bool {
+    registry_of(image) == Some("localhost")
+}
+
 /// A registry name as podman takes it and a file name can hold: `host` or `host:port`.
 pub fn check_registry(registry: &str) -> Result<(), String> {
     let (host, port) = match registry.rsplit_once(':') {
@@ -56,9 +61,23 @@ pub fn pull_argv(image: &str) -> Vec<String> {
     vec!["pull".into(), image.into()]
 }
 
-/// `podman image inspect` printing the image's registry digest (fails when it is not here).
-pub fn digest_argv(image: &str) -> Vec<String> {
-    vec!["image".into(), "inspect".into(), "--format".into(), "{{.Digest}}".into(), image.into()]
+/// `podman image inspect` printing the image's id and registry digest (fails when it is not
+/// here).
+pub fn inspect_argv(image: &str) -> Vec<String> {
+    vec!["image".into(), "inspect".into(), "--format".into(), "{{.Id}} {{.Digest}}".into(), image.into()]
+}
+
+/// `<id> <digest>` as [`inspect_argv`] prints it; either may be missing.
+pub fn parse_inspect(out: &str) -> (Option<String>, Option<String>) {
+    let mut words = out.split_whitespace();
+    let id = words.next().filter(|w| is_hex_id(w)).map(str::to_string);
+    let digest = words.next().filter(|w| is_digest(w)).map(str::to_string);
+    (id, digest)
+}
+
+/// An image id: 64 hex digits.
+pub fn is_hex_id(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// `sha256:` and 64 hex digits.
@@ -160,6 +179,7 @@ mod tests {
         assert_eq!(registry_of("localhost/mcp-test:latest"), Some("localhost"));
         assert_eq!(registry_of("library/busybox"), None);
         assert_eq!(registry_of("busybox"), None);
+        assert!(is_local("localhost/mcp-test:latest") && !is_local("127.0.0.1:5000/a") && !is_local("busybox"));
     }
 
     #[test]
@@ -179,7 +199,10 @@ mod tests {
         assert_eq!(login_argv("r:1", "-u"), ["login", "--username=-u", "--password-stdin", "r:1"]);
         assert_eq!(logout_argv("r:1"), ["logout", "r:1"]);
         assert_eq!(pull_argv("r:1/a:v"), ["pull", "r:1/a:v"]);
-        assert_eq!(digest_argv("r:1/a:v"), ["image", "inspect", "--format", "{{.Digest}}", "r:1/a:v"]);
+        assert_eq!(inspect_argv("r:1/a:v"), ["image", "inspect", "--format", "{{.Id}} {{.Digest}}", "r:1/a:v"]);
+        let (id, d) = ("ab".repeat(32), format!("sha256:{}", "cd".repeat(32)));
+        assert_eq!(parse_inspect(&format!("{id} {d}\n")), (Some(id.clone()), Some(d)));
+        assert_eq!(parse_inspect(&format!("{id} <none>\n")), (Some(id), None));
         assert!(is_digest(&format!("sha256:{}", "ab".repeat(32))) && !is_digest("sha256:ab") && !is_digest(""));
     }
 
