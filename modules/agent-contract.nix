@@ -24,10 +24,14 @@ rec {
   version = 1;
 
   # agent.toml as an attribute set: the operator's settings, with [nanos] dir set to the
-  # toolchain when one is given and the settings do not name one.
-  settings = { settings ? { }, nanos ? null }:
-    if nanos == null then settings
-    else settings // { nanos = { dir = "${nanos}"; } // (settings.nanos or { }); };
+  # toolchain when one is given and [policy] set to `policy` when given; keys the settings
+  # name themselves win.
+  settings = { settings ? { }, nanos ? null, policy ? null }:
+    let
+      withNanos = if nanos == null then { } else { nanos = { dir = "${nanos}"; } // (settings.nanos or { }); };
+      withPolicy = if policy == null then { } else { policy = policy // (settings.policy or { }); };
+    in
+    settings // withNanos // withPolicy;
 
   # The daemon: `mcp-agent serve`, its state dir and config.
   serveArgv = { agent, stateDir, config }:

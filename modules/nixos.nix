@@ -19,7 +19,7 @@ let
   isX86 = pkgs.stdenv.hostPlatform.isx86_64;
   podman = config.virtualisation.podman.package;
   runtimeDir = "/run/user/${toString cfg.uid}";
-  configFile = (pkgs.formats.toml { }).generate "agent.toml" (contract.settings { inherit (cfg) settings nanos; });
+  configFile = (pkgs.formats.toml { }).generate "agent.toml" (contract.settings { inherit (cfg) settings nanos policy; });
   paths = { agent = "${cfg.package}/bin/mcp-agent"; inherit (cfg) stateDir; config = configFile; };
   # podman as the agent's user, in the daemon's environment (for admins and the VM tests).
   # The environment every podman of the agent's user gets (the daemon's unit sets the same).
@@ -77,6 +77,15 @@ in
       default = self.packages.${pkgs.stdenv.hostPlatform.system}.nanos or null;
       defaultText = lib.literalExpression "mcp.packages.\${system}.nanos (x86_64-linux), else null";
       description = "The Nanos toolchain (kernel.img, boot.img, mkfs) program-form unikernels are built with; sets [nanos] dir.";
+    };
+    policy = mkOption {
+      type = (pkgs.formats.toml { }).type;
+      default = { volume_roots = [ "/srv" ]; root_user = false; host_network = false; vm_file_roots = [ "/nix/store" "/srv" ]; };
+      description = ''
+        agent.toml [policy]: what a deploy key may ask of this node (volume roots, root as the
+        container user, the host network, unikernels and where their files come from). A key
+        that can deploy is otherwise root on the node. `{ }` allows everything valid.
+      '';
     };
     settings = mkOption {
       type = (pkgs.formats.toml { }).type;

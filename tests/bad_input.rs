@@ -168,3 +168,47 @@ fn bad_config_and_missing_pieces_have_clear_errors() {
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(r.stderr.contains("node \"rift\" is not configured"), "{}", r.stderr);
 }
+
+/// A node's `[policy]` narrows what a deploy may ask for (the forced-command key's reach):
+/// a plan with a volume outside the allowed roots, root as user and the host's network is
+/// refused with every field named, exit 2, before podman is asked anything; within the
+/// policy it deploys.
+#[test]
+fn the_node_policy_refuses_plans_that_ask_for_more() {
+    let env = Env::new();
+    std::fs::create_dir_all(&env.state).unwrap();
+    let allowed = env.dir.path().join("srv");
+    std::fs::create_dir_all(allowed.join("app")).unwrap();
+    std::fs::write(
+        env.state.join("agent.toml"),
+        format!("[policy]\nvolume_roots = [\"{}\"]\nroot_user = false\nhost_network = false\nunikernels = false\n", allowed.display()),
+    )
+    .unwrap();
+    let svc = env.svc("policy");
+    env.define(
+        &svc,
+        &format!(
+            "name = \"{svc}\"\nnode = \"local\"\n[[components]]\nname = \"web\"\nimage = \"{IMAGE}\"\nuser = \"0:0\"\nnetwork = \"host\"\n\
+             volumes = [\"/etc:/host-etc\", \"{}:/data\"]\ncmd = [\"sleep\", \"600\"]\n",
+            allowed.join("app").display()
+        ),
+    );
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for want in ["refused by this node's policy", "components[0].volumes[0]: /etc is outside the volume roots", "components[0].user", "components[0].network"] {
+        assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
+    }
+    assert!(!r.stderr.contains("volumes[1]"), "the allowed volume is not named: {}", r.stderr);
+    assert!(env.podman_mutations().is_empty(), "podman was not asked to change anything: {:?}", env.podman_mutations());
+    // Within the policy: deployed.
+    env.define(
+        &svc,
+        &format!(
+            "name = \"{svc}\"\nnode = \"local\"\n[[components]]\nname = \"web\"\nimage = \"{IMAGE}\"\nuser = \"1000\"\n\
+             volumes = [\"{}:/data\"]\ncmd = [\"sleep\", \"600\"]\nstop_timeout = 0\n",
+            allowed.join("app").display()
+        ),
+    );
+    env.ok(&["deploy", &svc]);
+    assert!(env.container_id(&format!("{svc}-web")).is_some());
+}

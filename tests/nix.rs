@@ -295,6 +295,7 @@ fn module_contract_runs_the_real_agent_and_sshd() {
     let shown = agent_config(&config);
     assert_eq!(shown.code, 0, "{}", shown.stderr);
     assert!(shown.stdout.contains("sweep_secs = 5"), "{}", shown.stdout);
+    assert!(shown.stdout.contains("[policy]") && shown.stdout.contains("root_user = false"), "the module's policy reaches the agent: {}", shown.stdout);
     assert!(shown.stdout.contains(&common::nanos::toolchain().display().to_string()), "{}", shown.stdout);
 
     // ExecStart, word by word as systemd splits it (the contract allows no quoting), runs the

@@ -31,6 +31,9 @@ pub struct AgentConfig {
     /// The daemon's alert hook.
     #[serde(default)]
     pub alert: AlertConfig,
+    /// What a deploy may ask of this node (default: everything valid).
+    #[serde(default)]
+    pub policy: super::policy::Policy,
 }
 
 #[derive(Debug, thiserror::Error)]

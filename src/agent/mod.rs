@@ -1,12 +1,14 @@
 //! The agent core: owns the registry and a runtime, and carries out requests. Decisions come
 //! from [`reconcile`] (pure); this module only executes them, all-or-nothing.
 
+mod adopt;
 pub mod alert;
 pub mod config;
 pub mod files;
 mod images;
 pub mod logs;
 pub mod monitor;
+pub mod policy;
 pub mod reconcile;
 pub mod rpc;
 pub mod serve;
@@ -55,6 +57,8 @@ pub struct Agent {
     runtime: Box<dyn Runtime>,
     /// What the monitor last observed, when a daemon keeps it current.
     cache: Option<std::sync::Arc<monitor::ObservedCache>>,
+    /// What a deploy may ask of this node.
+    policy: policy::Policy,
 }
 
 /// What to undo if a later step fails.
@@ -78,7 +82,13 @@ impl Agent {
     /// Open the registry in `state_dir` (created 0700) with the given runtime.
     pub fn open(state_dir: &Path, runtime: Box<dyn Runtime>) -> Result<Agent, RegistryError> {
         let registry = Mutex::new(Registry::open(&state_dir.join(REGISTRY_FILE))?);
-        Ok(Agent { state_dir: state_dir.to_path_buf(), registry, runtime, cache: None })
+        Ok(Agent { state_dir: state_dir.to_path_buf(), registry, runtime, cache: None, policy: policy::Policy::default() })
+    }
+
+    /// Refuse plans that ask for more than `policy` allows.
+    pub fn with_policy(mut self, policy: policy::Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Answer `status`/`ps` from `cache` while it is current (the daemon's monitor keeps it so).
@@ -143,6 +153,12 @@ impl Agent {
                 message: errors.to_string(),
                 fields: errors.errors,
             });
+        }
+        let refused = self.policy.check(plan);
+        if !refused.is_empty() {
+            let why: Vec<String> = refused.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+            let message = format!("refused by this node's policy ([policy] in agent.toml): {}", why.join("; "));
+            return Err(RpcError { code: ErrorCode::InvalidPlan, message, fields: refused });
         }
         if let Some(c) = only {
             if plan.component(c).is_none() {
@@ -601,58 +617,6 @@ impl Agent {
         self.changed();
         self.registry().delete_service(service, &events)?;
         self.release_unused_addresses(service);
-        Ok(ApplyResult { service: service.to_string(), changes })
-    }
-
-    /// Record running containers named `<service>-<component>` as the service's components,
-    /// with the spec they were created with, without touching them.
-    pub fn adopt(&self, service: &str, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
-        let _lock = self.lock(service)?;
-        if self.registry().service(service)?.is_some() {
-            return Err(RpcError::new(
-                ErrorCode::Conflict,
-                format!("service {service:?} is already managed by mcp here; nothing to adopt"),
-            ));
-        }
-        let prefix = format!("{service}-");
-        let mut components = Vec::new();
-        let mut changes = Vec::new();
-        let mut events = Vec::new();
-        let mut found = self.runtime.by_name_prefix(&prefix)?;
-        found.sort_by(|a, b| a.name.cmp(&b.name));
-        for o in found {
-            let component = o.name[prefix.len()..].to_string();
-            if crate::plan::check_name(&component).is_err() || (!o.service.is_empty() && o.service != service) {
-                note(&mut *progress, &component, format!("skipping {}: not a component name of {service}", o.name));
-                continue;
-            }
-            let spec = self.runtime.describe(&o.id, &component)?;
-            let hash = match &o.spec {
-                Some(label) if o.service == service => label.clone(),
-                _ => format!("{}{}", crate::runtime::ADOPTED_PREFIX, short(&o.id)),
-            };
-            note(&mut *progress, &component, format!("adopting {} ({}, {})", o.name, short(&o.id), o.state));
-            let desired = Desired::from_active(o.running());
-            changes.push(Change { component: component.clone(), change: ChangeKind::Adopted, spec: Some(hash.clone()) });
-            events.push(NewEvent {
-                service: service.to_string(),
-                component: Some(component.clone()),
-                kind: "adopted".into(),
-                message: format!("adopted {} ({}, image {}) without restarting it", o.name, short(&o.id), spec.image),
-            });
-            components.push(ComponentRecord { spec, hash, desired });
-        }
-        if components.is_empty() {
-            return Err(RpcError::new(ErrorCode::NotFound, format!("no container named {prefix}* to adopt on this node")));
-        }
-        let record = ServiceRecord {
-            name: service.to_string(),
-            node: None,
-            active: components.iter().any(|c| c.desired == Desired::Running),
-            updated_at: now_ms(),
-            components,
-        };
-        self.registry().save_service(&record, &events)?;
         Ok(ApplyResult { service: service.to_string(), changes })
     }
 

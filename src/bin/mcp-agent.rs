@@ -162,9 +162,9 @@ fn open_agent(config: &AgentConfig, state_dir: &std::path::Path) -> Result<Agent
         containers: Box::new(Podman::new(config.podman.clone(), state_dir.join("scratch"))),
         vms: Qemu::new(config.qemu.clone(), config.nanos.clone(), state_dir, settle).map_err(anyhow::Error::msg)?,
     };
-    Agent::open(state_dir, Box::new(runtime)).with_context(|| {
-        format!("opening the agent (state dir {}; set --state-dir or MCP_AGENT_STATE to a writable dir)", state_dir.display())
-    })
+    Agent::open(state_dir, Box::new(runtime))
+        .map(|a| a.with_policy(config.policy.clone()))
+        .with_context(|| format!("opening the agent (state dir {}; set --state-dir or MCP_AGENT_STATE to a writable dir)", state_dir.display()))
 }
 
 fn load_config(opts: &AgentOpts, state_dir: &std::path::Path) -> Result<AgentConfig> {
