@@ -270,3 +270,89 @@ fn pull_always_follows_a_moved_tag_and_missing_keeps_what_it_has() {
     }
     let _ = podman(&["rmi", "-f", &tag, &v2]);
 }
+
+/// `IMAGE` plus `mib` MiB of random bytes (they do not compress) as a new local image.
+fn big_variant(name: &str, mib: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("blob");
+    let mut bytes = vec![0u8; mib << 20];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
+    std::fs::write(&blob, bytes).unwrap();
+    let box_name = format!("{}-build", name.replace(['/', ':', '.'], "-"));
+    let _ = podman(&["rm", "-f", &box_name]);
+    podman_ok(&["create", "--name", &box_name, IMAGE, "true"]);
+    podman_ok(&["cp", blob.to_str().unwrap(), &format!("{box_name}:/blob")]);
+    podman_ok(&["commit", "-q", &box_name, name]);
+    podman_ok(&["rm", &box_name]);
+}
+
+/// The registry lost in the middle of a pull (a proxy cuts the connection 2 MiB into an
+/// 8 MiB layer): the deploy fails, nothing changed, the previous version serves on. A pull
+/// that stalls for 12 s (another proxy) keeps the session alive with progress lines, so a
+/// client `--timeout 8` does not fire.
+#[test]
+fn a_registry_lost_mid_pull_changes_nothing_and_a_slow_pull_keeps_the_session() {
+    let env = Env::new();
+    let reg = Registry::start(&env.dir.path().join("registry"));
+    let small = reg.push(IMAGE, &format!("mcp/{}:v1", env.prefix));
+    let local_big = format!("localhost/{}-big:latest", env.prefix);
+    big_variant(&local_big, 8);
+    let big = reg.push(&local_big, &format!("mcp/{}:big", env.prefix));
+    podman_ok(&["rmi", &local_big]);
+    let cut = common::registry::Proxy::start(reg.port, 2 << 20, None);
+    let slow = common::registry::Proxy::start(reg.port, 2 << 20, Some(Duration::from_secs(12)));
+    for proxy in [&cut] {
+        let r = env.mcp_stdin(
+            &["registry", "login", &proxy.address(), "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"],
+            &reg.password,
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let svc = env.svc("midway");
+    let port = free_port();
+    let define = |image: &str| env.define(&svc, &http_service(&svc, port, "stop_timeout = 0").replace(IMAGE, image));
+    define(&small.replace(&reg.address(), &cut.address()));
+    env.ok(&["deploy", &svc]);
+    assert!(http_get(port, ANSWER).is_some());
+    let id = env.container_id(&format!("{svc}-web")).unwrap();
+
+    define(&big.replace(&reg.address(), &cut.address()));
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("pulling") && r.stderr.contains("failed") && r.stderr.contains("nothing was changed"), "{}", r.stderr);
+    assert_eq!(env.container_id(&format!("{svc}-web")).as_deref(), Some(id.as_str()), "the previous version is untouched");
+    assert!(http_get(port, ANSWER).is_some());
+
+    // The slow pull over SSH, where the client's idle timeout applies.
+    let _ = env.mcp(&["stop", &svc]);
+    let key = env.home.join(".ssh/id_ed25519");
+    keygen(&key);
+    let dir = env.dir.path().join("node-a");
+    let sshd = Sshd::start(&dir, &[format!("command=\"{}\",restrict {}", agent_command(&dir.join("agent-state")), public_key(&key))]);
+    env.write_config_text(&format!(
+        "[services]\ndir = \"{}\"\n\n[[nodes]]\nname = \"a\"\naddress = \"{}\"\nuser = \"root\"\nidentity = \"{}\"\n",
+        env.services.display(),
+        sshd.address(),
+        key.display()
+    ));
+    env.ok(&["login", "--yes"]);
+    let r = env.mcp_stdin(
+        &["registry", "login", &slow.address(), "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"],
+        &reg.password,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let slow_svc = env.svc("slow");
+    let slow_port = free_port();
+    env.define(
+        &slow_svc,
+        &http_service(&slow_svc, slow_port, "stop_timeout = 0").replace(IMAGE, &big.replace(&reg.address(), &slow.address())).replace("node = \"local\"", "node = \"a\""),
+    );
+    let r = env.mcp(&["--timeout", "8", "deploy", &slow_svc]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("still pulling"), "heartbeats while the pull is silent: {}", r.stderr);
+    assert!(http_get(slow_port, ANSWER).is_some());
+    let _ = env.mcp(&["stop", &slow_svc]);
+    for image in [&small, &big] {
+        let _ = podman(&["rmi", "-f", &image.replace(&reg.address(), &cut.address()), &image.replace(&reg.address(), &slow.address())]);
+    }
+}

@@ -28,7 +28,7 @@ pub struct Seen {
 }
 /// A line of progress at least this often, so that a client's idle timeout never fires
 /// during a long silent download.
-const HEARTBEAT: Duration = Duration::from_secs(10);
+const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Longest progress line kept (podman's are short; a hostile registry's need not be).
 const MAX_LINE: u64 = 4096;
 const MAX_FILE: u64 = 1 << 20;

@@ -132,3 +132,82 @@ impl Drop for Registry {
         let _ = std::fs::remove_dir_all(format!("/etc/containers/certs.d/{}", self.address()));
     }
 }
+
+/// A TCP proxy in front of the registry that misbehaves once a connection has carried
+/// `after` bytes from the registry: it cuts the connection (`stall` None: the registry gone
+/// mid-pull) or goes silent for `stall` and then carries on (a slow pull). Small exchanges
+/// (login, manifests) pass untouched. Stopped when dropped.
+pub struct Proxy {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(target: u16, after: usize, stall: Option<Duration>) -> Proxy {
+        use std::io::{Read, Write as _};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_read, mut c_write) = (server, client);
+                std::thread::spawn(move || {
+                    let mut carried = 0usize;
+                    let mut buf = [0u8; 16 * 1024];
+                    let mut stalled = false;
+                    loop {
+                        let n = match s_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        carried += n;
+                        if carried > after && !stalled {
+                            match stall {
+                                None => {
+                                    let _ = c_write.shutdown(std::net::Shutdown::Both);
+                                    let _ = s_read.shutdown(std::net::Shutdown::Both);
+                                    break;
+                                }
+                                Some(d) => {
+                                    stalled = true;
+                                    std::thread::sleep(d);
+                                }
+                            }
+                        }
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Proxy { port, stop }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::fs::remove_dir_all(format!("/etc/containers/certs.d/{}", self.address()));
+    }
+}
