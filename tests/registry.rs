@@ -254,6 +254,18 @@ fn pull_always_follows_a_moved_tag_and_missing_keeps_what_it_has() {
     assert_eq!(http_get(pa, ANSWER).as_deref(), Some("version two\n"));
     let d2 = digest_of(&env, &always);
     assert_ne!(d2, d1, "status shows the new digest");
+    // --check-registry asks the registry (no pull): `missing` runs what the tag no longer
+    // points at, `always` is current.
+    let tag_of = |svc: &str| {
+        let st = env.ok(&["status", svc, "--check-registry", "--json"]).json();
+        st["nodes"][0]["result"]["services"][0]["components"][0]["tag"].clone()
+    };
+    let behind = tag_of(&missing);
+    assert_eq!(behind["moved"], true, "{behind}");
+    assert_eq!(behind["digest"], d2.as_str(), "{behind}");
+    assert_eq!(tag_of(&always)["moved"], false);
+    assert!(env.ok(&["status", &missing, "--check-registry"]).stdout.contains(&format!("MOVED to {}", &d2[7..19])));
+    assert!(env.ok(&["status", &missing, "--json"]).json()["nodes"][0]["result"]["services"][0]["components"][0].get("tag").is_none(), "only on request");
     // `missing` keeps the image it has.
     let r = env.ok(&["deploy", &missing, "--json"]).json();
     assert_eq!(r["result"]["changes"][0]["change"], "unchanged", "{r}");

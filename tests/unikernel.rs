@@ -249,7 +249,9 @@ fn ops_stand_in_proves_nothing_about_ops_only_how_mcp_calls_it() {
     let config = &seen[seen.find("config=").unwrap() + 7..seen.find("\n.").unwrap()];
     let config: serde_json::Value = serde_json::from_str(config).unwrap();
     assert_eq!(config["Dirs"], serde_json::json!(["srv"]));
-    assert_eq!(config["Args"][0], "/opt/app/server");
+    // argv[1..]: ops puts the program (its `build` argument) in front of Args itself.
+    assert_eq!(config["Args"][0], "--config");
+    assert!(!config["Args"].as_array().unwrap().iter().any(|a| a == "/opt/app/server"), "{config}");
     assert_eq!(config["Env"]["MODE"], "prod");
     let mode = std::fs::metadata(vm_dir.join("ops-config.json")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the config may carry secrets");

@@ -3,7 +3,7 @@
 
 use super::reconcile::Action;
 use super::{Agent, ProgressFn};
-use crate::proto::{ErrorCode, Progress, RegistryListResult, RegistryLoginParams, RegistryLogoutResult, RpcError};
+use crate::proto::{ErrorCode, Progress, RegistryListResult, RegistryLoginParams, RegistryLogoutResult, RpcError, ServiceStatus, TagCheck};
 use crate::registry::{NewEvent, ServiceRecord};
 use crate::runtime::registries::{check_ca, check_registry, check_username};
 use crate::runtime::Registries;
@@ -71,5 +71,27 @@ impl Agent {
 
     pub fn registry_list(&self) -> Result<RegistryListResult, RpcError> {
         Ok(RegistryListResult { registries: self.registries()?.list()? })
+    }
+
+    /// `status --check-registry`: for each container that says which digest it runs, ask its
+    /// registry what the tag points at now (once per image).
+    pub(super) fn check_tags(&self, records: &[ServiceRecord], services: &mut [ServiceStatus]) {
+        let mut asked: std::collections::HashMap<String, Result<Option<String>, String>> = Default::default();
+        for s in services.iter_mut() {
+            let Some(record) = records.iter().find(|r| r.name == s.name) else { continue };
+            for c in s.components.iter_mut() {
+                let Some(running) = c.digest.clone() else { continue };
+                let Some(spec) = record.component(&c.name) else { continue };
+                let answer = asked
+                    .entry(spec.spec.image.clone())
+                    .or_insert_with(|| self.runtime.registry_digest(&spec.spec.image).map_err(|e| e.to_string()))
+                    .clone();
+                c.tag = match answer {
+                    Ok(Some(now)) => Some(TagCheck { moved: now != running, digest: Some(now), error: None }),
+                    Ok(None) => None,
+                    Err(e) => Some(TagCheck { digest: None, moved: false, error: Some(e) }),
+                };
+            }
+        }
     }
 }

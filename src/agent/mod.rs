@@ -711,6 +711,9 @@ impl Agent {
         for s in &mut services {
             s.events = self.registry().events(Some(&s.name), params.events)?;
         }
+        if params.check_registry {
+            self.check_tags(&records, &mut services);
+        }
         Ok(StatusResult { services })
     }
 }

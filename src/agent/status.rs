@@ -315,6 +315,7 @@ pub fn service_statuses(
                         last_repair: repaired.map(|c| c.last),
                         address: s.mine.and_then(|o| o.address.clone()),
                         digest: s.mine.and_then(|o| o.digest.clone()),
+                        tag: None,
                     }
                 })
                 .collect();
@@ -348,6 +349,7 @@ fn extra_status(o: &Observed, uptime_secs: Option<u64>) -> ComponentStatus {
         last_repair: None,
         address: o.address.clone(),
         digest: o.digest.clone(),
+        tag: None,
     }
 }
 

@@ -15,6 +15,10 @@ pub struct Opts {
     /// Recent events to show per service.
     #[arg(long, default_value_t = 5)]
     pub events: u32,
+    /// Also ask each container's registry what its tag points at now (one round trip per
+    /// image): says when a running container is behind its tag.
+    #[arg(long)]
+    pub check_registry: bool,
     #[command(flatten)]
     pub node: NodeOpts,
     #[command(flatten)]
@@ -22,7 +26,7 @@ pub struct Opts {
 }
 
 pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
-    let params = StatusParams { service: opts.service.clone(), events: opts.events };
+    let params = StatusParams { service: opts.service.clone(), events: opts.events, check_registry: opts.check_registry };
     let results: Vec<NodeResult<StatusResult>> = match &opts.service {
         Some(service) => {
             let node = ctx.service_node(service, &opts.node)?;
@@ -67,6 +71,15 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                     },
                     c.drift.clone().unwrap_or_else(|| "-".into()),
                 ]);
+                if opts.check_registry {
+                    let tag = match &c.tag {
+                        None => "-".to_string(),
+                        Some(t) if t.error.is_some() => format!("cannot ask: {}", t.error.as_deref().unwrap_or_default()),
+                        Some(t) if t.moved => format!("MOVED to {} (redeploy to update)", short_digest(t.digest.as_deref())),
+                        Some(_) => "current".to_string(),
+                    };
+                    rows.last_mut().expect("just pushed").push(tag);
+                }
                 if digests {
                     rows.last_mut().expect("just pushed").insert(6, short_digest(c.digest.as_deref()));
                 }
@@ -84,6 +97,9 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         }
     }
     let mut header = vec!["COMPONENT", "NODE", "DESIRED", "OBSERVED", "UPTIME", "SPEC", "REPAIRS", "DRIFT"];
+    if opts.check_registry {
+        header.push("TAG NOW");
+    }
     if digests {
         header.insert(6, "DIGEST");
     }

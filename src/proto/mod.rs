@@ -346,6 +346,22 @@ pub struct StatusParams {
     /// How many recent events per service.
     #[serde(default = "default_events")]
     pub events: u32,
+    /// Ask each container's registry what its tag points at now (a round trip per image).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub check_registry: bool,
+}
+
+/// What a container's tag points at in its registry now (`status --check-registry`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagCheck {
+    /// The digest the tag points at now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// It differs from the digest the container runs.
+    pub moved: bool,
+    /// Why the registry could not be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn default_events() -> u32 {
@@ -443,6 +459,9 @@ pub struct ComponentStatus {
     /// The registry digest of the image it runs (`sha256:...`), when the agent knew it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// With `check_registry`: what its tag points at now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<TagCheck>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

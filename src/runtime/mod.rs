@@ -9,6 +9,7 @@ pub mod multi;
 pub mod podman;
 pub mod qemu;
 pub mod registries;
+pub mod registry_client;
 mod podman_images;
 
 use std::path::{Path, PathBuf};
@@ -189,6 +190,8 @@ pub enum RuntimeError {
     Pull { image: String, registry: String, cause: String },
     #[error("logging in to {registry} failed: {cause}")]
     Login { registry: String, cause: String },
+    #[error("asking {registry} what {image} points at failed: {cause}")]
+    TagCheck { image: String, registry: String, cause: String },
 }
 
 /// Credentials and trust for image registries on the node (podman).
@@ -258,5 +261,10 @@ pub trait Runtime: Send + Sync {
     /// Registry credentials, where this runtime pulls images.
     fn registries(&self) -> Option<&dyn Registries> {
         None
+    }
+    /// What `image`'s tag points at in its registry now, without pulling (None: the image
+    /// comes from no registry).
+    fn registry_digest(&self, _image: &str) -> Result<Option<String>, RuntimeError> {
+        Ok(None)
     }
 }

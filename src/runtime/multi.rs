@@ -136,6 +136,10 @@ impl Runtime for Runtimes {
     fn registries(&self) -> Option<&dyn super::Registries> {
         self.containers.registries()
     }
+
+    fn registry_digest(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        self.containers.registry_digest(image)
+    }
 }
 
 /// Several event streams as one; it ends when any of them ends (the follower then starts

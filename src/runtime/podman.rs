@@ -664,6 +664,10 @@ impl Runtime for Podman {
     fn registries(&self) -> Option<&dyn super::Registries> {
         Some(self)
     }
+
+    fn registry_digest(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        self.tag_digest(image)
+    }
 }
 
 #[cfg(test)]

@@ -90,7 +90,7 @@ impl Podman {
         if !out.status.success() {
             return Ok(false);
         }
-        let (id, digest) = registries::parse_inspect(&String::from_utf8_lossy(&out.stdout));
+        let (id, digest) = registries::parse_inspect(&String::from_utf8_lossy(&out.stdout), image);
         self.remember(image, id, digest);
         Ok(true)
     }
@@ -188,6 +188,24 @@ impl Podman {
         let id = stdout.lines().map(str::trim).rfind(|l| registries::is_hex_id(l)).map(str::to_string);
         self.remember(image, id, None);
         Ok(())
+    }
+
+    /// What `image`'s tag points at in its registry now (with the node's credentials and CA).
+    pub(super) fn tag_digest(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        if registries::is_local(image) {
+            return Ok(None);
+        }
+        let reference = super::registry_client::parse_reference(image);
+        let creds = match self.config.auth_file.as_deref() {
+            Some(auth) => read_small(auth)
+                .map_err(Self::io(format!("reading {}", auth.display())))?
+                .and_then(|b| super::registry_client::credentials(&String::from_utf8_lossy(&b), &reference.registry)),
+            None => None,
+        };
+        let certs = certs_dir(&certs_root(), &reference.registry);
+        super::registry_client::current_digest(image, creds, &certs)
+            .map(Some)
+            .map_err(|cause| RuntimeError::TagCheck { image: image.to_string(), registry: reference.registry.clone(), cause: cause.describe(&reference.registry) })
     }
 
     fn auth_file(&self) -> Result<&Path, RuntimeError> {

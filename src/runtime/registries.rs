@@ -61,18 +61,32 @@ pub fn pull_argv(image: &str) -> Vec<String> {
     vec!["pull".into(), image.into()]
 }
 
-/// `podman image inspect` printing the image's id and registry digest (fails when it is not
-/// here).
+/// `podman image inspect` printing the image's id, its digest and its repo digests (fails
+/// when it is not here).
 pub fn inspect_argv(image: &str) -> Vec<String> {
-    vec!["image".into(), "inspect".into(), "--format".into(), "{{.Id}} {{.Digest}}".into(), image.into()]
+    vec!["image".into(), "inspect".into(), "--format".into(), "{{.Id}} {{.Digest}} {{range .RepoDigests}}{{.}} {{end}}".into(), image.into()]
 }
 
-/// `<id> <digest>` as [`inspect_argv`] prints it; either may be missing.
-pub fn parse_inspect(out: &str) -> (Option<String>, Option<String>) {
+/// The repository of a reference: the name without tag or digest.
+pub fn repository_of(image: &str) -> &str {
+    let name = image.split('@').next().unwrap_or(image);
+    match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => name,
+    }
+}
+
+/// `<id> <digest> <repo@digest>...` as [`inspect_argv`] prints it: the id, and the digest the
+/// registry knows the image by in `image`'s repository (its repo digest there; the image's own
+/// digest only when no repo digest names that repository: an image that was on the node before
+/// it was pulled keeps the digest it was made with).
+pub fn parse_inspect(out: &str, image: &str) -> (Option<String>, Option<String>) {
     let mut words = out.split_whitespace();
     let id = words.next().filter(|w| is_hex_id(w)).map(str::to_string);
-    let digest = words.next().filter(|w| is_digest(w)).map(str::to_string);
-    (id, digest)
+    let own = words.next().filter(|w| is_digest(w)).map(str::to_string);
+    let repo = repository_of(image);
+    let in_repo = words.filter_map(|w| w.split_once('@')).find(|(r, d)| *r == repo && is_digest(d)).map(|(_, d)| d.to_string());
+    (id, in_repo.or(own))
 }
 
 /// An image id: 64 hex digits.
@@ -199,10 +213,15 @@ mod tests {
         assert_eq!(login_argv("r:1", "-u"), ["login", "--username=-u", "--password-stdin", "r:1"]);
         assert_eq!(logout_argv("r:1"), ["logout", "r:1"]);
         assert_eq!(pull_argv("r:1/a:v"), ["pull", "r:1/a:v"]);
-        assert_eq!(inspect_argv("r:1/a:v"), ["image", "inspect", "--format", "{{.Id}} {{.Digest}}", "r:1/a:v"]);
-        let (id, d) = ("ab".repeat(32), format!("sha256:{}", "cd".repeat(32)));
-        assert_eq!(parse_inspect(&format!("{id} {d}\n")), (Some(id.clone()), Some(d)));
-        assert_eq!(parse_inspect(&format!("{id} <none>\n")), (Some(id), None));
+        assert_eq!(inspect_argv("r:1/a:v")[3], "{{.Id}} {{.Digest}} {{range .RepoDigests}}{{.}} {{end}}");
+        let (id, own, there) = ("ab".repeat(32), format!("sha256:{}", "cd".repeat(32)), format!("sha256:{}", "ef".repeat(32)));
+        let out = format!("{id} {own} localhost/x@{own} r:1/a@{there} \n");
+        assert_eq!(parse_inspect(&out, "r:1/a:v"), (Some(id.clone()), Some(there.clone())), "the repo digest of that repository");
+        assert_eq!(parse_inspect(&out, "r:2/b:v"), (Some(id.clone()), Some(own.clone())));
+        assert_eq!(parse_inspect(&format!("{id} <none> \n"), "r:1/a"), (Some(id), None));
+        assert_eq!(repository_of("r:1/a/b:v1"), "r:1/a/b");
+        assert_eq!(repository_of(&format!("r:1/a@{there}")), "r:1/a");
+        assert_eq!(repository_of("r:1/a"), "r:1/a");
         assert!(is_digest(&format!("sha256:{}", "ab".repeat(32))) && !is_digest("sha256:ab") && !is_digest(""));
     }
 
