@@ -196,3 +196,45 @@ fn planted_symlinks_never_make_vm_baking_write_outside() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(http_get(port, Duration::from_secs(90)).as_deref(), Some("from the inner volume\n"), "the inner volume is mounted over the link");
 }
+
+/// What a container prints reaches the operator's terminal only escaped: `mcp logs` on a
+/// terminal (a pty made by `script`) shows ESC and BEL as `\x1b`, `\x07` (to a pipe they go as
+/// written, `--raw` keeps them on a terminal), and an error carrying the container's last
+/// lines (a replacement that died) is escaped on stderr.
+#[test]
+fn container_output_never_drives_the_operators_terminal() {
+    let env = Env::new();
+    let svc = env.svc("ansi");
+    let evil = r#"printf '\033]0;pwned\007\033[2Jcleared\n'"#;
+    let def = |tail: &str| {
+        format!(
+            "name = \"{svc}\"\nnode = \"local\"\n[[components]]\nname = \"web\"\nimage = \"{IMAGE}\"\nstop_timeout = 0\n\
+             cmd = [\"sh\", \"-c\", \"{}; {tail}\"]\n",
+            evil.replace('\\', "\\\\").replace('"', "\\\"")
+        )
+    };
+    env.define(&svc, &def("exec sleep 600"));
+    env.ok(&["deploy", &svc]);
+    let logged = wait_for(Duration::from_secs(10), || {
+        let r = env.ok(&["logs", &svc]);
+        r.stdout.contains("cleared").then_some(r.stdout)
+    })
+    .expect("the container printed");
+    assert!(logged.contains("\x1b]0;pwned\x07"), "a pipe gets the bytes as written: {logged:?}");
+    let on_tty = |extra: &str| {
+        let cmd = format!("{MCP} --config {} logs {svc} {extra}", env.config.display());
+        let out = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).env("HOME", &env.home).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = on_tty("");
+    assert!(shown.contains("\\x1b]0;pwned\\x07\\x1b[2Jcleared"), "escaped on a terminal: {shown:?}");
+    assert!(!shown.contains('\x1b') && !shown.contains('\x07'), "{shown:?}");
+    assert!(on_tty("--raw").contains("\x1b]0;pwned"), "--raw keeps them");
+
+    // A replacement that prints and dies: the error quotes its output, escaped.
+    env.define(&svc, &def("exit 3"));
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("\\x1b]0;pwned"), "{:?}", r.stderr);
+    assert!(!r.stderr.contains('\x1b') && !r.stderr.contains('\x07'), "{:?}", r.stderr);
+}

@@ -7,7 +7,8 @@ async fn main() {
     let cli = Cli::parse();
     mcp::init_logging(cli.global.verbose);
     if let Err(err) = run(cli).await {
-        eprintln!("error: {err:#}");
+        // The message may carry a node's, a container's or a registry's words.
+        eprintln!("error: {}", mcp::cli::output::printable(&format!("{err:#}"), true));
         std::process::exit(exit_code(&err));
     }
 }

@@ -2,11 +2,12 @@
 //! the node's agent. Their stdout goes to stdout and their stderr to stderr; lines are prefixed
 //! with the component when several are shown.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
 
+use super::output::printable;
 use super::{Ctx, NodeOpts, OutputOpts};
 use crate::plan::Target;
 use crate::proto::{self, LogLine, LogsParams, LogsResult};
@@ -27,6 +28,11 @@ pub struct Opts {
     /// One JSON object per line ({"component", "stream", "line"}).
     #[command(flatten)]
     pub output: OutputOpts,
+    /// Print lines as the container wrote them even to a terminal (by default control
+    /// characters such as ESC are shown escaped there: a container must not drive your
+    /// terminal). Pipes and files always get them as written.
+    #[arg(long)]
+    pub raw: bool,
 }
 
 pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
@@ -39,6 +45,7 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
     let params = LogsParams { service: target.service.clone(), component: target.component.clone(), tail: opts.tail, follow: opts.follow };
     let prefix = target.component.is_none();
     let json = opts.output.json;
+    let (tty_out, tty_err) = (std::io::stdout().is_terminal() && !opts.raw, std::io::stderr().is_terminal() && !opts.raw);
     let mut print = move |l: LogLine| {
         let text = if json {
             serde_json::to_string(&l).expect("log lines serialize")
@@ -49,9 +56,9 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         };
         // A closed stdout (e.g. `| head`) ends the command quietly.
         let _ = if l.stream == "stderr" && !json {
-            writeln!(std::io::stderr(), "{text}")
+            writeln!(std::io::stderr(), "{}", if tty_err { printable(&text, false) } else { text.as_str().into() })
         } else {
-            writeln!(std::io::stdout(), "{text}")
+            writeln!(std::io::stdout(), "{}", if tty_out { printable(&text, false) } else { text.as_str().into() })
         };
     };
     let _: LogsResult = session

@@ -183,10 +183,11 @@ impl Ctx {
                 return;
             }
             let who = p.component.map(|c| format!("[{c}] ")).unwrap_or_default();
+            let line = output::printable(&format!("{who}{}", p.message), false).into_owned();
             if tty {
-                eprintln!("\x1b[2m  {who}{}\x1b[0m", p.message);
+                eprintln!("\x1b[2m  {line}\x1b[0m");
             } else {
-                eprintln!("  {who}{}", p.message);
+                eprintln!("  {line}");
             }
         }
     }
@@ -393,7 +394,7 @@ pub fn report_failures<T>(results: &[NodeResult<T>]) -> Result<()> {
         return Ok(());
     }
     for f in &failed {
-        eprintln!("error: node {}: {}", f.node, f.error.as_deref().unwrap_or_default());
+        eprintln!("error: node {}: {}", f.node, output::printable(f.error.as_deref().unwrap_or_default(), true));
     }
     let code = failed.iter().map(|f| f.code).max().unwrap_or(1);
     Err(NodeFailures { count: failed.len(), code }.into())

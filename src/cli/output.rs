@@ -4,6 +4,8 @@ use std::fmt::Write;
 
 /// Render rows under a header, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| printable(c, false).into_owned()).collect()).collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -65,6 +67,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn outside_text_is_made_printable() {
+        assert!(matches!(printable("plain text\twith tab", false), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(printable("\x1b]0;pwned\x07\x1b[2J", false), "\\x1b]0;pwned\\x07\\x1b[2J");
+        assert_eq!(printable("a\nb\rc", true), "a\nb\\x0dc");
+        assert_eq!(printable("a\nb", false), "a\\x0ab");
+        assert_eq!(printable("x\u{202e}y\u{9b}z", false), "x\\u{202e}y\\x9bz");
+        assert!(table(&["A"], &[vec!["\x1b[31mred".into()]]).contains("\\x1b[31mred"));
+    }
+
+    #[test]
     fn table_aligns() {
         let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()], vec!["a".into(), "22".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1\na    22\n");
@@ -124,4 +136,28 @@ pub fn short_digest(digest: Option<&str>) -> String {
         Some(d) => d.strip_prefix("sha256:").unwrap_or(d).chars().take(12).collect(),
         None => "-".into(),
     }
+}
+
+/// Text from outside (a node, a container, a registry) made safe for a terminal: control
+/// characters (ESC, BEL, CR, ... and the C1 range) and the Unicode bidi overrides that can
+/// reorder what the eye sees become visible escapes (`\x1b`, `\u{202e}`); newlines are kept
+/// only where `newlines` says (messages, not table cells), tabs always.
+pub fn printable(s: &str, newlines: bool) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\t' && !(newlines && c == '\n')) || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !unsafe_char(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }

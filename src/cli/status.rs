@@ -4,7 +4,7 @@
 use anyhow::{Context as _, Result};
 use clap::Args;
 
-use super::output::{duration, short_digest, table, timestamp};
+use super::output::{duration, printable, short_digest, table, timestamp};
 use super::{print_json, report_failures, Ctx, NodeOpts, NodeResult, OutputOpts};
 use crate::proto::{self, StatusParams, StatusResult};
 
@@ -111,7 +111,7 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         events.sort_by_key(|(t, _)| *t);
         println!("\nRecent events (UTC):");
         for (_, line) in events {
-            println!("  {line}");
+            println!("  {}", printable(&line, false));
         }
     }
     report_failures(&results)
