@@ -80,11 +80,14 @@ in
     };
     policy = mkOption {
       type = (pkgs.formats.toml { }).type;
-      default = { volume_roots = [ "/srv" ]; root_user = false; host_network = false; vm_file_roots = [ "/nix/store" "/srv" ]; };
+      # Rootless podman: a container's root is the agent's user on the host, so root_user
+      # stays allowed (images mostly run as root); what a key could reach is what that user
+      # can, narrowed further to /srv for volumes and the host network refused.
+      default = { volume_roots = [ "/srv" ]; host_network = false; vm_file_roots = [ "/nix/store" "/srv" ]; };
       description = ''
         agent.toml [policy]: what a deploy key may ask of this node (volume roots, root as the
-        container user, the host network, unikernels and where their files come from). A key
-        that can deploy is otherwise root on the node. `{ }` allows everything valid.
+        container user, the host network, unikernels and where their files come from, registry
+        logins). `{ }` allows everything valid.
       '';
     };
     settings = mkOption {

@@ -212,3 +212,53 @@ fn the_node_policy_refuses_plans_that_ask_for_more() {
     env.ok(&["deploy", &svc]);
     assert!(env.container_id(&format!("{svc}-web")).is_some());
 }
+
+/// The ways around a narrow policy an attack probe of it found, each closed: a symlink a
+/// container made inside an allowed volume root (to /), a container made by hand with a host
+/// mount adopted, a component registered before the policy was narrowed made again by `start`,
+/// a registry login when `registry_admin = false`.
+#[test]
+fn the_node_policy_is_not_bypassed_by_links_adoption_or_older_registrations() {
+    let env = Env::new();
+    std::fs::create_dir_all(&env.state).unwrap();
+    let allowed = env.dir.path().join("srv");
+    std::fs::create_dir_all(allowed.join("app")).unwrap();
+    std::os::unix::fs::symlink("/", allowed.join("app/r")).unwrap();
+    let narrow = format!("[policy]\nvolume_roots = [\"{}\"]\nroot_user = false\nregistry_admin = false\n", allowed.display());
+    let svc = env.svc("bypass");
+    let service = |user: &str, volume: &str| {
+        format!("name = \"{svc}\"\nnode = \"local\"\n[[components]]\nname = \"web\"\nimage = \"{IMAGE}\"\n{user}volumes = [\"{volume}\"]\ncmd = [\"sleep\", \"600\"]\nstop_timeout = 0\n")
+    };
+    // Registered while the node allowed anything (user 0).
+    env.define(&svc, &service("user = \"0\"\n", &format!("{}:/data", allowed.join("app").display())));
+    env.ok(&["deploy", &svc]);
+    std::fs::write(env.state.join("agent.toml"), &narrow).unwrap();
+
+    // The link: refused, named.
+    env.define(&svc, &service("user = \"1000\"\n", &format!("{}:/host", allowed.join("app/r").display())));
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("goes through a symbolic link"), "{}", r.stderr);
+
+    // The old registration is not made again: its container gone, `start` refuses.
+    env.ok(&["stop", &svc]);
+    let id = env.container_id(&format!("{svc}-web")).unwrap();
+    podman_ok(&["rm", "-f", &id]);
+    let r = env.mcp(&["start", &svc]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains("refused by this node's policy") && r.stderr.contains("numeric uid"), "{}", r.stderr);
+    assert!(env.container_id(&format!("{svc}-web")).is_none());
+
+    // A container made by hand with a host mount, then adopt: refused.
+    let other = env.svc("handmade");
+    podman_ok(&["run", "-d", "--name", &format!("{other}-web"), "-v", "/etc:/host-etc:ro", IMAGE, "sleep", "600"]);
+    let r = env.mcp(&["adopt", &other]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("/etc is outside the volume roots"), "{}", r.stderr);
+    let _ = podman(&["rm", "-f", "-t", "0", &format!("{other}-web")]);
+
+    // Registry credentials are not a deploy key's business here.
+    let r = env.mcp_stdin(&["registry", "login", "127.0.0.1:5999", "-u", "x", "--password-stdin"], "pw");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("registry_admin = false"), "{}", r.stderr);
+}

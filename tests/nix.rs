@@ -57,7 +57,7 @@ fn every_nix_file_parses() {
 #[test]
 fn nix_examples_evaluate_to_the_plans_of_their_toml_twins() {
     let env = Env::new();
-    let toml = env.ok(&["plan", repo().join("examples/hello.toml").to_str().unwrap()]).json();
+    let toml = env.ok(&["plan", "--offline", repo().join("examples/hello.toml").to_str().unwrap()]).json();
     // Straight from the evaluator, as nix prints it.
     let raw = nix_eval("(import ./modules/plan.nix).fromFile { file = toString ./examples/hello.nix; }");
     assert_eq!(canonical(&raw[0]), canonical(&toml), "byte-identical after canonical JSON");
@@ -65,10 +65,10 @@ fn nix_examples_evaluate_to_the_plans_of_their_toml_twins() {
     let via_flake = nix_eval("((import ./flake.nix).outputs { self = null; nixpkgs = null; }).lib.plansOf ./examples/hello.nix");
     assert_eq!(canonical(&via_flake[0]), canonical(&toml));
     // And through mcp.
-    let nix = env.ok(&["plan", repo().join("examples/hello.nix").to_str().unwrap()]).json();
+    let nix = env.ok(&["plan", "--offline", repo().join("examples/hello.nix").to_str().unwrap()]).json();
     assert_eq!(canonical(&nix), canonical(&toml));
     // A fleet file: several services.
-    let fleet = env.ok(&["plan", repo().join("examples/fleet.nix").to_str().unwrap()]).json();
+    let fleet = env.ok(&["plan", "--offline", repo().join("examples/fleet.nix").to_str().unwrap()]).json();
     let names: Vec<&str> = fleet.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["blue", "green"]);
     let r = env.mcp(&["deploy", repo().join("examples/fleet.nix").to_str().unwrap()]);
@@ -100,7 +100,7 @@ fn type_errors_name_the_file_and_the_option_and_touch_nothing() {
     assert!(env.podman_calls().is_empty(), "no agent was asked: {:?}", env.podman_calls());
     // Without nix: a clear error, not a crash.
     let out = Command::new(MCP)
-        .args(["--config", env.config.to_str().unwrap(), "plan", &svc])
+        .args(["--config", env.config.to_str().unwrap(), "plan", "--offline", &svc])
         .env("PATH", "/nonexistent")
         .output()
         .unwrap();
@@ -295,7 +295,7 @@ fn module_contract_runs_the_real_agent_and_sshd() {
     let shown = agent_config(&config);
     assert_eq!(shown.code, 0, "{}", shown.stderr);
     assert!(shown.stdout.contains("sweep_secs = 5"), "{}", shown.stdout);
-    assert!(shown.stdout.contains("[policy]") && shown.stdout.contains("root_user = false"), "the module's policy reaches the agent: {}", shown.stdout);
+    assert!(shown.stdout.contains("[policy]") && shown.stdout.contains("volume_roots = [\"/srv\"]") && shown.stdout.contains("host_network = false"), "the module's policy reaches the agent: {}", shown.stdout);
     assert!(shown.stdout.contains(&common::nanos::toolchain().display().to_string()), "{}", shown.stdout);
 
     // ExecStart, word by word as systemd splits it (the contract allows no quoting), runs the
@@ -409,14 +409,14 @@ fn vm_test_files_load_with_the_real_mcp_from_another_directory() {
     };
     assert_eq!(services.len(), 6, "{files}");
     for name in services.keys() {
-        let plan = mcp(&["plan", name]);
+        let plan = mcp(&["plan", "--offline", name]);
         assert_eq!(plan["name"], name.as_str(), "{plan}");
         assert_eq!(plan["node"], "node");
     }
-    let uk = mcp(&["plan", "uk"]);
+    let uk = mcp(&["plan", "--offline", "uk"]);
     assert_eq!(uk["components"][0]["program"], program.to_str().unwrap(), "{uk}");
     assert_eq!(uk["components"][0]["network"], "user");
-    assert_eq!(mcp(&["plan", "uk-friend"])["components"][0]["cmd"], serde_json::json!(["probe", "10.201.0.2:8080"]));
-    assert_eq!(mcp(&["plan", "uk-friend"])["components"][0]["network"], "shared");
-    assert!(mcp(&["plan", "uk-stranger"])["components"][0].get("network").is_none_or(|n| n.is_null()));
+    assert_eq!(mcp(&["plan", "--offline", "uk-friend"])["components"][0]["cmd"], serde_json::json!(["probe", "10.201.0.2:8080"]));
+    assert_eq!(mcp(&["plan", "--offline", "uk-friend"])["components"][0]["network"], "shared");
+    assert!(mcp(&["plan", "--offline", "uk-stranger"])["components"][0].get("network").is_none_or(|n| n.is_null()));
 }

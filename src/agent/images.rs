@@ -49,7 +49,17 @@ impl Agent {
             .ok_or_else(|| RpcError::new(ErrorCode::Runtime, "this agent's runtime pulls from no registry"))
     }
 
+    /// Registry credentials are node-wide (and a CA is trusted by every podman on the node):
+    /// `[policy] registry_admin = false` keeps them out of deploy keys' hands.
+    fn registry_admin(&self) -> Result<(), RpcError> {
+        if self.policy.registry_admin {
+            return Ok(());
+        }
+        Err(RpcError::new(ErrorCode::BadRequest, "this node's policy does not let deploy keys manage registry credentials ([policy] registry_admin = false)"))
+    }
+
     pub fn registry_login(&self, p: &RegistryLoginParams) -> Result<RegistryListResult, RpcError> {
+        self.registry_admin()?;
         let bad = |m: String| RpcError::new(ErrorCode::BadRequest, m);
         check_registry(&p.registry).map_err(bad)?;
         check_username(&p.username).map_err(bad)?;
@@ -64,6 +74,7 @@ impl Agent {
     }
 
     pub fn registry_logout(&self, registry: &str) -> Result<RegistryLogoutResult, RpcError> {
+        self.registry_admin()?;
         check_registry(registry).map_err(|m| RpcError::new(ErrorCode::BadRequest, m))?;
         let logged_out = self.registries()?.logout(registry)?;
         Ok(RegistryLogoutResult { registry: registry.to_string(), logged_out })

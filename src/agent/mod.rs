@@ -9,6 +9,7 @@ mod images;
 pub mod logs;
 pub mod monitor;
 pub mod policy;
+mod preview;
 pub mod reconcile;
 pub mod rpc;
 pub mod serve;
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::plan::{instance_name, validate, Plan, Target};
+use crate::plan::{instance_name, Plan, Target};
 use crate::proto::{
     ApplyResult, Change, ChangeKind, ComponentSummary, ErrorCode, GetBeginParams, ListResult, Progress, PsEntry, PsResult,
     PutBeginParams, RpcError, ServiceSummary, StatusParams, StatusResult, TransferInfo,
@@ -147,27 +148,7 @@ impl Agent {
     }
 
     pub fn deploy(&self, plan: &Plan, only: Option<&str>, progress: ProgressFn) -> Result<ApplyResult, RpcError> {
-        if let Err(errors) = validate(plan, "plan") {
-            return Err(RpcError {
-                code: ErrorCode::InvalidPlan,
-                message: errors.to_string(),
-                fields: errors.errors,
-            });
-        }
-        let refused = self.policy.check(plan);
-        if !refused.is_empty() {
-            let why: Vec<String> = refused.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
-            let message = format!("refused by this node's policy ([policy] in agent.toml): {}", why.join("; "));
-            return Err(RpcError { code: ErrorCode::InvalidPlan, message, fields: refused });
-        }
-        if let Some(c) = only {
-            if plan.component(c).is_none() {
-                return Err(RpcError::new(
-                    ErrorCode::NotFound,
-                    format!("service {} has no component {c:?}; components: {}", plan.name, component_names(plan)),
-                ));
-            }
-        }
+        self.admit(plan, only)?;
         let _lock = self.lock(&plan.name)?;
         let prev = self.registry().service(&plan.name)?;
         let desired = Desired::from_active(plan.active);
@@ -179,19 +160,7 @@ impl Agent {
             wanted.push(ComponentRecord { spec: c.clone(), hash, desired });
         }
 
-        // What the registry will hold afterwards: with a component scope, the other components
-        // stay as they were deployed before.
-        let components = match (&prev, only) {
-            (Some(prev), Some(c)) => merge_one(&prev.components, &wanted, c, plan),
-            _ => wanted,
-        };
-        let record = ServiceRecord {
-            name: plan.name.clone(),
-            node: plan.node.clone(),
-            active: plan.active,
-            updated_at: now_ms(),
-            components,
-        };
+        let record = record_of(plan, prev.as_ref(), wanted, only);
         self.apply(&record, prev.as_ref().map(|p| p.components.as_slice()), only, false, progress)
     }
 
@@ -298,6 +267,13 @@ impl Agent {
     /// Create the instance of a registered component, with what the agent assigns it (a
     /// static address, kept in the registry, when its network hands out none).
     pub fn create_instance(&self, service: &str, c: &ComponentRecord) -> Result<String, RuntimeError> {
+        // Every create, not only a deploy's: a component registered before the policy was
+        // narrowed (then started, restarted or repaired) is not made again either.
+        let refused = self.policy.check_one(&c.spec);
+        if !refused.is_empty() {
+            let why: Vec<String> = refused.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+            return Err(RuntimeError::Unsupported(format!("{service}/{} is refused by this node's policy: {}", c.spec.name, why.join("; "))));
+        }
         let mut assigned = crate::runtime::Assigned::default();
         if let Some(pool) = self.runtime.address_pool(&c.spec) {
             let name = &c.spec.name;
@@ -622,7 +598,7 @@ impl Agent {
 
     /// Begin a push into the service's volume dirs (a transfer of the session `transfers`).
     pub fn put_begin(&self, transfers: &mut files::Transfers, p: &PutBeginParams) -> Result<TransferInfo, RpcError> {
-        let roots = files::volume_roots(&self.show(&p.service)?);
+        let roots = self.policy.transfer_roots(files::volume_roots(&self.show(&p.service)?));
         let requested = p.path.clone().unwrap_or_else(|| p.name.clone());
         let mut target = files::resolve(&roots, &requested)?;
         // Into a directory: the file keeps its name. (A directory swapped in after this look
@@ -636,7 +612,7 @@ impl Agent {
 
     /// Begin a pull from the service's volume dirs.
     pub fn get_begin(&self, transfers: &mut files::Transfers, p: &GetBeginParams) -> Result<TransferInfo, RpcError> {
-        let roots = files::volume_roots(&self.show(&p.service)?);
+        let roots = self.policy.transfer_roots(files::volume_roots(&self.show(&p.service)?));
         transfers.get_begin(&files::resolve(&roots, &p.path)?)
     }
 
@@ -733,6 +709,16 @@ fn restart_kept(action: Action, service: &str, observed: &[Observed]) -> Action 
 }
 
 /// `prev` with component `name` taken from `wanted`, in the plan's order.
+/// What the registry will hold after a deploy of `plan`: with a component scope, the other
+/// components stay as they were deployed before.
+fn record_of(plan: &Plan, prev: Option<&ServiceRecord>, wanted: Vec<ComponentRecord>, only: Option<&str>) -> ServiceRecord {
+    let components = match (prev, only) {
+        (Some(prev), Some(c)) => merge_one(&prev.components, &wanted, c, plan),
+        _ => wanted,
+    };
+    ServiceRecord { name: plan.name.clone(), node: plan.node.clone(), active: plan.active, updated_at: now_ms(), components }
+}
+
 fn merge_one(prev: &[ComponentRecord], wanted: &[ComponentRecord], name: &str, plan: &Plan) -> Vec<ComponentRecord> {
     let mut out: Vec<ComponentRecord> = prev.iter().filter(|c| c.spec.name != name).cloned().collect();
     if let Some(w) = wanted.iter().find(|w| w.spec.name == name) {

@@ -41,7 +41,7 @@ use config::{Config, NodeConfig};
     about = "Deploy services to nodes as podman containers, and keep track of them",
     after_help = "Exit codes: 0 ok, 1 the operation failed (previous state kept), 2 invalid input \
                   (usage, service definition, config), 3 node or agent unreachable or incompatible, \
-                  4 no such service or component."
+                  4 no such service or component, 5 `mcp plan`: changes are pending."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -73,7 +73,7 @@ pub struct GlobalOpts {
 pub enum Command {
     /// Deploy a service (or one component) from its definition.
     Deploy(deploy::Opts),
-    /// Print the plan (JSON) a definition evaluates to, without contacting any node.
+    /// What a deploy would do on the node (exit 5 when changes are pending); --offline: the plan JSON.
     Plan(plan::Opts),
     /// Stop all components of a service (or one); the definition is kept.
     Stop(lifecycle::Opts),
@@ -143,7 +143,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let ctx = Ctx { config, quiet: cli.global.quiet, ssh };
     match cli.command {
         Command::Deploy(o) => deploy::run(&ctx, o).await,
-        Command::Plan(o) => plan::run(&ctx, o),
+        Command::Plan(o) => plan::run(&ctx, o).await,
         Command::Stop(o) => lifecycle::run(&ctx, o, proto::STOP, "stopped").await,
         Command::Start(o) => lifecycle::run(&ctx, o, proto::START, "started").await,
         Command::Restart(o) => lifecycle::run(&ctx, o, proto::RESTART, "restarted").await,
@@ -330,6 +330,11 @@ impl<T> NodeResult<T> {
     }
 }
 
+/// `mcp plan` found changes a deploy would make (exit code 5; nothing is wrong).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} change(s) pending")]
+pub struct PendingChanges(pub usize);
+
 /// Input the operator must fix (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -360,6 +365,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
         if cause.downcast_ref::<NotFound>().is_some() {
             return 4;
+        }
+        if cause.downcast_ref::<PendingChanges>().is_some() {
+            return 5;
         }
         if let Some(f) = cause.downcast_ref::<NodeFailures>() {
             return f.code;

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use super::output::table;
 use super::{print_json, Ctx, InvalidInput, OutputOpts};
 use crate::plan::{load_service_files, Plan};
-use crate::proto::{self, ApplyResult, DeployParams, ListResult, ServiceParams};
+use crate::proto::{self, ApplyResult, DeployParams, ListResult, PlanResult, ServiceParams};
 
 /// Nodes talked to at once.
 const PARALLEL_NODES: usize = 8;
@@ -24,6 +24,9 @@ pub struct Opts {
     /// Also remove services that are deployed but no longer defined.
     #[arg(long)]
     pub prune: bool,
+    /// Change nothing: say what a sync would do per service (exit 5 when something would change).
+    #[arg(long)]
+    pub plan: bool,
     #[command(flatten)]
     pub output: OutputOpts,
 }
@@ -79,6 +82,16 @@ fn summary(r: &ApplyResult) -> String {
     counts.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
 }
 
+/// `no changes`, or `2 pending: create web, replace db`.
+fn planned(r: &PlanResult) -> String {
+    let pending: Vec<String> = r.changes.iter().filter(|c| c.action != "keep").map(|c| format!("{} {}", c.action, c.component)).collect();
+    if pending.is_empty() {
+        "no changes".into()
+    } else {
+        format!("{} pending: {}", pending.len(), pending.join(", "))
+    }
+}
+
 pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
     let plans = load_all(ctx)?;
     let mut by_node: BTreeMap<String, Vec<Plan>> = BTreeMap::new();
@@ -96,7 +109,7 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
     for (node_name, plans) in by_node {
         let node = ctx.node(&node_name)?.clone();
         let transport = ctx.transport(&node);
-        let (limit, prune) = (limit.clone(), opts.prune);
+        let (limit, prune, plan_only) = (limit.clone(), opts.prune, opts.plan);
         set.spawn(async move {
             let _permit = limit.acquire_owned().await.expect("never closed");
             let fail_all = |e: String| -> Vec<Line> {
@@ -115,8 +128,13 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
             let mut lines = Vec::new();
             for plan in &plans {
                 let params = DeployParams { plan: plan.clone(), component: None };
-                let line = match session.call::<_, ApplyResult>(proto::DEPLOY, &params, &mut |_| {}).await {
-                    Ok(r) => Line { service: plan.name.clone(), node: node_name.clone(), result: summary(&r), error: None },
+                let outcome = if plan_only {
+                    session.call::<_, PlanResult>(proto::PLAN, &params, &mut |_| {}).await.map(|r| planned(&r))
+                } else {
+                    session.call::<_, ApplyResult>(proto::DEPLOY, &params, &mut |_| {}).await.map(|r| summary(&r))
+                };
+                let line = match outcome {
+                    Ok(result) => Line { service: plan.name.clone(), node: node_name.clone(), result, error: None },
                     Err(e) => Line { service: plan.name.clone(), node: node_name.clone(), result: "failed".into(), error: Some(e.to_string()) },
                 };
                 lines.push(line);
@@ -125,6 +143,10 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                 match session.call::<_, ListResult>(proto::LIST, &serde_json::json!({}), &mut |_| {}).await {
                     Ok(list) => {
                         for s in list.services.iter().filter(|s| !plans.iter().any(|p| p.name == s.name)) {
+                            if plan_only {
+                                lines.push(Line { service: s.name.clone(), node: node_name.clone(), result: "would be pruned".into(), error: None });
+                                continue;
+                            }
                             let params = ServiceParams { service: s.name.clone() };
                             let r = session.call::<_, ApplyResult>(proto::REMOVE, &params, &mut |_| {}).await;
                             lines.push(Line {
@@ -155,6 +177,10 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
     let failed = lines.iter().filter(|l| l.error.is_some()).count();
     if failed > 0 {
         bail!("{failed} of {} services failed to sync", lines.len());
+    }
+    let pending = lines.iter().filter(|l| l.result != "no changes").count();
+    if opts.plan && pending > 0 {
+        return Err(super::PendingChanges(pending).into());
     }
     Ok(())
 }

@@ -282,6 +282,45 @@ pub struct DeployParams {
     pub component: Option<String>,
 }
 
+/// `plan`: what a deploy of `DeployParams` would do, nothing done.
+pub const PLAN: &str = "plan";
+
+/// A field that a replace would change (`env.KEY` values are always "***").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldDiff {
+    pub field: String,
+    /// Compact JSON of the deployed value; absent when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<String>,
+}
+
+/// What a deploy would do to one component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedChange {
+    pub component: String,
+    /// create, replace, start, stop, restart, remove or keep.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diff: Vec<FieldDiff>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanResult {
+    pub service: String,
+    pub changes: Vec<PlannedChange>,
+}
+
+impl PlanResult {
+    /// Anything but "keep".
+    pub fn pending(&self) -> usize {
+        self.changes.iter().filter(|c| c.action != "keep").count()
+    }
+}
+
 /// What happened to one component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

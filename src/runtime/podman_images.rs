@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::podman::Podman;
-use super::registries::{self, certs_dir, certs_root, RegistryEntry, MANAGED_MARKER};
+use super::registries::{self, certs_dir, certs_root, RegistryEntry, MCP_CA};
 use super::{Registries, RuntimeError};
 
 const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -223,8 +223,11 @@ impl Podman {
             return Ok(());
         }
         let dir = auth.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(Self::io(format!("creating {}", dir.display())))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(Self::io(format!("securing {}", dir.display())))?;
+        // A dir the agent makes is 0700; one that exists (say /etc/containers) is left alone.
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(Self::io(format!("creating {}", dir.display())))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(Self::io(format!("securing {}", dir.display())))?;
+        }
         let name = auth.file_name().and_then(|n| n.to_str()).unwrap_or("auth.json");
         write_atomic(dir, name, b"{\"auths\":{}}\n", 0o600).map_err(Self::io(format!("writing {}", auth.display())))
     }
@@ -240,13 +243,14 @@ impl Registries for Podman {
         self.ensure_auth_file()?;
         // The CA goes in first (podman login must trust it), and goes back to what was there
         // when the login fails.
+        // Our own file name: podman reads every *.crt there, and an admin's ca.crt stays theirs.
         let certs = certs_dir(&certs_root(), registry);
-        let ca_file = certs.join("ca.crt");
+        let ca_file = certs.join(MCP_CA);
         let previous = match ca_pem {
             Some(pem) => {
                 std::fs::create_dir_all(&certs).map_err(Self::io(format!("creating {}", certs.display())))?;
                 let old = read_small(&ca_file).map_err(Self::io(format!("reading {}", ca_file.display())))?;
-                write_atomic(&certs, "ca.crt", pem.as_bytes(), 0o644).map_err(Self::io(format!("writing {}", ca_file.display())))?;
+                write_atomic(&certs, MCP_CA, pem.as_bytes(), 0o644).map_err(Self::io(format!("writing {}", ca_file.display())))?;
                 Some(old)
             }
             None => None,
@@ -272,11 +276,8 @@ impl Registries for Podman {
             Err(RuntimeError::Login { registry: registry.to_string(), cause: registries::classify(&stderr).describe(registry) })
         })();
         match (&outcome, previous) {
-            (Ok(()), Some(_)) => {
-                std::fs::write(certs.join(MANAGED_MARKER), b"installed by mcp registry login\n").map_err(Self::io(format!("writing in {}", certs.display())))?
-            }
             (Err(_), Some(Some(old))) => {
-                let _ = write_atomic(&certs, "ca.crt", &old, 0o644);
+                let _ = write_atomic(&certs, MCP_CA, &old, 0o644);
             }
             (Err(_), Some(None)) => {
                 let _ = std::fs::remove_file(&ca_file);
@@ -300,11 +301,8 @@ impl Registries for Podman {
             return Err(RuntimeError::Exit { program: "podman", step: "logout".into(), code: out.status.code().unwrap_or(-1), stderr: stderr.trim().to_string() });
         }
         let certs = certs_dir(&certs_root(), registry);
-        if certs.join(MANAGED_MARKER).exists() {
-            let _ = std::fs::remove_file(certs.join("ca.crt"));
-            let _ = std::fs::remove_file(certs.join(MANAGED_MARKER));
-            let _ = std::fs::remove_dir(&certs);
-        }
+        let _ = std::fs::remove_file(certs.join(MCP_CA));
+        let _ = std::fs::remove_dir(&certs); // only when nothing else is in it
         Ok(was_in)
     }
 
@@ -314,7 +312,8 @@ impl Registries for Podman {
         let names = registries::logged_in(&String::from_utf8_lossy(&bytes))
             .map_err(|message| RuntimeError::Output { program: "podman", step: format!("auth file {}", auth.display()), message })?;
         let root = certs_root();
-        Ok(names.into_iter().map(|registry| RegistryEntry { ca: certs_dir(&root, &registry).join("ca.crt").exists(), registry }).collect())
+        let has_ca = |r: &str| [MCP_CA, "ca.crt"].iter().any(|f| certs_dir(&root, r).join(f).exists());
+        Ok(names.into_iter().map(|registry| RegistryEntry { ca: has_ca(&registry), registry }).collect())
     }
 }
 

@@ -152,8 +152,9 @@ pub fn certs_root() -> PathBuf {
         .join("containers/certs.d")
 }
 
-/// The marker beside a CA mcp put there (logout removes only those).
-pub const MANAGED_MARKER: &str = ".mcp-managed";
+/// The file a registry's CA is kept in by `mcp registry login` (podman reads every `*.crt`
+/// of the dir; an admin's own `ca.crt` is never touched).
+pub const MCP_CA: &str = "mcp-ca.crt";
 
 pub use crate::proto::RegistryEntry;
 

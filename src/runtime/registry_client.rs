@@ -127,8 +127,11 @@ pub fn read_response(r: impl Read, head_only: bool) -> Result<Response, String> 
             let mut size = String::new();
             r.read_line(&mut size).map_err(|e| e.to_string())?;
             let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16).map_err(|_| "bad chunk size".to_string())?;
-            if n == 0 || resp.body.len() + n > MAX_BODY as usize {
+            if n == 0 {
                 break;
+            }
+            if n > MAX_BODY as usize || resp.body.len() + n > MAX_BODY as usize {
+                return Err("the registry's response body is larger than 1 MiB".into());
             }
             let mut chunk = vec![0u8; n + 2];
             r.read_exact(&mut chunk).map_err(|e| e.to_string())?;
@@ -179,13 +182,13 @@ fn request(tls: &Arc<rustls::ClientConfig>, host_port: &str, method: &str, path:
     let _ = tcp.set_write_timeout(Some(TIMEOUT));
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| Cause::Other(format!("{host}: {e}")))?;
     let conn = rustls::ClientConnection::new(tls.clone(), name).map_err(|e| Cause::Other(e.to_string()))?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    let mut stream = Deadline { inner: rustls::StreamOwned::new(conn, tcp), end: std::time::Instant::now() + TIMEOUT * 3 };
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nAccept: {ACCEPT}\r\nUser-Agent: mcp-agent\r\nConnection: close\r\n");
     if let Some(a) = auth {
         req.push_str(&format!("Authorization: {a}\r\n"));
     }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).map_err(tls_cause)?;
+    stream.inner.write_all(req.as_bytes()).map_err(tls_cause)?;
     read_response(&mut stream, method == "HEAD").map_err(|e| {
         if e.contains("UnknownIssuer") || e.contains("certificate") {
             Cause::UnknownCa
@@ -193,6 +196,22 @@ fn request(tls: &Arc<rustls::ClientConfig>, host_port: &str, method: &str, path:
             Cause::Other(e)
         }
     })
+}
+
+/// A reader that fails once its deadline has passed (the socket's own timeout only bounds
+/// each read: a registry trickling a byte at a time must not hold the agent).
+struct Deadline<R> {
+    inner: R,
+    end: std::time::Instant,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if std::time::Instant::now() >= self.end {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the registry took longer than 30 s to answer"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 fn tls_cause(e: std::io::Error) -> Cause {
@@ -305,5 +324,7 @@ mod tests {
         let long = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEADERS));
         assert!(read_response(long.as_bytes(), true).is_err());
         assert!(read_response(&b"garbage\r\n\r\n"[..], true).is_err());
+        let huge = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n";
+        assert!(read_response(&huge[..], false).is_err(), "a chunk size past the bound is an error, not an overflow");
     }
 }
