@@ -6,7 +6,7 @@
 use super::reconcile::{self, Action};
 use super::{component_names, record_of, Agent};
 use crate::plan::{validate, Component, Plan, PullPolicy};
-use crate::proto::{ErrorCode, FieldDiff, PlanResult, PlannedChange, RpcError};
+use crate::proto::{ErrorCode, FieldDiff, PlanManyItem, PlanResult, PlannedChange, RpcError};
 use crate::registry::{ComponentRecord, Desired};
 
 impl Agent {
@@ -34,6 +34,22 @@ impl Agent {
     }
 
     pub fn preview(&self, plan: &Plan, only: Option<&str>) -> Result<PlanResult, RpcError> {
+        self.preview_in(plan, only, None)
+    }
+
+    /// Several services at once (`sync --plan`): one listing of the node for all of them.
+    pub fn preview_many(&self, plans: &[Plan]) -> Result<Vec<PlanManyItem>, RpcError> {
+        let all = self.runtime.list_all()?;
+        Ok(plans
+            .iter()
+            .map(|p| match self.preview_in(p, None, Some(&all)) {
+                Ok(r) => PlanManyItem { service: p.name.clone(), result: Some(r), error: None },
+                Err(e) => PlanManyItem { service: p.name.clone(), result: None, error: Some(e) },
+            })
+            .collect())
+    }
+
+    fn preview_in(&self, plan: &Plan, only: Option<&str>, all: Option<&[crate::runtime::Observed]>) -> Result<PlanResult, RpcError> {
         self.admit(plan, only)?;
         let service = plan.name.as_str();
         let prev = self.registry().service(service)?;
@@ -43,7 +59,10 @@ impl Agent {
             wanted.push(ComponentRecord { spec: c.clone(), hash: self.runtime.spec_hash(c)?, desired });
         }
         let record = record_of(plan, prev.as_ref(), wanted, only);
-        let mut observed = self.runtime.list(Some(service))?;
+        let mut observed = match all {
+            Some(all) => crate::runtime::select(all, Some(service)),
+            None => self.runtime.list(Some(service))?,
+        };
         if let Some(p) = &prev {
             reconcile::claim_adopted(&mut observed, &p.components);
         }

@@ -173,6 +173,10 @@ fn dispatch(
             let p: proto::DeployParams = params_of(&req.params).map_err(|e| RpcError { code: ErrorCode::InvalidPlan, ..e })?;
             to_value(agent.preview(&p.plan, p.component.as_deref())?)
         }
+        proto::PLAN_MANY => {
+            let p: proto::PlanManyParams = params_of(&req.params).map_err(|e| RpcError { code: ErrorCode::InvalidPlan, ..e })?;
+            to_value(agent.preview_many(&p.plans)?)
+        }
         proto::STOP => to_value(agent.set_running(&params_of(&req.params)?, false, progress)?),
         proto::START => to_value(agent.set_running(&params_of(&req.params)?, true, progress)?),
         proto::RESTART => to_value(agent.restart(&params_of(&req.params)?, progress)?),

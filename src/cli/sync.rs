@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use super::output::table;
 use super::{print_json, Ctx, InvalidInput, OutputOpts};
 use crate::plan::{load_service_files, Plan};
-use crate::proto::{self, ApplyResult, DeployParams, ListResult, PlanResult, ServiceParams};
+use crate::proto::{self, ApplyResult, DeployParams, ListResult, PlanManyItem, PlanManyParams, PlanResult, ServiceParams};
 
 /// Nodes talked to at once.
 const PARALLEL_NODES: usize = 8;
@@ -126,14 +126,22 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                 Err(e) => return fail_all(e.to_string()),
             };
             let mut lines = Vec::new();
-            for plan in &plans {
+            if plan_only {
+                // One request for the node's services: one listing of the node for all.
+                let params = PlanManyParams { plans: plans.clone() };
+                match session.call::<_, Vec<PlanManyItem>>(proto::PLAN_MANY, &params, &mut |_| {}).await {
+                    Ok(items) => lines.extend(items.into_iter().map(|i| Line {
+                        result: i.result.as_ref().map(planned).unwrap_or_else(|| "failed".into()),
+                        error: i.error.map(|e| e.to_string()),
+                        service: i.service,
+                        node: node_name.clone(),
+                    })),
+                    Err(e) => return fail_all(e.to_string()),
+                }
+            }
+            for plan in plans.iter().filter(|_| !plan_only) {
                 let params = DeployParams { plan: plan.clone(), component: None };
-                let outcome = if plan_only {
-                    session.call::<_, PlanResult>(proto::PLAN, &params, &mut |_| {}).await.map(|r| planned(&r))
-                } else {
-                    session.call::<_, ApplyResult>(proto::DEPLOY, &params, &mut |_| {}).await.map(|r| summary(&r))
-                };
-                let line = match outcome {
+                let line = match session.call::<_, ApplyResult>(proto::DEPLOY, &params, &mut |_| {}).await.map(|r| summary(&r)) {
                     Ok(result) => Line { service: plan.name.clone(), node: node_name.clone(), result, error: None },
                     Err(e) => Line { service: plan.name.clone(), node: node_name.clone(), result: "failed".into(), error: Some(e.to_string()) },
                 };

@@ -284,6 +284,22 @@ pub struct DeployParams {
 
 /// `plan`: what a deploy of `DeployParams` would do, nothing done.
 pub const PLAN: &str = "plan";
+/// `plan_many`: the same for several services ([`PlanManyParams`]), one answer each.
+pub const PLAN_MANY: &str = "plan_many";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanManyParams {
+    pub plans: Vec<Plan>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanManyItem {
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<PlanResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError>,
+}
 
 /// A field that a replace would change (`env.KEY` values are always "***").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
