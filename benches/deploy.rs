@@ -6,29 +6,20 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "common/stats.rs"]
+mod stats;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::sshd::{agent_command, keygen, public_key, Sshd};
 use common::*;
+use stats::{median, ms, time};
 
 const ROUNDS: usize = 7;
 
-fn time(f: impl FnOnce()) -> Duration {
-    let t = Instant::now();
-    f();
-    t.elapsed()
-}
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -100,7 +91,7 @@ fn ssh_section(cmd: &[String]) {
     let key = env.home.join(".ssh/id_ed25519");
     keygen(&key);
     let auth = public_key(&key);
-    let nodes: Vec<Sshd> = (0..NODES).map(|i| Sshd::start(&env.dir.path().join(format!("n{i}")), &[auth.clone()])).collect();
+    let nodes: Vec<Sshd> = (0..NODES).map(|i| Sshd::start(&env.dir.path().join(format!("n{i}")), std::slice::from_ref(&auth))).collect();
     let config = |count: usize| {
         let mut text = format!("[services]\ndir = \"{}\"\n", env.services.display());
         for (i, n) in nodes.iter().take(count).enumerate() {

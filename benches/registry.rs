@@ -8,43 +8,19 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "common/stats.rs"]
+mod stats;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::registry::Registry;
 use common::*;
+use stats::{median, ms, time};
 
 const ROUNDS: usize = 5;
 
-fn time(f: impl FnOnce()) -> Duration {
-    let t = Instant::now();
-    f();
-    t.elapsed()
-}
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
-}
-
-/// IMAGE plus 20 MiB of random bytes (they do not compress: the layer stays ~20 MiB).
-fn big_image(name: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let blob = dir.path().join("blob");
-    let st = Command::new("head").args(["-c", "20971520", "/dev/urandom"]).stdout(std::fs::File::create(&blob).unwrap()).status().unwrap();
-    assert!(st.success());
-    let build = "mcp-bench-big-build";
-    let _ = podman(&["rm", "-f", build]);
-    podman_ok(&["create", "--name", build, IMAGE, "true"]);
-    podman_ok(&["cp", blob.to_str().unwrap(), &format!("{build}:/blob")]);
-    podman_ok(&["commit", "-q", build, name]);
-    podman_ok(&["rm", build]);
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -54,7 +30,8 @@ fn main() {
     env.write_config(&format!("{AGENT} rpc --state-dir {}", env.state.display()));
     let reg = Registry::start(&env.dir.path().join("registry"));
     let local = format!("localhost/{}-big:latest", env.prefix);
-    big_image(&local);
+    // IMAGE plus 20 MiB of random bytes (they do not compress: the layer stays ~20 MiB).
+    common::registry::derived_image(&local, "/blob", &common::registry::random_bytes(20 << 20));
     let image = reg.push(&local, &format!("mcp/{}-big:v1", env.prefix));
     // Nothing of it stays on the node: every round pulls all of it.
     podman_ok(&["rmi", &local]);

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::registry::Registry;
+use common::registry::{derived_image, random_bytes, Registry};
 use common::sshd::{agent_command, keygen, public_key, Sshd};
 use common::*;
 
@@ -77,6 +77,24 @@ fn registry_list(env: &Env, node: Option<&str>) -> serde_json::Value {
         args.extend(["--node", n]);
     }
     env.ok(&args).json()["nodes"][0]["result"]["registries"].clone()
+}
+
+/// An SSH node "a" (a real sshd, the agent as the key's forced command), the only node in
+/// mcp.toml, its host key trusted: (the sshd, the node agent's state dir).
+fn ssh_node(env: &Env) -> (Sshd, std::path::PathBuf) {
+    let key = env.home.join(".ssh/id_ed25519");
+    keygen(&key);
+    let dir = env.dir.path().join("node-a");
+    let state = dir.join("agent-state");
+    let sshd = Sshd::start(&dir, &[format!("command=\"{}\",restrict {}", agent_command(&state), public_key(&key))]);
+    env.write_config_text(&format!(
+        "[services]\ndir = \"{}\"\n\n[[nodes]]\nname = \"a\"\naddress = \"{}\"\nuser = \"root\"\nidentity = \"{}\"\n",
+        env.services.display(),
+        sshd.address(),
+        key.display()
+    ));
+    env.ok(&["login", "--yes"]);
+    (sshd, state)
 }
 
 fn certs_dir(reg: &Registry) -> std::path::PathBuf {
@@ -168,18 +186,7 @@ fn registry_login_and_pulls_work_over_ssh() {
     let env = Env::new();
     let reg = Registry::start(&env.dir.path().join("registry"));
     let image = reg.push(IMAGE, &format!("mcp/{}:v1", env.prefix));
-    let key = env.home.join(".ssh/id_ed25519");
-    keygen(&key);
-    let dir = env.dir.path().join("node-a");
-    let state = dir.join("agent-state");
-    let sshd = Sshd::start(&dir, &[format!("command=\"{}\",restrict {}", agent_command(&state), public_key(&key))]);
-    env.write_config_text(&format!(
-        "[services]\ndir = \"{}\"\n\n[[nodes]]\nname = \"a\"\naddress = \"{}\"\nuser = \"root\"\nidentity = \"{}\"\n",
-        env.services.display(),
-        sshd.address(),
-        key.display()
-    ));
-    env.ok(&["login", "--yes"]);
+    let (_sshd, state) = ssh_node(&env);
     let r = env.mcp_stdin(
         &["registry", "login", &reg.address(), "--node", "a", "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"],
         &reg.password,
@@ -197,18 +204,6 @@ fn registry_login_and_pulls_work_over_ssh() {
     env.ok(&["registry", "logout", &reg.address(), "--node", "a"]);
     let _ = env.mcp(&["stop", &svc]);
     let _ = podman(&["rmi", "-f", &image]);
-}
-
-/// `IMAGE` with another page, as a new local image `name`.
-fn variant(name: &str, page: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("index.html"), page).unwrap();
-    let box_name = format!("{}-build", name.replace(['/', ':', '.'], "-"));
-    let _ = podman(&["rm", "-f", &box_name]);
-    podman_ok(&["create", "--name", &box_name, IMAGE, "true"]);
-    podman_ok(&["cp", dir.path().join("index.html").to_str().unwrap(), &format!("{box_name}:/www/index.html")]);
-    podman_ok(&["commit", "-q", &box_name, name]);
-    podman_ok(&["rm", &box_name]);
 }
 
 fn digest_of(env: &Env, svc: &str) -> String {
@@ -247,7 +242,7 @@ fn pull_always_follows_a_moved_tag_and_missing_keeps_what_it_has() {
 
     // The tag moves to a new image.
     let v2 = format!("localhost/{}-v2:latest", env.prefix);
-    variant(&v2, "version two\n");
+    derived_image(&v2, "/www/index.html", b"version two\n");
     reg.push(&v2, &format!("mcp/{}:latest", env.prefix));
     let r = env.ok(&["deploy", &always, "--json"]).json();
     assert_eq!(r["result"]["changes"][0]["change"], "replaced", "{r}");
@@ -283,21 +278,6 @@ fn pull_always_follows_a_moved_tag_and_missing_keeps_what_it_has() {
     let _ = podman(&["rmi", "-f", &tag, &v2]);
 }
 
-/// `IMAGE` plus `mib` MiB of random bytes (they do not compress) as a new local image.
-fn big_variant(name: &str, mib: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let blob = dir.path().join("blob");
-    let mut bytes = vec![0u8; mib << 20];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
-    std::fs::write(&blob, bytes).unwrap();
-    let box_name = format!("{}-build", name.replace(['/', ':', '.'], "-"));
-    let _ = podman(&["rm", "-f", &box_name]);
-    podman_ok(&["create", "--name", &box_name, IMAGE, "true"]);
-    podman_ok(&["cp", blob.to_str().unwrap(), &format!("{box_name}:/blob")]);
-    podman_ok(&["commit", "-q", &box_name, name]);
-    podman_ok(&["rm", &box_name]);
-}
-
 /// The registry lost in the middle of a pull (a proxy cuts the connection 2 MiB into an
 /// 8 MiB layer): the deploy fails, nothing changed, the previous version serves on. A pull
 /// that stalls for 12 s (another proxy) keeps the session alive with progress lines, so a
@@ -308,18 +288,16 @@ fn a_registry_lost_mid_pull_changes_nothing_and_a_slow_pull_keeps_the_session() 
     let reg = Registry::start(&env.dir.path().join("registry"));
     let small = reg.push(IMAGE, &format!("mcp/{}:v1", env.prefix));
     let local_big = format!("localhost/{}-big:latest", env.prefix);
-    big_variant(&local_big, 8);
+    derived_image(&local_big, "/blob", &random_bytes(8 << 20));
     let big = reg.push(&local_big, &format!("mcp/{}:big", env.prefix));
     podman_ok(&["rmi", &local_big]);
     let cut = common::registry::Proxy::start(reg.port, 2 << 20, None);
     let slow = common::registry::Proxy::start(reg.port, 2 << 20, Some(Duration::from_secs(12)));
-    for proxy in [&cut] {
-        let r = env.mcp_stdin(
-            &["registry", "login", &proxy.address(), "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"],
-            &reg.password,
-        );
-        assert_eq!(r.code, 0, "{}", r.stderr);
-    }
+    let r = env.mcp_stdin(
+        &["registry", "login", &cut.address(), "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"],
+        &reg.password,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
     let svc = env.svc("midway");
     let port = free_port();
     let define = |image: &str| env.define(&svc, &http_service(&svc, port, "stop_timeout = 0").replace(IMAGE, image));
@@ -337,17 +315,7 @@ fn a_registry_lost_mid_pull_changes_nothing_and_a_slow_pull_keeps_the_session() 
 
     // The slow pull over SSH, where the client's idle timeout applies.
     let _ = env.mcp(&["stop", &svc]);
-    let key = env.home.join(".ssh/id_ed25519");
-    keygen(&key);
-    let dir = env.dir.path().join("node-a");
-    let sshd = Sshd::start(&dir, &[format!("command=\"{}\",restrict {}", agent_command(&dir.join("agent-state")), public_key(&key))]);
-    env.write_config_text(&format!(
-        "[services]\ndir = \"{}\"\n\n[[nodes]]\nname = \"a\"\naddress = \"{}\"\nuser = \"root\"\nidentity = \"{}\"\n",
-        env.services.display(),
-        sshd.address(),
-        key.display()
-    ));
-    env.ok(&["login", "--yes"]);
+    let (_sshd, _state) = ssh_node(&env);
     let r = env.mcp_stdin(
         &["registry", "login", &slow.address(), "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"],
         &reg.password,

@@ -51,7 +51,7 @@ fn node_dir(env: &Env, name: &str) -> std::path::PathBuf {
 fn two_nodes_login_deploy_and_fan_out() {
     let env = Env::new();
     let auth = client_key(&env);
-    let a = Sshd::start(&node_dir(&env, "a"), &[auth.clone()]);
+    let a = Sshd::start(&node_dir(&env, "a"), std::slice::from_ref(&auth));
     let b = Sshd::start(&node_dir(&env, "b"), &[auth]);
     write_nodes(&env, &[Node::of("a", &a), Node::of("b", &b)]);
 
@@ -122,7 +122,7 @@ fn unknown_host_key_is_refused_until_trusted() {
     .unwrap();
     let fp = fp.split_whitespace().nth(1).unwrap().to_string();
     assert!(r.stderr.contains("is not trusted yet") && r.stderr.contains(&fp) && r.stderr.contains("mcp login a"), "{}", r.stderr);
-    assert!(a.state.join("registry.db").exists() == false, "nothing ran on the node");
+    assert!(!a.state.join("registry.db").exists(), "nothing ran on the node");
 
     // No terminal and no --yes: not accepted, nothing recorded.
     let r = env.mcp(&["login", "a"]);
@@ -355,7 +355,7 @@ fn node_add_and_remove_keep_comments_and_order() {
 fn sync_prune_and_service_show_export_edit_over_ssh() {
     let env = Env::new();
     let auth = client_key(&env);
-    let a = Sshd::start(&node_dir(&env, "a"), &[auth.clone()]);
+    let a = Sshd::start(&node_dir(&env, "a"), std::slice::from_ref(&auth));
     let b = Sshd::start(&node_dir(&env, "b"), &[auth]);
     write_nodes(&env, &[Node::of("a", &a), Node::of("b", &b)]);
     env.ok(&["login", "--yes"]);

@@ -62,40 +62,6 @@ pub fn timestamp(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outside_text_is_made_printable() {
-        assert!(matches!(printable("plain text\twith tab", false), std::borrow::Cow::Borrowed(_)));
-        assert_eq!(printable("\x1b]0;pwned\x07\x1b[2J", false), "\\x1b]0;pwned\\x07\\x1b[2J");
-        assert_eq!(printable("a\nb\rc", true), "a\nb\\x0dc");
-        assert_eq!(printable("a\nb", false), "a\\x0ab");
-        assert_eq!(printable("x\u{202e}y\u{9b}z", false), "x\\u{202e}y\\x9bz");
-        assert!(table(&["A"], &[vec!["\x1b[31mred".into()]]).contains("\\x1b[31mred"));
-    }
-
-    #[test]
-    fn table_aligns() {
-        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()], vec!["a".into(), "22".into()]]);
-        assert_eq!(t, "A    LONGER\nxyz  1\na    22\n");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(duration(5), "5s");
-        assert_eq!(duration(65), "1m5s");
-        assert_eq!(duration(7300), "2h1m");
-        assert_eq!(duration(90000), "1d1h");
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(timestamp(0), "1970-01-01 00:00:00");
-        assert_eq!(timestamp(1_795_609_974_000), "2026-11-25 12:32:54");
-    }
-}
 
 /// A one-line progress meter on stderr, shown only on a terminal.
 pub struct Meter {
@@ -115,7 +81,7 @@ impl Meter {
         if !self.shown {
             return;
         }
-        let pct = if self.total == 0 { 100 } else { done * 100 / self.total };
+        let pct = (done * 100).checked_div(self.total).unwrap_or(100);
         if pct != self.last_pct {
             self.last_pct = pct;
             let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
@@ -160,4 +126,39 @@ pub fn printable(s: &str, newlines: bool) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outside_text_is_made_printable() {
+        assert!(matches!(printable("plain text\twith tab", false), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(printable("\x1b]0;pwned\x07\x1b[2J", false), "\\x1b]0;pwned\\x07\\x1b[2J");
+        assert_eq!(printable("a\nb\rc", true), "a\nb\\x0dc");
+        assert_eq!(printable("a\nb", false), "a\\x0ab");
+        assert_eq!(printable("x\u{202e}y\u{9b}z", false), "x\\u{202e}y\\x9bz");
+        assert!(table(&["A"], &[vec!["\x1b[31mred".into()]]).contains("\\x1b[31mred"));
+    }
+
+    #[test]
+    fn table_aligns() {
+        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()], vec!["a".into(), "22".into()]]);
+        assert_eq!(t, "A    LONGER\nxyz  1\na    22\n");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(65), "1m5s");
+        assert_eq!(duration(7300), "2h1m");
+        assert_eq!(duration(90000), "1d1h");
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00");
+        assert_eq!(timestamp(1_795_609_974_000), "2026-11-25 12:32:54");
+    }
 }

@@ -95,22 +95,6 @@ pub fn check_hello(h: &HelloResult) -> Result<(), RpcError> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hello_from_a_newer_agent_is_refused() {
-        let ok = HelloResult { protocol: PROTOCOL_VERSION, agent: "x".into(), plan_version: crate::plan::PLAN_VERSION, daemon: false };
-        assert!(check_hello(&ok).is_ok());
-        let newer = HelloResult { protocol: PROTOCOL_VERSION + 1, ..ok.clone() };
-        let e = check_hello(&newer).unwrap_err();
-        assert_eq!(e.code, crate::proto::ErrorCode::ProtocolMismatch);
-        assert!(e.message.contains("same mcp release"));
-        let newer_plan = HelloResult { plan_version: 2, ..ok };
-        assert!(check_hello(&newer_plan).is_err());
-    }
-}
 
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
@@ -270,5 +254,22 @@ impl Session {
         } else {
             TransportError::AgentExited { node: self.node.clone(), stderr }.into()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_from_a_newer_agent_is_refused() {
+        let ok = HelloResult { protocol: PROTOCOL_VERSION, agent: "x".into(), plan_version: crate::plan::PLAN_VERSION, daemon: false };
+        assert!(check_hello(&ok).is_ok());
+        let newer = HelloResult { protocol: PROTOCOL_VERSION + 1, ..ok.clone() };
+        let e = check_hello(&newer).unwrap_err();
+        assert_eq!(e.code, crate::proto::ErrorCode::ProtocolMismatch);
+        assert!(e.message.contains("same mcp release"));
+        let newer_plan = HelloResult { plan_version: 2, ..ok };
+        assert!(check_hello(&newer_plan).is_err());
     }
 }

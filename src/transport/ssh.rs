@@ -398,7 +398,7 @@ mod key_order_tests {
     fn recorded_types_first() {
         let default = [Algorithm::Ed25519, Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 }, Algorithm::Rsa { hash: None }];
         let ecdsa = Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 };
-        assert_eq!(host_key_order(&default, &[ecdsa.clone()]), vec![ecdsa.clone(), Algorithm::Ed25519, Algorithm::Rsa { hash: None }]);
+        assert_eq!(host_key_order(&default, std::slice::from_ref(&ecdsa)), vec![ecdsa.clone(), Algorithm::Ed25519, Algorithm::Rsa { hash: None }]);
         assert_eq!(host_key_order(&default, &[]), default.to_vec());
         assert_eq!(host_key_order(&default, &[Algorithm::Rsa { hash: Some(russh::keys::HashAlg::Sha512) }])[0], Algorithm::Rsa { hash: None });
     }

@@ -29,14 +29,32 @@ pub fn with_stdin(mut cmd: Command, input: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `n` random bytes.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; n];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
+    bytes
+}
+
+/// The test image with `bytes` at `path` in it, as a new local image `name`.
+pub fn derived_image(name: &str, path: &str, bytes: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, bytes).unwrap();
+    let build = format!("{}-build", name.replace(['/', ':', '.'], "-"));
+    let _ = podman(&["rm", "-f", &build]);
+    super::podman_ok(&["create", "--name", &build, super::IMAGE, "true"]);
+    super::podman_ok(&["cp", file.to_str().unwrap(), &format!("{build}:{path}")]);
+    super::podman_ok(&["commit", "-q", &build, name]);
+    super::podman_ok(&["rm", &build]);
+}
+
 impl Registry {
     /// Start one in `dir` with a fresh CA and one user (a random password, never in argv).
     pub fn start(dir: &Path) -> Registry {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let (ca, cert, key) = super::nanos::test_ca(&dir.join("tls"));
-        let mut random = [0u8; 12];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut random).unwrap();
-        let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let password: String = random_bytes(12).iter().map(|b| format!("{b:02x}")).collect();
         let mut htpasswd = Command::new("htpasswd");
         htpasswd.args(["-B", "-i", "-c"]).arg(dir.join("htpasswd")).arg("deployer");
         with_stdin(htpasswd, &format!("{password}\n"));

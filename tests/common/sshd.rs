@@ -60,7 +60,7 @@ impl Sshd {
         // another port is tried.
         let mut last = String::new();
         for _ in 0..5 {
-            match Self::spawn(dir, free_port(), &[host_key.clone()]) {
+            match Self::spawn(dir, free_port(), std::slice::from_ref(&host_key)) {
                 Ok(sshd) => return sshd,
                 Err(why) => last = why,
             }
