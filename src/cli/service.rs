@@ -11,7 +11,7 @@ use clap::Subcommand;
 
 use super::deploy::print_apply;
 use super::{print_json, Ctx, InvalidInput, NodeOpts};
-use crate::plan::{load_service_file, parse_service_toml, to_toml, validate, Plan};
+use crate::plan::{export, load_service_file, parse_service_toml, to_toml, validate, Plan};
 use crate::proto::{self, ApplyResult, DeployParams, ServiceParams};
 
 #[derive(Debug, Subcommand)]
@@ -27,13 +27,27 @@ pub enum Cmd {
     /// Edit the local definition in $EDITOR; a valid result is saved and deployed, an
     /// invalid one is refused and the file is left as it was.
     Edit { service: String },
-    /// Write the agent's spec as a service file (to FILE, or stdout).
+    /// Write the agent's spec as a service file, Kubernetes YAML (a Secret and a Pod per
+    /// component, for `podman kube play` or kubectl) or quadlet units (to FILE, a directory for
+    /// quadlet; else stdout). Files are written 0600: they may hold the environment.
     Export {
         service: String,
         file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Toml)]
+        format: ExportFormat,
         #[command(flatten)]
         node: NodeOpts,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// mcp's own service file.
+    Toml,
+    /// Kubernetes objects (YAML).
+    Kube,
+    /// podman quadlet `.container` units (and `.env` files).
+    Quadlet,
 }
 
 pub async fn run(ctx: &Ctx, cmd: Cmd) -> Result<()> {
@@ -47,9 +61,24 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> Result<()> {
                 Ok(())
             }
         }
-        Cmd::Export { service, file, node } => {
+        Cmd::Export { service, file, format, node } => {
             let plan = fetch(ctx, &service, &node).await?;
-            let text = to_toml(&plan);
+            let text = match format {
+                ExportFormat::Toml => to_toml(&plan),
+                ExportFormat::Kube => export::to_kube(&plan).map_err(InvalidInput)?,
+                ExportFormat::Quadlet => {
+                    let files = export::to_quadlet(&plan).map_err(InvalidInput)?;
+                    let Some(dir) = file else {
+                        bail!(InvalidInput("quadlet writes several files: give a directory, e.g. ~/.config/containers/systemd".into()));
+                    };
+                    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    for (name, text) in files {
+                        write_atomic(&dir.join(&name), &text)?;
+                        eprintln!("wrote {}", dir.join(&name).display());
+                    }
+                    return Ok(());
+                }
+            };
             match file {
                 Some(path) => {
                     write_atomic(&path, &text)?;

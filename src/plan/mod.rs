@@ -3,6 +3,7 @@
 //! A plan is the versioned JSON contract between the operator side (TOML or Nix service files,
 //! the `mcp` CLI) and the agent. Both ends check [`PLAN_VERSION`]; both ends run [`validate`].
 
+pub mod export;
 mod file;
 mod hash;
 pub mod nix;
