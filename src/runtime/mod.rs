@@ -11,6 +11,7 @@ pub mod qemu;
 pub mod registries;
 pub mod registry_client;
 mod podman_images;
+mod podman_json;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
