@@ -79,6 +79,19 @@ fn registry_list(env: &Env, node: Option<&str>) -> serde_json::Value {
     env.ok(&args).json()["nodes"][0]["result"]["registries"].clone()
 }
 
+/// `mcp registry login <address> --ca-file <ca> -u <user> --password-stdin [extra]`.
+fn login_as(env: &Env, address: &str, ca: &Path, user: &str, password: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["registry", "login", address, "--ca-file", ca.to_str().unwrap(), "-u", user, "--password-stdin"];
+    args.extend(extra);
+    env.mcp_stdin(&args, password)
+}
+
+/// A login with the registry's CA and credentials that must succeed.
+fn login(env: &Env, reg: &Registry, address: &str) {
+    let r = login_as(env, address, &reg.ca, &reg.user, &reg.password, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
 /// An SSH node "a" (a real sshd, the agent as the key's forced command), the only node in
 /// mcp.toml, its host key trusted: (the sshd, the node agent's state dir).
 fn ssh_node(env: &Env) -> (Sshd, std::path::PathBuf) {
@@ -111,12 +124,7 @@ fn deploys_pull_from_a_private_registry_after_login() {
     let port = free_port();
     let define = |image: &str| env.define(&svc, &http_service(&svc, port, "stop_timeout = 0").replace(IMAGE, image));
     define(&v1);
-    let login = |ca: &Path, password: &str| {
-        env.mcp_stdin(
-            &["registry", "login", &reg.address(), "--ca-file", ca.to_str().unwrap(), "--username", &reg.user, "--password-stdin"],
-            &format!("{password}\n"),
-        )
-    };
+    let login = |ca: &Path, password: &str| login_as(&env, &reg.address(), ca, &reg.user, &format!("{password}\n"), &[]);
 
     // No CA, no credentials: refused before anything changed, with what to do.
     let r = env.mcp(&["deploy", &svc]);
@@ -187,10 +195,7 @@ fn registry_login_and_pulls_work_over_ssh() {
     let reg = Registry::start(&env.dir.path().join("registry"));
     let image = reg.push(IMAGE, &format!("mcp/{}:v1", env.prefix));
     let (_sshd, state) = ssh_node(&env);
-    let r = env.mcp_stdin(
-        &["registry", "login", &reg.address(), "--node", "a", "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"],
-        &reg.password,
-    );
+    let r = login_as(&env, &reg.address(), &reg.ca, &reg.user, &reg.password, &["--node", "a"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains(&format!("a: logged in to {}", reg.address())), "{}", r.stdout);
     assert_eq!(registry_list(&env, Some("a")), serde_json::json!([{ "registry": reg.address(), "ca": true }]));
@@ -216,11 +221,7 @@ fn pull_always_follows_a_moved_tag_and_missing_keeps_what_it_has() {
     let env = Env::new();
     let reg = Registry::start(&env.dir.path().join("registry"));
     let tag = reg.push(IMAGE, &format!("mcp/{}:latest", env.prefix));
-    let r = env.mcp_stdin(
-        &["registry", "login", &reg.address(), "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"],
-        &reg.password,
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    login(&env, &reg, &reg.address());
     let (always, missing, pinned) = (env.svc("always"), env.svc("missing"), env.svc("pinned"));
     let (pa, pm, pp) = (free_port(), free_port(), free_port());
     let define = |svc: &str, port: u16, image: &str, extra: &str| {
@@ -257,7 +258,9 @@ fn pull_always_follows_a_moved_tag_and_missing_keeps_what_it_has() {
     };
     let behind = tag_of(&missing);
     assert_eq!(behind["moved"], true, "{behind}");
-    assert_eq!(behind["digest"], d2.as_str(), "{behind}");
+    let debug = podman(&["image", "inspect", "--format", "{{.Id}} {{.Digest}} {{.RepoDigests}}", &tag]);
+    let ctr = podman(&["inspect", "--format", "{{.Image}} {{.ImageDigest}}", &format!("{always}-web")]);
+    assert_eq!(behind["digest"], d2.as_str(), "{behind}\nimage: {}\ncontainer: {}", String::from_utf8_lossy(&debug.stdout), String::from_utf8_lossy(&ctr.stdout));
     assert_eq!(tag_of(&always)["moved"], false);
     assert!(env.ok(&["status", &missing, "--check-registry"]).stdout.contains(&format!("MOVED to {}", &d2[7..19])));
     assert!(env.ok(&["status", &missing, "--json"]).json()["nodes"][0]["result"]["services"][0]["components"][0].get("tag").is_none(), "only on request");
@@ -293,11 +296,7 @@ fn a_registry_lost_mid_pull_changes_nothing_and_a_slow_pull_keeps_the_session() 
     podman_ok(&["rmi", &local_big]);
     let cut = common::registry::Proxy::start(reg.port, 2 << 20, None);
     let slow = common::registry::Proxy::start(reg.port, 2 << 20, Some(Duration::from_secs(12)));
-    let r = env.mcp_stdin(
-        &["registry", "login", &cut.address(), "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"],
-        &reg.password,
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    login(&env, &reg, &cut.address());
     let svc = env.svc("midway");
     let port = free_port();
     let define = |image: &str| env.define(&svc, &http_service(&svc, port, "stop_timeout = 0").replace(IMAGE, image));
@@ -316,11 +315,7 @@ fn a_registry_lost_mid_pull_changes_nothing_and_a_slow_pull_keeps_the_session() 
     // The slow pull over SSH, where the client's idle timeout applies.
     let _ = env.mcp(&["stop", &svc]);
     let (_sshd, _state) = ssh_node(&env);
-    let r = env.mcp_stdin(
-        &["registry", "login", &slow.address(), "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"],
-        &reg.password,
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    login(&env, &reg, &slow.address());
     let slow_svc = env.svc("slow");
     let slow_port = free_port();
     env.define(

@@ -90,8 +90,9 @@ impl Podman {
         if !out.status.success() {
             return Ok(false);
         }
-        let (id, digest) = registries::parse_inspect(&String::from_utf8_lossy(&out.stdout), image);
-        self.remember(image, id, digest);
+        let seen = registries::parse_inspect(&String::from_utf8_lossy(&out.stdout), image);
+        let digest = registries::choose_digest(&seen, || self.tag_digest(image).ok().flatten());
+        self.remember(image, seen.id, digest);
         Ok(true)
     }
 

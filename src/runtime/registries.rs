@@ -76,17 +76,40 @@ pub fn repository_of(image: &str) -> &str {
     }
 }
 
-/// `<id> <digest> <repo@digest>...` as [`inspect_argv`] prints it: the id, and the digest the
-/// registry knows the image by in `image`'s repository (its repo digest there; the image's own
-/// digest only when no repo digest names that repository: an image that was on the node before
-/// it was pulled keeps the digest it was made with).
-pub fn parse_inspect(out: &str, image: &str) -> (Option<String>, Option<String>) {
+/// What [`inspect_argv`] prints, read for `image`: the image id, its own digest (the one it was
+/// made or first pulled with) and the digests its repository knows it by. podman lists every
+/// name with every digest the image has, so an image that was on the node before it was pulled
+/// (built here, then pushed) shows two in the same repository: see [`choose_digest`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Inspected {
+    pub id: Option<String>,
+    pub own: Option<String>,
+    pub in_repo: Vec<String>,
+}
+
+pub fn parse_inspect(out: &str, image: &str) -> Inspected {
     let mut words = out.split_whitespace();
     let id = words.next().filter(|w| is_hex_id(w)).map(str::to_string);
     let own = words.next().filter(|w| is_digest(w)).map(str::to_string);
     let repo = repository_of(image);
-    let in_repo = words.filter_map(|w| w.split_once('@')).find(|(r, d)| *r == repo && is_digest(d)).map(|(_, d)| d.to_string());
-    (id, in_repo.or(own))
+    let mut in_repo: Vec<String> = Vec::new();
+    for (r, d) in words.filter_map(|w| w.split_once('@')) {
+        if r == repo && is_digest(d) && !in_repo.iter().any(|x| x == d) {
+            in_repo.push(d.to_string());
+        }
+    }
+    Inspected { id, own, in_repo }
+}
+
+/// The digest the registry knows the image by: the only one its repository lists, else the
+/// one the registry says the tag points at (when it is among them), else the first; the
+/// image's own digest when the repository lists none.
+pub fn choose_digest(seen: &Inspected, registry_says: impl FnOnce() -> Option<String>) -> Option<String> {
+    match seen.in_repo.as_slice() {
+        [] => seen.own.clone(),
+        [one] => Some(one.clone()),
+        several => registry_says().filter(|d| several.contains(d)).or_else(|| several.first().cloned()),
+    }
 }
 
 /// An image id: 64 hex digits.
@@ -216,10 +239,17 @@ mod tests {
         assert_eq!(pull_argv("r:1/a:v"), ["pull", "r:1/a:v"]);
         assert_eq!(inspect_argv("r:1/a:v")[3], "{{.Id}} {{.Digest}} {{range .RepoDigests}}{{.}} {{end}}");
         let (id, own, there) = ("ab".repeat(32), format!("sha256:{}", "cd".repeat(32)), format!("sha256:{}", "ef".repeat(32)));
-        let out = format!("{id} {own} localhost/x@{own} r:1/a@{there} \n");
-        assert_eq!(parse_inspect(&out, "r:1/a:v"), (Some(id.clone()), Some(there.clone())), "the repo digest of that repository");
-        assert_eq!(parse_inspect(&out, "r:2/b:v"), (Some(id.clone()), Some(own.clone())));
-        assert_eq!(parse_inspect(&format!("{id} <none> \n"), "r:1/a"), (Some(id), None));
+        // Built here and pushed, then pulled: both digests under both names.
+        let out = format!("{id} {own} r:1/a@{own} r:1/a@{there} localhost/x@{own} localhost/x@{there} \n");
+        let seen = parse_inspect(&out, "r:1/a:v");
+        assert_eq!(seen, Inspected { id: Some(id.clone()), own: Some(own.clone()), in_repo: vec![own.clone(), there.clone()] });
+        assert_eq!(choose_digest(&seen, || Some(there.clone())), Some(there.clone()), "the registry says which");
+        assert_eq!(choose_digest(&seen, || None), Some(own.clone()), "no answer: the first");
+        let pulled = parse_inspect(&format!("{id} {there} r:1/a@{there} \n"), "r:1/a:v");
+        assert_eq!(choose_digest(&pulled, || panic!("one candidate: no registry call")), Some(there.clone()));
+        let local = parse_inspect(&format!("{id} {own} \n"), "r:2/b:v");
+        assert_eq!(choose_digest(&local, || None), Some(own));
+        assert_eq!(parse_inspect(&format!("{id} <none> \n"), "r:1/a").own, None);
         assert_eq!(repository_of("r:1/a/b:v1"), "r:1/a/b");
         assert_eq!(repository_of(&format!("r:1/a@{there}")), "r:1/a");
         assert_eq!(repository_of("r:1/a"), "r:1/a");
