@@ -127,12 +127,21 @@ impl Registry {
     pub fn push(&self, local: &str, repo: &str) -> String {
         let (auth, certs) = self.client();
         let reference = format!("{}/{repo}", self.address());
-        let out = podman(&["tag", local, &reference]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let out = Command::new("podman").arg("push").arg("--authfile").arg(&auth).arg("--cert-dir").arg(&certs).arg(&reference).output().unwrap();
-        assert!(out.status.success(), "push: {}", String::from_utf8_lossy(&out.stderr));
-        let _ = podman(&["rmi", &reference]);
-        reference
+        // Tests share the test image and tag and untag it at once; podman 4.3 can lose a name
+        // another process added meanwhile ("image not known" at push): tag again and retry.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let out = podman(&["tag", local, &reference]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new("podman").arg("push").arg("--authfile").arg(&auth).arg("--cert-dir").arg(&certs).arg(&reference).output().unwrap();
+            if out.status.success() {
+                let _ = podman(&["rmi", &reference]);
+                return reference;
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(last.contains("image not known"), "push: {last}");
+        }
+        panic!("push: {last}")
     }
 
     pub fn stop(&mut self) {
