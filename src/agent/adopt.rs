@@ -45,13 +45,9 @@ impl Agent {
         }
         // What a deploy key may not deploy it may not adopt either (a container made by hand
         // with `-v /:/host` would otherwise open / to push and pull).
-        let refused: Vec<String> = components
-            .iter()
-            .flat_map(|c| self.policy.check_one(&c.spec))
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect();
+        let refused: Vec<_> = components.iter().flat_map(|c| self.policy.check_one(&c.spec)).collect();
         if !refused.is_empty() {
-            return Err(RpcError::new(ErrorCode::InvalidPlan, format!("refused by this node's policy ([policy] in agent.toml): {}", refused.join("; "))));
+            return Err(super::preview::refused_by_policy(refused));
         }
         if components.is_empty() {
             return Err(RpcError::new(ErrorCode::NotFound, format!("no container named {prefix}* to adopt on this node")));

@@ -34,13 +34,18 @@ impl Agent {
     /// A pull that failed before anything changed: said so, and recorded as a failed deploy.
     fn pull_failed(&self, service: &str, component: &str, e: crate::runtime::RuntimeError) -> RpcError {
         let err = RpcError::new(ErrorCode::Runtime, format!("{service}/{component}: {e}; nothing was changed"));
+        self.record_failure(service, Some(component), &err.message);
+        err
+    }
+
+    /// A deploy that failed, as a `deploy_failed` event (what the alert hook hears of).
+    pub(super) fn record_failure(&self, service: &str, component: Option<&str>, message: &str) {
         let _ = self.registry().record_events(&[NewEvent {
             service: service.to_string(),
-            component: Some(component.to_string()),
+            component: component.map(str::to_string),
             kind: "deploy_failed".into(),
-            message: err.message.clone(),
+            message: message.to_string(),
         }]);
-        err
     }
 
     fn registries(&self) -> Result<&dyn Registries, RpcError> {

@@ -271,8 +271,7 @@ impl Agent {
         // narrowed (then started, restarted or repaired) is not made again either.
         let refused = self.policy.check_one(&c.spec);
         if !refused.is_empty() {
-            let why: Vec<String> = refused.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
-            return Err(RuntimeError::Unsupported(format!("{service}/{} is refused by this node's policy: {}", c.spec.name, why.join("; "))));
+            return Err(RuntimeError::Unsupported(format!("{service}/{} is refused by this node's policy: {}", c.spec.name, policy::refusal(&refused))));
         }
         let mut assigned = crate::runtime::Assigned::default();
         if let Some(pool) = self.runtime.address_pool(&c.spec) {
@@ -359,12 +358,7 @@ impl Agent {
             Ok(applied) => applied,
             Err(ExecError::NameInUse(name)) => return Err(self.conflict(service, &name)),
             Err(ExecError::Failed(e)) => {
-                let _ = self.registry().record_events(&[NewEvent {
-                    service: service.to_string(),
-                    component: None,
-                    kind: "deploy_failed".into(),
-                    message: e.message.clone(),
-                }]);
+                self.record_failure(service, None, &e.message);
                 return Err(e);
             }
         };

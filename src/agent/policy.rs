@@ -37,6 +37,11 @@ pub struct Policy {
     pub registry_admin: bool,
 }
 
+/// Refused fields as one message: "field: why; field: why".
+pub fn refusal(errors: &[FieldError]) -> String {
+    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+}
+
 fn yes() -> bool {
     true
 }

@@ -18,9 +18,7 @@ impl Agent {
         }
         let refused = self.policy.check(plan);
         if !refused.is_empty() {
-            let why: Vec<String> = refused.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
-            let message = format!("refused by this node's policy ([policy] in agent.toml): {}", why.join("; "));
-            return Err(RpcError { code: ErrorCode::InvalidPlan, message, fields: refused });
+            return Err(refused_by_policy(refused));
         }
         if let Some(c) = only {
             if plan.component(c).is_none() {
@@ -109,6 +107,12 @@ impl Agent {
             _ => ("keep", Vec::new(), None),
         }
     }
+}
+
+/// A plan (or an adoption) the node's policy does not allow, every field named.
+pub(super) fn refused_by_policy(fields: Vec<crate::plan::FieldError>) -> RpcError {
+    let message = format!("refused by this node's policy ([policy] in agent.toml): {}", super::policy::refusal(&fields));
+    RpcError { code: ErrorCode::InvalidPlan, message, fields }
 }
 
 /// The fields of two specs that differ, old -> new, as compact JSON; environment values are

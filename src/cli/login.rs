@@ -44,10 +44,7 @@ struct Report {
 }
 
 pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
-    let nodes: Vec<&NodeConfig> = match &opts.node {
-        Some(n) => vec![ctx.node(n)?],
-        None => ctx.config.nodes.iter().collect(),
-    };
+    let nodes = ctx.nodes_or_all(opts.node.as_deref())?;
     let mut reports = Vec::new();
     for node in nodes {
         reports.push(login_one(ctx, node, &opts).await);

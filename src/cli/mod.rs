@@ -241,6 +241,14 @@ impl Ctx {
         })
     }
 
+    /// `--node N`'s node, or every configured node.
+    pub fn nodes_or_all(&self, only: Option<&str>) -> Result<Vec<&NodeConfig>> {
+        Ok(match only {
+            Some(n) => vec![self.node(n)?],
+            None => self.config.nodes.iter().collect(),
+        })
+    }
+
     /// The node a plan goes to: its `node` field, or the only configured node.
     pub fn plan_node(&self, plan: &Plan) -> Result<&NodeConfig> {
         match &plan.node {

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 
-use super::config::NodeConfig;
 use super::output::table;
 use super::{print_json, report_failures, Ctx, InvalidInput, OutputOpts};
 use crate::proto::{self, RegistryListResult, RegistryLoginParams, RegistryLogoutResult, RegistryParams};
@@ -69,13 +68,6 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> Result<()> {
         Cmd::Logout(o) => logout(ctx, o).await,
         Cmd::List(o) => list(ctx, o).await,
     }
-}
-
-fn nodes<'a>(ctx: &'a Ctx, only: &Option<String>) -> Result<Vec<&'a NodeConfig>> {
-    Ok(match only {
-        Some(n) => vec![ctx.node(n)?],
-        None => ctx.config.nodes.iter().collect(),
-    })
 }
 
 /// Longest password or CA file read (the agent refuses longer ones too).
@@ -140,7 +132,7 @@ fn read_username(given: Option<String>) -> Result<String> {
 }
 
 async fn login(ctx: &Ctx, o: LoginOpts) -> Result<()> {
-    let targets = nodes(ctx, &o.node)?;
+    let targets = ctx.nodes_or_all(o.node.as_deref())?;
     let ca_pem = match &o.ca_file {
         Some(p) => {
             let f = std::fs::File::open(p).with_context(|| format!("reading the CA file {}", p.display()))?;
@@ -175,7 +167,7 @@ async fn login(ctx: &Ctx, o: LoginOpts) -> Result<()> {
 async fn logout(ctx: &Ctx, o: LogoutOpts) -> Result<()> {
     let params = RegistryParams { registry: o.registry.clone() };
     let results = ctx
-        .each_of(nodes(ctx, &o.node)?, move |mut s| {
+        .each_of(ctx.nodes_or_all(o.node.as_deref())?, move |mut s| {
             let params = params.clone();
             async move { s.call::<_, RegistryLogoutResult>(proto::REGISTRY_LOGOUT, &params, &mut |_| {}).await }
         })
@@ -195,7 +187,7 @@ async fn logout(ctx: &Ctx, o: LogoutOpts) -> Result<()> {
 
 async fn list(ctx: &Ctx, o: ListOpts) -> Result<()> {
     let results = ctx
-        .each_of(nodes(ctx, &o.node)?, |mut s| async move {
+        .each_of(ctx.nodes_or_all(o.node.as_deref())?, |mut s| async move {
             s.call::<_, RegistryListResult>(proto::REGISTRY_LIST, &serde_json::json!({}), &mut |_| {}).await
         })
         .await;

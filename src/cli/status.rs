@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::output::{duration, printable, short_digest, table, timestamp};
 use super::{print_json, report_failures, Ctx, NodeOpts, NodeResult, OutputOpts};
-use crate::proto::{self, StatusParams, StatusResult};
+use crate::proto::{self, ComponentStatus, StatusParams, StatusResult};
 
 #[derive(Debug, Args)]
 pub struct Opts {
@@ -52,9 +52,10 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
     let mut rows = Vec::new();
     let mut events = Vec::new();
     // The address column only where some component has one (VMs on isolated networks).
-    let addresses = results.iter().flat_map(|r| r.result.iter()).flat_map(|st| &st.services).flat_map(|s| &s.components).any(|c| c.address.is_some());
+    let any = |f: fn(&ComponentStatus) -> bool| results.iter().flat_map(|r| r.result.iter()).flat_map(|st| &st.services).flat_map(|s| &s.components).any(f);
+    let addresses = any(|c| c.address.is_some());
     // The digest column only where some container was pulled or checked by the agent.
-    let digests = results.iter().flat_map(|r| r.result.iter()).flat_map(|st| &st.services).flat_map(|s| &s.components).any(|c| c.digest.is_some());
+    let digests = any(|c| c.digest.is_some());
     for r in &results {
         for s in r.result.iter().flat_map(|st| &st.services) {
             for c in &s.components {

@@ -195,6 +195,12 @@ pub enum RuntimeError {
     TagCheck { image: String, registry: String, cause: String },
 }
 
+/// An I/O error while `what`, for `map_err`.
+pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Io { what, source }
+}
+
 /// Credentials and trust for image registries on the node (podman).
 pub trait Registries {
     /// Check the credentials against the registry and keep them (and the CA, when given,

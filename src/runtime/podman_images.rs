@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::podman::Podman;
 use super::registries::{self, certs_dir, certs_root, RegistryEntry, MCP_CA};
-use super::{Registries, RuntimeError};
+use super::{io_err, Registries, RuntimeError};
 
 const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How long what podman said of an image is taken as still true (one deploy's span: its pull,
@@ -199,7 +199,7 @@ impl Podman {
         let reference = super::registry_client::parse_reference(image);
         let creds = match self.config.auth_file.as_deref() {
             Some(auth) => read_small(auth)
-                .map_err(Self::io(format!("reading {}", auth.display())))?
+                .map_err(io_err(format!("reading {}", auth.display())))?
                 .and_then(|b| super::registry_client::credentials(&String::from_utf8_lossy(&b), &reference.registry)),
             None => None,
         };
@@ -226,16 +226,13 @@ impl Podman {
         let dir = auth.parent().unwrap_or(Path::new("."));
         // A dir the agent makes is 0700; one that exists (say /etc/containers) is left alone.
         if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(Self::io(format!("creating {}", dir.display())))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(Self::io(format!("securing {}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(format!("securing {}", dir.display())))?;
         }
         let name = auth.file_name().and_then(|n| n.to_str()).unwrap_or("auth.json");
-        write_atomic(dir, name, b"{\"auths\":{}}\n", 0o600).map_err(Self::io(format!("writing {}", auth.display())))
+        write_atomic(dir, name, b"{\"auths\":{}}\n", 0o600).map_err(io_err(format!("writing {}", auth.display())))
     }
 
-    fn io(what: String) -> impl FnOnce(std::io::Error) -> RuntimeError {
-        move |source| RuntimeError::Io { what, source }
-    }
 }
 
 impl Registries for Podman {
@@ -249,9 +246,9 @@ impl Registries for Podman {
         let ca_file = certs.join(MCP_CA);
         let previous = match ca_pem {
             Some(pem) => {
-                std::fs::create_dir_all(&certs).map_err(Self::io(format!("creating {}", certs.display())))?;
-                let old = read_small(&ca_file).map_err(Self::io(format!("reading {}", ca_file.display())))?;
-                write_atomic(&certs, MCP_CA, pem.as_bytes(), 0o644).map_err(Self::io(format!("writing {}", ca_file.display())))?;
+                std::fs::create_dir_all(&certs).map_err(io_err(format!("creating {}", certs.display())))?;
+                let old = read_small(&ca_file).map_err(io_err(format!("reading {}", ca_file.display())))?;
+                write_atomic(&certs, MCP_CA, pem.as_bytes(), 0o644).map_err(io_err(format!("writing {}", ca_file.display())))?;
                 Some(old)
             }
             None => None,
@@ -288,7 +285,7 @@ impl Registries for Podman {
         }
         outcome?;
         if auth.exists() {
-            std::fs::set_permissions(auth, std::fs::Permissions::from_mode(0o600)).map_err(Self::io(format!("securing {}", auth.display())))?;
+            std::fs::set_permissions(auth, std::fs::Permissions::from_mode(0o600)).map_err(io_err(format!("securing {}", auth.display())))?;
         }
         Ok(())
     }
@@ -309,7 +306,7 @@ impl Registries for Podman {
 
     fn list(&self) -> Result<Vec<RegistryEntry>, RuntimeError> {
         let auth = self.auth_file()?;
-        let Some(bytes) = read_small(auth).map_err(Self::io(format!("reading {}", auth.display())))? else { return Ok(Vec::new()) };
+        let Some(bytes) = read_small(auth).map_err(io_err(format!("reading {}", auth.display())))? else { return Ok(Vec::new()) };
         let names = registries::logged_in(&String::from_utf8_lossy(&bytes))
             .map_err(|message| RuntimeError::Output { program: "podman", step: format!("auth file {}", auth.display()), message })?;
         let root = certs_root();

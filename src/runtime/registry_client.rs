@@ -189,13 +189,7 @@ fn request(tls: &Arc<rustls::ClientConfig>, host_port: &str, method: &str, path:
     }
     req.push_str("\r\n");
     stream.inner.write_all(req.as_bytes()).map_err(tls_cause)?;
-    read_response(&mut stream, method == "HEAD").map_err(|e| {
-        if e.contains("UnknownIssuer") || e.contains("certificate") {
-            Cause::UnknownCa
-        } else {
-            Cause::Other(e)
-        }
-    })
+    read_response(&mut stream, method == "HEAD").map_err(|e| certificate_or(&e, Cause::Other(e.clone())))
 }
 
 /// A reader that fails once its deadline has passed (the socket's own timeout only bounds
@@ -215,11 +209,15 @@ impl<R: Read> Read for Deadline<R> {
 }
 
 fn tls_cause(e: std::io::Error) -> Cause {
-    let s = e.to_string();
-    if s.contains("UnknownIssuer") || s.contains("certificate") {
+    certificate_or(&e.to_string(), Cause::Unreachable)
+}
+
+/// A TLS failure over the registry's certificate is an unknown CA; anything else `other`.
+fn certificate_or(error: &str, other: Cause) -> Cause {
+    if error.contains("UnknownIssuer") || error.contains("certificate") {
         Cause::UnknownCa
     } else {
-        Cause::Unreachable
+        other
     }
 }
 

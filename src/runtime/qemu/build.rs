@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::argv::Form;
 use super::net::static_ip;
-use super::record::{io_err, VmPaths};
+use super::record::VmPaths;
+use crate::runtime::io_err;
 use super::{Qemu, GUEST_ENV_FILE};
 use crate::plan::{binds, Component};
 use crate::runtime::bake::elf::{self, Loader};

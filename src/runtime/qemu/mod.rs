@@ -30,7 +30,7 @@ use super::bake::nanos::NanosConfig;
 use super::{Assigned, EventStream, Observed, Runtime, RuntimeError};
 use crate::plan::{hex_prefix, instance_name, parse_port, Component};
 use crate::registry::now_ms;
-use record::io_err;
+use crate::runtime::io_err;
 
 /// `[qemu]` in agent.toml.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::argv::Form;
 use crate::plan::Component;
-use crate::runtime::RuntimeError;
+use crate::runtime::{io_err, RuntimeError};
 
 pub const VMS_DIR: &str = "vms";
 const RECORD: &str = "vm.json";
@@ -77,11 +77,6 @@ impl VmPaths {
     pub fn ops_image(&self) -> PathBuf {
         self.ops_home().join("images").join(crate::runtime::bake::ops::OPS_IMAGE)
     }
-}
-
-pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    let what = what.into();
-    move |source| RuntimeError::Io { what, source }
 }
 
 /// The record of the VM `name` under the VMs dir `vms`.
