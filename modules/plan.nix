@@ -46,6 +46,7 @@ let
       check = v: isAttrs v && all (k: isString v.${k}) (attrNames v);
       norm = v: v;
     };
+    attrs = { what = "an attribute set"; check = isAttrs; norm = v: v; };
     enum = values: {
       what = "one of ${concatStringsSep ", " (map toJSON values)}";
       check = v: elem v values;
@@ -57,6 +58,12 @@ let
     name = str; kind = enum [ "container" "unikernel" ]; image = str; network = str; user = str;
     restart = str; ports = listOfStr; volumes = listOfStr; cmd = listOfStr; env = attrsOfStr;
     stop_timeout = int; pull = enum [ "missing" "always" ]; program = str; kernel = str; initrd = str; append = str; memory = str; cpus = int;
+    health = attrs;
+  };
+
+  # [components.health]: one of http, tcp, cmd; durations as "500ms", "5s", "2m", "1h".
+  healthOptions = with types; {
+    http = str; ca = str; tcp = str; cmd = listOfStr; interval = str; timeout = str; retries = int; start_period = str;
   };
 
   serviceOptions = with types; { version = int; name = str; node = str; active = bool; };
@@ -81,7 +88,9 @@ let
   component = file: at: c:
     if !isAttrs c then throw "${file}: ${at}: expected an attribute set, got ${describe c}"
     else if !(c ? name) then throw "${file}: ${at}.name: missing; every component needs a name"
-    else { kind = "container"; image = ""; } // checked file "${at}." componentOptions c;
+    else
+      let base = { kind = "container"; image = ""; } // checked file "${at}." componentOptions c; in
+      base // (if base ? health then { health = checked file "${at}.health." healthOptions base.health; } else { });
 
   components = file: cs:
     if isList cs then

@@ -33,7 +33,7 @@ pub struct AlertConfig {
     pub timeout_secs: Option<u64>,
 }
 
-pub const DEFAULT_KINDS: &[&str] = &["drift", "repair", "deploy_failed"];
+pub const DEFAULT_KINDS: &[&str] = &["drift", "repair", "deploy_failed", "health"];
 const FAILED: &str = "alert.failed";
 
 /// Whether events of `kind` are alerted on.

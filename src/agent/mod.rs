@@ -3,6 +3,8 @@
 
 mod adopt;
 pub mod alert;
+mod gate;
+pub mod health;
 pub mod config;
 pub mod files;
 mod images;
@@ -10,6 +12,7 @@ pub mod logs;
 pub mod monitor;
 pub mod policy;
 mod preview;
+mod probe;
 pub mod reconcile;
 pub mod rpc;
 pub mod serve;
@@ -18,7 +21,7 @@ pub mod status;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+
 
 use crate::plan::{instance_name, Plan, Target};
 use crate::proto::{
@@ -60,6 +63,8 @@ pub struct Agent {
     cache: Option<std::sync::Arc<monitor::ObservedCache>>,
     /// What a deploy may ask of this node.
     policy: policy::Policy,
+    /// What the health watch (and the deploy's gate) last saw.
+    health: std::sync::Arc<health::Board>,
 }
 
 /// What to undo if a later step fails.
@@ -83,7 +88,7 @@ impl Agent {
     /// Open the registry in `state_dir` (created 0700) with the given runtime.
     pub fn open(state_dir: &Path, runtime: Box<dyn Runtime>) -> Result<Agent, RegistryError> {
         let registry = Mutex::new(Registry::open(&state_dir.join(REGISTRY_FILE))?);
-        Ok(Agent { state_dir: state_dir.to_path_buf(), registry, runtime, cache: None, policy: policy::Policy::default() })
+        Ok(Agent { state_dir: state_dir.to_path_buf(), registry, runtime, cache: None, policy: policy::Policy::default(), health: Default::default() })
     }
 
     /// Refuse plans that ask for more than `policy` allows.
@@ -96,6 +101,11 @@ impl Agent {
     pub fn with_cache(mut self, cache: std::sync::Arc<monitor::ObservedCache>) -> Self {
         self.cache = Some(cache);
         self
+    }
+
+    /// What the health watch last saw of each component with a health check.
+    pub fn health(&self) -> &health::Board {
+        &self.health
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -393,7 +403,8 @@ impl Agent {
         let service = record.name.as_str();
         let mut undo: Vec<Undo> = Vec::new();
         let mut applied = Applied::default();
-        let mut settle: Vec<(String, String)> = Vec::new();
+        // Instances this deploy made: they must prove themselves before it commits.
+        let mut fresh: Vec<(String, String)> = Vec::new();
         let spec_of = |component: &str| record.component(component).expect("reconcile only names known components");
 
         let mut step = |action: &Action, undo: &mut Vec<Undo>, applied: &mut Applied| -> Result<(), ExecError> {
@@ -407,6 +418,7 @@ impl Agent {
                     let c = spec_of(&component);
                     note(&mut *progress, &component, format!("creating {} from {}", instance_name(service, &component), c.spec.kernel.as_deref().unwrap_or(&c.spec.image)));
                     let id = self.create_instance(service, c).map_err(ExecError::from)?;
+                    fresh.push((component.clone(), id.clone()));
                     undo.push(Undo::RemoveNew { id });
                     (ChangeKind::Created, format!("created {} (spec {}, image {})", instance_name(service, &component), c.hash, c.spec.image))
                 }
@@ -423,7 +435,7 @@ impl Agent {
                     if let Some(Undo::RestoreOld { new_id, .. }) = undo.last_mut() {
                         *new_id = Some(id.clone());
                     }
-                    settle.push((component.clone(), id));
+                    fresh.push((component.clone(), id));
                     applied.to_remove.push((component.clone(), old_id.clone()));
                     (ChangeKind::Replaced, format!("replaced {name} (spec {}, image {})", c.hash, c.spec.image))
                 }
@@ -461,8 +473,8 @@ impl Agent {
                 break;
             }
         }
-        if outcome.is_ok() && !settle.is_empty() {
-            outcome = self.wait_settled(service, &settle, progress);
+        if outcome.is_ok() && !fresh.is_empty() {
+            outcome = self.wait_up(record, &fresh, progress);
         }
         match outcome {
             Ok(()) => Ok(applied),
@@ -484,41 +496,6 @@ impl Agent {
                 };
                 Err(ExecError::Failed(RpcError::new(ErrorCode::RolledBack, message)))
             }
-        }
-    }
-
-    /// Replacements must stay running for the settle window.
-    fn wait_settled(&self, service: &str, fresh: &[(String, String)], progress: ProgressFn) -> Result<(), ExecError> {
-        let window = self.runtime.settle();
-        if window.is_zero() {
-            return Ok(());
-        }
-        progress(Progress { component: None, message: format!("checking that replacements stay up for {:.1}s", window.as_secs_f64()) });
-        let deadline = Instant::now() + window;
-        loop {
-            for (component, id) in fresh {
-                let state = self.runtime.state(id).map_err(ExecError::from)?;
-                // A restart count above zero means it died and the runtime brought it back:
-                // a crash loop looks "running" between crashes.
-                if !state.as_ref().is_some_and(|s| s.running() && s.restarts == 0) {
-                    let logs = self.runtime.tail_logs(id, 5);
-                    let state = match state {
-                        Some(s) if s.restarts > 0 => format!("{}, restarted {} times", s.state, s.restarts),
-                        Some(s) => s.state,
-                        None => "gone".into(),
-                    };
-                    let logs = if logs.is_empty() { String::new() } else { format!("; last output: {logs}") };
-                    return Err(ExecError::Failed(RpcError::new(
-                        ErrorCode::Runtime,
-                        format!("new {} did not stay up (state {state}){logs}", instance_name(service, component)),
-                    )));
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(());
-            }
-            std::thread::sleep((deadline - now).min(Duration::from_millis(250)));
         }
     }
 
@@ -653,16 +630,17 @@ impl Agent {
             .into_iter()
             .map(|o| PsEntry {
                 uptime_secs: o.started_at.map(|t| (now - t).max(0) as u64),
-                service: o.service,
-                component: o.component,
-                id: o.id,
+                id: o.id.clone(),
                 name: o.name,
                 image: o.image,
                 state: o.state,
                 spec: o.spec.unwrap_or_default(),
                 ports: o.ports,
+                health: self.health.view(&o.service, &o.component, Some(&o.id)).map(|(h, _)| h.as_str().to_string()),
                 address: o.address,
                 digest: o.digest,
+                service: o.service,
+                component: o.component,
             })
             .collect();
         Ok(PsResult { containers })
@@ -680,6 +658,12 @@ impl Agent {
         let mut services = status::service_statuses(&records, &observed, &repairs, now_ms() / 1000);
         for s in &mut services {
             s.events = self.registry().events(Some(&s.name), params.events)?;
+            for c in &mut s.components {
+                if let Some((h, why)) = self.health.view(&s.name, &c.name, None).filter(|_| c.observed == "running" && c.desired == "running") {
+                    c.health = Some(h.as_str().to_string());
+                    c.health_detail = why;
+                }
+            }
         }
         if params.check_registry {
             self.check_tags(&records, &mut services);

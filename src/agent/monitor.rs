@@ -207,6 +207,8 @@ pub enum Repair {
     Recreate,
     /// It is there but stopped: start it.
     Start { id: String },
+    /// It runs but is unhealthy: restart it.
+    Restart { id: String },
 }
 
 /// Whether the component's restart policy asks for a repair of this drift.
@@ -256,6 +258,8 @@ pub enum Trigger {
     Changed(RuntimeEvent),
     /// Look at everything now (e.g. the event follower just (re)started).
     Sweep,
+    /// The health watch found this instance unhealthy and its restart policy asks for a repair.
+    Unhealthy { service: String, component: String, id: String },
     Stop,
 }
 
@@ -267,6 +271,8 @@ pub struct Monitor {
     streaks: HashMap<(String, String), Streak>,
     /// When something deferred (backoff, a busy service) wants another look.
     wake_at: Option<Instant>,
+    /// Unhealthy instances whose restart waits (backoff, a busy service).
+    unhealthy: Vec<(String, String, String)>,
 }
 
 impl Monitor {
@@ -279,6 +285,7 @@ impl Monitor {
             retention: (retention.max_count.unwrap_or(DEFAULT_MAX_EVENTS), days * 86_400_000),
             streaks: HashMap::new(),
             wake_at: None,
+            unhealthy: Vec::new(),
         }
     }
 
@@ -290,13 +297,14 @@ impl Monitor {
             let wake = self.wake_at.map_or(next_sweep, |w| w.min(next_sweep));
             match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(Trigger::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Ok(_) => {
+                Ok(first) => {
+                    self.note(first);
                     // Let the rest of a burst arrive, then look once.
                     let until = Instant::now() + DEBOUNCE;
                     loop {
                         match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
                             Ok(Trigger::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                            Ok(_) => continue,
+                            Ok(t) => self.note(t),
                             Err(RecvTimeoutError::Timeout) => break,
                         }
                     }
@@ -307,8 +315,40 @@ impl Monitor {
             if let Err(e) = self.sweep() {
                 tracing::warn!(error = %e, "monitor sweep failed; retrying at the next one");
             }
+            for (service, component, id) in std::mem::take(&mut self.unhealthy) {
+                match self.restart_unhealthy(&service, &component, &id) {
+                    Ok(true) => {}
+                    Ok(false) => self.unhealthy.push((service, component, id)),
+                    Err(e) => tracing::warn!(service, component, error = %e, "cannot restart an unhealthy component"),
+                }
+            }
             next_sweep = Instant::now() + self.interval;
         }
+    }
+
+    fn note(&mut self, trigger: Trigger) {
+        if let Trigger::Unhealthy { service, component, id } = trigger {
+            if !self.unhealthy.iter().any(|u| u.2 == id) {
+                self.unhealthy.push((service, component, id));
+            }
+        }
+    }
+
+    /// Restart an unhealthy instance as its restart policy says, under the service's lock;
+    /// false when it has to wait (a request changes the service, or backoff).
+    fn restart_unhealthy(&mut self, service: &str, component: &str, id: &str) -> Result<bool, crate::proto::RpcError> {
+        let Some(_lock) = self.agent.try_lock(service)? else {
+            self.defer(Instant::now() + BUSY_RETRY);
+            return Ok(false);
+        };
+        let Some(record) = self.agent.registry().service(service)? else { return Ok(true) };
+        let Some(want) = record.component(component) else { return Ok(true) };
+        // Replaced or stopped meanwhile: that instance is not the component any more.
+        let current = self.agent.runtime().state(id)?;
+        if !current.is_some_and(|o| o.running() && o.name == instance_name(service, component)) {
+            return Ok(true);
+        }
+        Ok(self.repair(service, want, Repair::Restart { id: id.to_string() }))
     }
 
     /// One look at everything: record drift transitions, repair, prune old events.
@@ -371,7 +411,7 @@ impl Monitor {
         for f in &found {
             let Some(want) = record.component(&f.component) else { continue };
             if let Some(repair) = repair_for(f, want) {
-                self.repair(service, want, repair);
+                let _ = self.repair(service, want, repair);
             }
         }
         Ok(())
@@ -381,7 +421,8 @@ impl Monitor {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
     }
 
-    fn repair(&mut self, service: &str, want: &ComponentRecord, repair: Repair) {
+    /// Carry out a repair unless backoff says to wait (false) or the policy allows no more.
+    fn repair(&mut self, service: &str, want: &ComponentRecord, repair: Repair) -> bool {
         let component = want.spec.name.clone();
         let name = instance_name(service, &component);
         let policy = want.spec.restart.clone().unwrap_or_else(|| "no".into());
@@ -406,13 +447,13 @@ impl Monitor {
                         tracing::warn!(error = %e, "cannot record event");
                     }
                 }
-                return;
+                return true;
             }
         }
         let due = streak.last + backoff(streak.attempts);
         if streak.attempts > 0 && Instant::now() < due {
             self.defer(due);
-            return;
+            return false;
         }
         streak.attempts += 1;
         streak.last = Instant::now();
@@ -420,6 +461,13 @@ impl Monitor {
         let (what, result) = match &repair {
             Repair::Recreate => ("recreated", self.agent.create_instance(service, want).map(|_| ())),
             Repair::Start { id } => ("restarted", self.agent.runtime().start(id)),
+            Repair::Restart { id } => {
+                let done = self.agent.runtime().restart(id);
+                if done.is_ok() {
+                    self.agent.health().restarted(service, &component, id);
+                }
+                ("restarted unhealthy", done)
+            }
         };
         self.cache.invalidate();
         let recorded = match result {
@@ -439,6 +487,7 @@ impl Monitor {
         if let Err(e) = recorded {
             tracing::warn!(error = %e, "cannot record the repair");
         }
+        true
     }
 }
 

@@ -79,6 +79,14 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
             .spawn(move || monitor::follow(agent, cache, tx, pid, stop))
             .map_err(io("start the event follower for", &state_dir))?
     };
+    let (health_stop, health_stopped) = mpsc::channel::<()>();
+    let health = {
+        let (agent, tx) = (agent.clone(), tx.clone());
+        std::thread::Builder::new()
+            .name("health".into())
+            .spawn(move || super::health::watch(agent, tx, health_stopped))
+            .map_err(io("start the health watch for", &state_dir))?
+    };
     tracing::info!(socket = %socket.display(), "mcp-agent serve: listening");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io("handle signals for", &state_dir))?;
@@ -109,6 +117,8 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
         stop_stream();
     }
     drop(tx);
+    drop(health_stop);
+    let _ = health.join();
     let _ = monitor.join();
     let _ = follower.join();
     drop(alerts);

@@ -316,6 +316,8 @@ pub fn service_statuses(
                         address: s.mine.and_then(|o| o.address.clone()),
                         digest: s.mine.and_then(|o| o.digest.clone()),
                         tag: None,
+                        health: None,
+                        health_detail: None,
                     }
                 })
                 .collect();
@@ -350,6 +352,8 @@ fn extra_status(o: &Observed, uptime_secs: Option<u64>) -> ComponentStatus {
         address: o.address.clone(),
         digest: o.digest.clone(),
         tag: None,
+        health: None,
+        health_detail: None,
     }
 }
 

@@ -27,7 +27,10 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
             rows.push(vec![
                 c.name.clone(),
                 r.node.clone(),
-                c.state.clone(),
+                match &c.health {
+                    Some(h) => format!("{} ({h})", c.state),
+                    None => c.state.clone(),
+                },
                 c.uptime_secs.map(duration).unwrap_or_else(|| "-".into()),
                 c.image.clone(),
                 c.id.chars().take(12).collect(),

@@ -56,6 +56,8 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
     let addresses = any(|c| c.address.is_some());
     // The digest column only where some container was pulled or checked by the agent.
     let digests = any(|c| c.digest.is_some());
+    // The health column only where some component has a health check the daemon probes.
+    let health = any(|c| c.health.is_some());
     for r in &results {
         for s in r.result.iter().flat_map(|st| &st.services) {
             for c in &s.components {
@@ -81,8 +83,16 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                     };
                     rows.last_mut().expect("just pushed").push(tag);
                 }
+                if health {
+                    let h = match (&c.health, &c.health_detail) {
+                        (Some(h), Some(why)) => format!("{h}: {why}"),
+                        (Some(h), None) => h.clone(),
+                        (None, _) => "-".into(),
+                    };
+                    rows.last_mut().expect("just pushed").insert(4, h);
+                }
                 if digests {
-                    rows.last_mut().expect("just pushed").insert(6, short_digest(c.digest.as_deref()));
+                    rows.last_mut().expect("just pushed").insert(6 + usize::from(health), short_digest(c.digest.as_deref()));
                 }
                 if addresses {
                     rows.last_mut().expect("just pushed").insert(2, c.address.clone().unwrap_or_else(|| "-".into()));
@@ -101,8 +111,11 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
     if opts.check_registry {
         header.push("TAG NOW");
     }
+    if health {
+        header.insert(4, "HEALTH");
+    }
     if digests {
-        header.insert(6, "DIGEST");
+        header.insert(6 + usize::from(health), "DIGEST");
     }
     if addresses {
         header.insert(2, "ADDRESS");

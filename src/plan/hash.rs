@@ -8,7 +8,11 @@ use super::Component;
 /// Hex digest (16 chars) of the component's canonical JSON (object keys sorted, defaults omitted).
 pub fn spec_hash(component: &Component) -> String {
     // serde_json::Value keeps objects in a BTreeMap, so re-serializing a Value sorts every key.
-    let value = serde_json::to_value(component).expect("a component always serializes");
+    let mut value = serde_json::to_value(component).expect("a component always serializes");
+    // The agent probes; the runtime never sees the health check.
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("health");
+    }
     let canonical = value.to_string();
     hex_prefix(&Sha256::digest(format!("mcp-spec-v1\n{canonical}").as_bytes()), 16)
 }
@@ -64,6 +68,10 @@ mod tests {
         let mut c = comp();
         c.restart = Some("always".into());
         assert_ne!(spec_hash(&c), base);
+        // ...but the health check, which only the agent reads.
+        let mut c = comp();
+        c.health = Some(crate::plan::Health { tcp: Some("127.0.0.1:8080".into()), ..Default::default() });
+        assert_eq!(spec_hash(&c), base);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod export;
 mod file;
 mod hash;
+pub mod health;
 pub mod nix;
 mod validate;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use file::{load_service_file, load_service_files, parse_service_toml, to_toml, LoadError};
 pub use hash::{hex_prefix, pulled_spec_hash, spec_hash};
+pub use health::{Health, HealthCheck, Probe};
 pub use validate::{binds, check_name, parse_port, validate, Bind, FieldError, PlanErrors, PortSpec};
 
 /// The plan schema version this build reads and writes. Bump it on any incompatible change.
@@ -115,6 +117,17 @@ pub struct Component {
     /// Unikernel: virtual CPUs (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<u32>,
+    /// What the agent probes to call the component healthy: deploys wait for it, the daemon
+    /// watches it. Not part of the spec hash: changing a check does not replace anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+impl Component {
+    /// The checked health check (None without one, or when it does not validate).
+    pub fn health_check(&self) -> Option<HealthCheck> {
+        self.health.as_ref().and_then(|h| h.check().ok())
+    }
 }
 
 impl Plan {

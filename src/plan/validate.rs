@@ -153,9 +153,31 @@ fn check_component(c: &mut Collector, at: &str, comp: &Component, published: &mu
             c.push(format!("{at}.env.{key}"), "value contains a NUL byte or a newline; expected a single line");
         }
     }
+    if let Some(health) = &comp.health {
+        check_health(c, at, comp, health);
+    }
     if let Some(t) = comp.stop_timeout {
         if t > 3600 {
             c.push(format!("{at}.stop_timeout"), format!("{t} is too long; expected 0-3600 seconds"));
+        }
+    }
+}
+
+fn check_health(c: &mut Collector, at: &str, comp: &Component, health: &super::Health) {
+    let field = |f: &str| if f.is_empty() { format!("{at}.health") } else { format!("{at}.health.{f}") };
+    let check = match health.check() {
+        Ok(check) => check,
+        Err(errors) => return errors.into_iter().for_each(|(f, why)| c.push(field(&f), why)),
+    };
+    if comp.kind == Kind::Unikernel {
+        match check.probe {
+            super::Probe::Cmd(_) => c.push(field("cmd"), "runs inside a container; a unikernel has no exec: probe it with http or tcp through a forwarded port"),
+            _ if comp.network.as_deref() != Some("user") => c.push(
+                field(""),
+                "an isolated VM cannot be reached from the node (its bridge has no address there, by design); \
+                 health checks for unikernels need network = \"user\" and probe a forwarded port",
+            ),
+            _ => {}
         }
     }
 }

@@ -466,6 +466,9 @@ pub struct PsEntry {
     /// The registry digest of the image it runs (`sha256:...`), when the agent knew it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// `starting`, `healthy` or `unhealthy`, when it has a health check the daemon probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -517,6 +520,12 @@ pub struct ComponentStatus {
     /// With `check_registry`: what its tag points at now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<TagCheck>,
+    /// `starting`, `healthy` or `unhealthy`, when it has a health check the daemon probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// Why it is not healthy: the last failed probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

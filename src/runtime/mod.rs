@@ -255,6 +255,11 @@ pub trait Runtime: Send + Sync {
     fn tail_logs(&self, id: &str, lines: u32) -> String;
     /// How long a fresh replacement must stay up before the old one is discarded.
     fn settle(&self) -> Duration;
+    /// Run `argv` inside the object (a health check's `cmd`), at most `timeout`: `Ok(None)`
+    /// when it exited 0, `Ok(Some(why))` when not (its exit status and last output, bounded).
+    fn exec_check(&self, _id: &str, _argv: &[String], _timeout: Duration) -> Result<Option<String>, RuntimeError> {
+        Err(RuntimeError::Unsupported("this runtime cannot run a command inside what it runs".into()))
+    }
     /// Make what the component needs available before anything is replaced (a container's
     /// image is pulled when missing), reporting progress lines.
     fn prepare(&self, _comp: &Component, _progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {

@@ -125,6 +125,10 @@ impl Runtime for Runtimes {
         self.containers.settle()
     }
 
+    fn exec_check(&self, id: &str, argv: &[String], timeout: Duration) -> Result<Option<String>, RuntimeError> {
+        self.by_id(id).exec_check(id, argv, timeout)
+    }
+
     fn prepare(&self, comp: &Component, progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {
         self.by_kind(comp).prepare(comp, progress)
     }

@@ -205,6 +205,14 @@ impl Drop for PodmanEvents {
     }
 }
 
+/// `podman exec ID ARGV...`: podman stops reading its own flags at the container, so an
+/// argument starting with '-' goes to the command.
+pub fn exec_argv(id: &str, argv: &[String]) -> Vec<String> {
+    let mut out = vec!["exec".to_string(), id.to_string()];
+    out.extend(argv.iter().cloned());
+    out
+}
+
 pub fn simple_argv(step: &str, id: &str) -> Vec<String> {
     match step {
         // -t 0 is not used for stop: the container's own stop timeout (from the plan) applies.
@@ -430,6 +438,28 @@ impl Runtime for Podman {
         Duration::from_millis(self.config.settle_ms.unwrap_or(DEFAULT_SETTLE_MS))
     }
 
+    fn exec_check(&self, id: &str, argv: &[String], timeout: Duration) -> Result<Option<String>, RuntimeError> {
+        let mut child = self
+            .command(&exec_argv(id, argv))?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| self.spawn_error("exec", source))?;
+        // Bounded: the container decides what it prints.
+        let out = super::child::drain_tail(child.stdout.take().expect("piped"), 512);
+        let err = super::child::drain_tail(child.stderr.take().expect("piped"), 512);
+        let status = super::child::wait_at_most(&mut child, timeout).map_err(super::io_err("wait for podman exec"))?;
+        let mut said = out.join().unwrap_or_default();
+        said.extend(err.join().unwrap_or_default());
+        let said = String::from_utf8_lossy(&said).trim().to_string();
+        let said = if said.is_empty() { String::new() } else { format!(": {said}") };
+        Ok(match status {
+            Some(s) if s.success() => None,
+            Some(s) => Some(format!("{} exited with {}{said}", argv[0], s.code().map_or("a signal".into(), |c| format!("status {c}")))),
+            None => Some(format!("{} did not finish within {:.1}s", argv[0], timeout.as_secs_f64())),
+        })
+    }
+
     fn prepare(&self, comp: &Component, progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {
         self.ensure_image(&comp.image, progress)
     }
@@ -510,6 +540,7 @@ mod tests {
         assert_eq!(ps_name_argv("a-b"), vec!["ps", "-a", "--format", "json", "--filter", "name=^a-b$"]);
         assert_eq!(simple_argv("rm", "id1"), vec!["rm", "-f", "-t", "10", "id1"]);
         assert_eq!(simple_argv("stop", "id1"), vec!["stop", "id1"]);
+        assert_eq!(exec_argv("id1", &["/bin/check".into(), "-v".into()]), vec!["exec", "id1", "/bin/check", "-v"]);
     }
 
     #[test]

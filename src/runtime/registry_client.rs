@@ -145,25 +145,32 @@ pub fn read_response(r: impl Read, head_only: bool) -> Result<Response, String> 
     Ok(resp)
 }
 
-/// TLS roots: the system's bundle and the registry's CA files from podman's certs dir.
-fn tls_config(certs_dir: &Path) -> Arc<rustls::ClientConfig> {
+/// The system's CA bundle (Debian's, Fedora's or NixOS's place), as rustls roots.
+pub fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for bundle in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"] {
+        add_pem_file(&mut roots, Path::new(bundle));
+    }
+    roots
+}
+
+fn add_pem_file(roots: &mut rustls::RootCertStore, path: &Path) {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    let mut add = |path: &Path| {
-        if let Ok(iter) = CertificateDer::pem_file_iter(path) {
-            for cert in iter.flatten() {
-                let _ = roots.add(cert);
-            }
+    if let Ok(iter) = CertificateDer::pem_file_iter(path) {
+        for cert in iter.flatten() {
+            let _ = roots.add(cert);
         }
-    };
-    for bundle in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"] {
-        add(Path::new(bundle));
     }
+}
+
+/// TLS roots: the system's bundle and the registry's CA files from podman's certs dir.
+fn tls_config(certs_dir: &Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = system_roots();
     if let Ok(entries) = std::fs::read_dir(certs_dir) {
         for e in entries.flatten() {
             if e.path().extension().is_some_and(|x| x == "crt") {
-                add(&e.path());
+                add_pem_file(&mut roots, &e.path());
             }
         }
     }
@@ -182,7 +189,8 @@ fn request(tls: &Arc<rustls::ClientConfig>, host_port: &str, method: &str, path:
     let _ = tcp.set_write_timeout(Some(TIMEOUT));
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| Cause::Other(format!("{host}: {e}")))?;
     let conn = rustls::ClientConnection::new(tls.clone(), name).map_err(|e| Cause::Other(e.to_string()))?;
-    let mut stream = Deadline { inner: rustls::StreamOwned::new(conn, tcp), end: std::time::Instant::now() + TIMEOUT * 3 };
+    let end = std::time::Instant::now() + TIMEOUT * 3;
+    let mut stream = Deadline { inner: rustls::StreamOwned::new(conn, tcp), end, what: "the registry took longer than 30 s to answer" };
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nAccept: {ACCEPT}\r\nUser-Agent: mcp-agent\r\nConnection: close\r\n");
     if let Some(a) = auth {
         req.push_str(&format!("Authorization: {a}\r\n"));
@@ -193,16 +201,18 @@ fn request(tls: &Arc<rustls::ClientConfig>, host_port: &str, method: &str, path:
 }
 
 /// A reader that fails once its deadline has passed (the socket's own timeout only bounds
-/// each read: a registry trickling a byte at a time must not hold the agent).
-struct Deadline<R> {
-    inner: R,
-    end: std::time::Instant,
+/// each read: a peer trickling a byte at a time must not hold the agent).
+pub struct Deadline<R> {
+    pub inner: R,
+    pub end: std::time::Instant,
+    /// The error's text.
+    pub what: &'static str,
 }
 
 impl<R: Read> Read for Deadline<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if std::time::Instant::now() >= self.end {
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the registry took longer than 30 s to answer"));
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, self.what));
         }
         self.inner.read(buf)
     }
