@@ -26,8 +26,10 @@ fn main() {
         return; // `cargo bench -- --list` / test discovery: nothing to list.
     }
     let env = Env::new();
-    // The agent without the logging wrapper: podman straight from PATH.
-    env.write_config(&format!("{AGENT} rpc --state-dir {}", env.state.display()));
+    // The agent without the logging wrapper: podman straight from PATH. No settle window: this
+    // measures mcp's own cost; the window a new component must stay up (1.5 s by default, or
+    // until its health check passes) is measured by benches/health.rs.
+    env.write_config(&format!("{AGENT} rpc --state-dir {} --settle-ms 0", env.state.display()));
     let port = free_port();
     let cmd: Vec<String> = serde_json::from_str(HTTPD_CMD).unwrap();
 

@@ -40,7 +40,7 @@ fn deploy_until_settling(env: &Env, svc: &str) -> std::process::Child {
         let mut line = String::new();
         assert!(err.read_line(&mut line).unwrap() > 0, "deploy ended before its settle window: {seen}");
         seen.push_str(&line);
-        if line.contains("checking that replacements stay up") {
+        if line.contains("checking that new instances stay up") {
             break;
         }
     }

@@ -6,7 +6,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{binds, parse_port, spec_hash, Component, Kind, Plan};
+use super::health::show_duration;
+use super::{binds, parse_port, spec_hash, Component, HealthCheck, Kind, Plan, Probe};
 
 /// A Kubernetes object name for `<service>-<component>` (DNS-1123: `_` is not allowed).
 fn kube_name(plan: &Plan, c: &Component) -> String {
@@ -105,6 +106,14 @@ fn kube_objects(plan: &Plan, c: &Component) -> (Vec<Value>, Vec<String>) {
     if !mounts.is_empty() {
         container.insert("volumeMounts".into(), json!(mounts));
     }
+    if let Some(check) = c.health_check() {
+        let probe = kube_probe(c, &check, &mut notes);
+        container.insert("readinessProbe".into(), probe.clone());
+        // Kubernetes restarts on a failed liveness probe: only where mcp would (restart policy).
+        if restart_policy(c.restart.as_deref()) != "Never" {
+            container.insert("livenessProbe".into(), probe);
+        }
+    }
     let mut spec = Map::new();
     if let Some(u) = &c.user {
         match numeric_user(u) {
@@ -143,6 +152,32 @@ fn kube_objects(plan: &Plan, c: &Component) -> (Vec<Value>, Vec<String>) {
         notes.push(format!("named {name} ('_' is not allowed in Kubernetes names)"));
     }
     (objects, notes)
+}
+
+/// A Kubernetes probe for a health check. mcp probes a port on the node; the kubelet probes
+/// the Pod, so a published host port becomes its container port.
+fn kube_probe(c: &Component, check: &HealthCheck, notes: &mut Vec<String>) -> Value {
+    let container_port = |port: u16| {
+        c.ports.iter().filter_map(|p| parse_port(p).ok()).find(|p| p.host_port == Some(port)).map_or(port, |p| p.container_port)
+    };
+    let secs = |d: std::time::Duration| d.as_secs_f64().ceil().max(1.0) as u64;
+    let mut probe = match &check.probe {
+        Probe::Http { tls, port, path, ca, .. } => {
+            if ca.is_some() {
+                notes.push("the health check's ca is not carried over: the kubelet does not verify an HTTPS probe's certificate".into());
+            }
+            json!({ "httpGet": { "path": path, "port": container_port(*port), "scheme": if *tls { "HTTPS" } else { "HTTP" } } })
+        }
+        Probe::Tcp { port, .. } => json!({ "tcpSocket": { "port": container_port(*port) } }),
+        Probe::Cmd(argv) => json!({ "exec": { "command": argv } }),
+    };
+    probe["periodSeconds"] = json!(secs(check.interval));
+    probe["timeoutSeconds"] = json!(secs(check.timeout));
+    probe["failureThreshold"] = json!(check.retries);
+    if !check.start_period.is_zero() {
+        probe["initialDelaySeconds"] = json!(secs(check.start_period));
+    }
+    probe
 }
 
 /// The service as Kubernetes YAML: per component an optional Secret (its environment) and a
@@ -220,6 +255,27 @@ fn systemd_word(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('%', "%%"))
 }
 
+/// Quadlet's health check runs a command inside the container (podman's, not mcp's agent):
+/// a `cmd` check carries over, http/tcp are said in a comment.
+fn quadlet_health(unit: String, check: &HealthCheck) -> String {
+    let Some(at) = unit.find("\n[Service]") else { return unit };
+    let (container, service) = unit.split_at(at);
+    let lines = match &check.probe {
+        Probe::Cmd(argv) => format!(
+            "HealthCmd={}\nHealthInterval={}\nHealthTimeout={}\nHealthRetries={}\nHealthStartPeriod={}\n",
+            serde_json::to_string(argv).expect("strings serialize").replace('%', "%%"),
+            show_duration(check.interval),
+            show_duration(check.timeout),
+            check.retries,
+            show_duration(check.start_period)
+        ),
+        _ => "# health: mcp's http/tcp check is not carried over (quadlet's HealthCmd runs inside the container: \
+              a command such as curl -f, if the image has one)\n"
+            .to_string(),
+    };
+    format!("{container}{lines}{service}")
+}
+
 /// Quadlet units: per component `<service>-<component>.container`, and when it has an
 /// environment a `<service>-<component>.env` it reads (keep it 0600: it may hold secrets).
 pub fn to_quadlet(plan: &Plan) -> Result<Vec<(String, String)>, String> {
@@ -263,6 +319,9 @@ pub fn to_quadlet(plan: &Plan) -> Result<Vec<(String, String)>, String> {
         u.push_str(&format!("Restart={restart}\n"));
         if let Some(t) = c.stop_timeout {
             u.push_str(&format!("TimeoutStopSec={t}\n"));
+        }
+        if let Some(check) = c.health_check() {
+            u = quadlet_health(u, &check);
         }
         u.push_str("\n[Install]\nWantedBy=default.target\n");
         files.push((format!("{name}.container"), u));
@@ -380,5 +439,31 @@ spec:
                  [Install]\nWantedBy=default.target\n"
             )
         );
+    }
+
+    #[test]
+    fn health_checks_become_probes() {
+        use crate::plan::Health;
+        let mut p = plan();
+        let timing = Health { interval: Some("1500ms".into()), timeout: Some("2s".into()), retries: Some(4), start_period: Some("10s".into()), ..Default::default() };
+        p.components[0].health = Some(Health { http: Some("https://127.0.0.1:18080/healthz".into()), ca: Some("/srv/ca.pem".into()), ..timing.clone() });
+        let y = to_kube(&p).unwrap();
+        let probe = "      failureThreshold: 4\n      httpGet:\n        path: \"/healthz\"\n        port: 8080\n        scheme: \"HTTPS\"\n      \
+                     initialDelaySeconds: 10\n      periodSeconds: 2\n      timeoutSeconds: 2\n";
+        assert!(y.contains(&format!("    livenessProbe:\n{probe}")) && y.contains(&format!("    readinessProbe:\n{probe}")), "{y}");
+        assert!(y.contains("# shop/web: the health check's ca is not carried over"), "{y}");
+        // Without a restart policy, nothing restarts it: readiness only.
+        p.components[0].restart = None;
+        p.components[0].health = Some(Health { tcp: Some("127.0.0.1:9999".into()), ..timing.clone() });
+        let y = to_kube(&p).unwrap();
+        assert!(!y.contains("livenessProbe") && y.contains("      tcpSocket:\n        port: 9999\n"), "{y}");
+
+        p.components[0].health = Some(Health { cmd: vec!["/bin/check".into(), "100%".into()], ..timing });
+        let unit = &to_quadlet(&p).unwrap()[1].1;
+        assert!(
+            unit.contains("HealthCmd=[\"/bin/check\",\"100%%\"]\nHealthInterval=1500ms\nHealthTimeout=2s\nHealthRetries=4\nHealthStartPeriod=10s\n\n[Service]"),
+            "{unit}"
+        );
+        assert!(to_kube(&p).unwrap().contains("      exec:\n        command:\n        - \"/bin/check\"\n"));
     }
 }
