@@ -13,6 +13,7 @@
       ports = [ "127.0.0.1:18080:8080" ];
       stop_timeout = 2;
       cmd = [ "httpd" "-f" "-p" "8080" "-h" "/www" ];
+      health = { http = "http://127.0.0.1:18080/"; interval = "5s"; retries = 3; };
     }
   ];
 }

@@ -27,7 +27,8 @@ fn exported_kube_yaml_runs_under_podman_kube_play() {
         &svc,
         &format!(
             "name = \"{svc}\"\nnode = \"local\"\n[[components]]\nname = \"web\"\nimage = \"{IMAGE}\"\nports = [\"127.0.0.1:{port}:8080\"]\n\
-             cmd = [\"/bin/httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\nrestart = \"always\"\nstop_timeout = 0\n"
+             cmd = [\"/bin/httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\nrestart = \"always\"\nstop_timeout = 0\n\
+             [components.health]\ncmd = [\"cat\", \"/www/index.html\"]\ninterval = \"2s\"\n"
         ),
     );
     env.ok(&["deploy", &svc]);
@@ -37,7 +38,7 @@ fn exported_kube_yaml_runs_under_podman_kube_play() {
     env.ok(&["service", "export", &svc, yaml.to_str().unwrap(), "--format", "kube"]);
     assert_eq!(std::fs::metadata(&yaml).unwrap().permissions().mode() & 0o777, 0o600, "it may hold the environment");
     let text = std::fs::read_to_string(&yaml).unwrap();
-    for want in ["kind: \"Pod\"", &format!("hostPort: {port}"), &format!("mcp.service: \"{svc}\""), "restartPolicy: \"Always\""] {
+    for want in ["kind: \"Pod\"", &format!("hostPort: {port}"), &format!("mcp.service: \"{svc}\""), "restartPolicy: \"Always\"", "livenessProbe:", "readinessProbe:"] {
         assert!(text.contains(want), "{want} in:\n{text}");
     }
 

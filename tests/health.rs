@@ -39,16 +39,11 @@ fn a_replace_waits_for_healthy_and_an_unhealthy_one_is_rolled_back() {
     let id = env.container_id(&name).unwrap();
 
     // Serves, but not its health endpoint (/healthz is 404 in the test image); then a command
-    // probe that fails inside the container; then an https probe whose CA the node does not
-    // trust. Each is rolled back and the old container keeps serving.
-    let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = nanos::test_ca(&dir.path().join("tls"));
-    let tls_port = free_port();
-    let _tls = TlsServer::start(tls_port, &cert, &key);
+    // probe that fails inside the container. Each is rolled back and the old container keeps
+    // serving.
     let bad = [
         (http("/healthz", fast), "GET /healthz answered HTTP 404"),
-        (format!("cmd = [\"cat\", \"/www/missing\"]\n{fast}"), "cat exited with status 1"),
-        (format!("http = \"https://127.0.0.1:{tls_port}/\"\n{fast}"), "UnknownIssuer"),
+        ("cmd = [\"cat\", \"/www/missing\"]\ntimeout = \"5s\"\ninterval = \"200ms\"\nretries = 3".to_string(), "cat exited with status 1"),
     ];
     for (i, (health, why)) in bad.iter().enumerate() {
         env.define(&svc, &checked(&svc, port, health, &format!("env = {{ VERSION = \"bad{i}\" }}")));
@@ -61,12 +56,8 @@ fn a_replace_waits_for_healthy_and_an_unhealthy_one_is_rolled_back() {
         assert_eq!(http_get(port, DEADLINE).as_deref(), Some("hello from the test image\n"));
     }
 
-    // Healthy replacements: a command probe, a TCP probe, an https probe with the CA named.
-    let good = [
-        format!("cmd = [\"cat\", \"/www/index.html\"]\n{slack}"),
-        format!("tcp = \"127.0.0.1:{port}\"\n{slack}"),
-        format!("http = \"https://127.0.0.1:{tls_port}/\"\nca = \"{}\"\n{slack}", ca.display()),
-    ];
+    // Healthy replacements: a command probe, a TCP probe, an HTTP probe.
+    let good = [format!("cmd = [\"cat\", \"/www/index.html\"]\n{slack}"), format!("tcp = \"127.0.0.1:{port}\"\n{slack}"), http("/", slack)];
     for (i, health) in good.iter().enumerate() {
         env.define(&svc, &checked(&svc, port, health, &format!("env = {{ VERSION = \"good{i}\" }}")));
         let r = env.ok(&["deploy", &svc]);
@@ -77,10 +68,48 @@ fn a_replace_waits_for_healthy_and_an_unhealthy_one_is_rolled_back() {
 
     // Only the health check changed: nothing is replaced.
     let current = env.container_id(&name).unwrap();
-    env.define(&svc, &checked(&svc, port, &http("/", slack), "env = { VERSION = \"good2\" }"));
+    env.define(&svc, &checked(&svc, port, &http("/index.html", slack), "env = { VERSION = \"good2\" }"));
+    let plan = env.mcp(&["plan", &svc]);
+    assert_eq!(plan.code, 5, "a pending change: {}\n{}", plan.stdout, plan.stderr);
+    assert!(plan.stdout.contains("update") && plan.stdout.contains("health:") && plan.stdout.contains("nothing is restarted"), "{}", plan.stdout);
     env.ok(&["deploy", &svc]);
+    assert_eq!(env.mcp(&["plan", &svc]).code, 0);
     assert_eq!(env.container_id(&name).unwrap(), current);
-    assert!(env.ok(&["service", "show", &svc]).stdout.contains(&format!("127.0.0.1:{port}/\"")));
+    assert!(env.ok(&["service", "show", &svc]).stdout.contains(&format!("127.0.0.1:{port}/index.html\"")));
+    // A probe elsewhere than the component's own published port is refused before anything runs.
+    env.define(&svc, &checked(&svc, port, &format!("tcp = \"127.0.0.1:22\"\n{slack}"), "env = { VERSION = \"elsewhere\" }"));
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("health.tcp") && r.stderr.contains("not a port this component publishes"), "{}", r.stderr);
+    assert_eq!(env.container_id(&name).unwrap(), current);
+}
+
+#[test]
+fn an_https_check_trusts_the_ca_it_names_and_nothing_else() {
+    let env = Env::new();
+    let svc = env.svc("tls");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = nanos::test_ca(&dir.path().join("tls"));
+    let tls_port = free_port();
+    let _tls = TlsServer::start(tls_port, &cert, &key);
+    // On the host's network a component's checks may probe any port of the node's loopback.
+    let def = |version: &str, ca: Option<&std::path::Path>| {
+        // The trusting one has slack for a slow machine; the other fails after 3 × 200 ms.
+        let ca = ca.map(|c| format!("ca = \"{}\"\nstart_period = \"30s\"\n", c.display())).unwrap_or_default();
+        format!(
+            "name = \"{svc}\"\nnode = \"local\"\n[[components]]\nname = \"app\"\nimage = \"{IMAGE}\"\nnetwork = \"host\"\n\
+             cmd = [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 600 & wait\"]\nenv = {{ VERSION = \"{version}\" }}\n\
+             [components.health]\nhttp = \"https://127.0.0.1:{tls_port}/\"\n{ca}interval = \"200ms\"\nretries = 3\n"
+        )
+    };
+    env.define(&svc, &def("1", Some(&ca)));
+    assert!(env.ok(&["deploy", &svc]).stderr.contains("is healthy after"));
+    let id = env.container_id(&format!("{svc}-app")).unwrap();
+    env.define(&svc, &def("2", None));
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("UnknownIssuer") && r.stderr.contains("the previous version was restored"), "{}", r.stderr);
+    assert_eq!(env.container_id(&format!("{svc}-app")).as_deref(), Some(id.as_str()));
 }
 
 #[test]
@@ -94,10 +123,10 @@ fn a_fresh_component_that_exits_at_once_fails_its_first_deploy() {
     assert!(r.stderr.contains("did not stay up") && r.stderr.contains("bye"), "{}", r.stderr);
     assert_eq!(podman_ok(&["ps", "-a", "-q", "--filter", &format!("label=mcp.service={svc}")]), "", "nothing left behind");
     // A fresh component with a health check that never passes fails the same way.
-    env.define(&svc, &checked(&svc, port, &format!("tcp = \"127.0.0.1:{}\"\ninterval = \"200ms\"\nretries = 2", free_port()), ""));
+    env.define(&svc, &checked(&svc, port, &format!("http = \"http://127.0.0.1:{port}/healthz\"\ninterval = \"200ms\"\nretries = 2"), ""));
     let r = env.mcp(&["deploy", &svc]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("did not become healthy within 400ms") && r.stderr.contains("Connection refused"), "{}", r.stderr);
+    assert!(r.stderr.contains("did not become healthy within 400ms") && r.stderr.contains("HTTP 404"), "{}", r.stderr);
     assert_eq!(podman_ok(&["ps", "-a", "-q", "--filter", &format!("label=mcp.service={svc}")]), "");
 }
 

@@ -34,12 +34,17 @@ fn baked_volume_served_through_user_networking_with_full_lifecycle() {
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("index.html"), "baked v1\n").unwrap();
     let port = free_port();
-    env.define(&svc, &vm_service(&svc, port, &www, "restart = \"always\"\n"));
+    // A health check through the forwarded port: the deploy returns once the guest serves (QEMU
+    // accepts on the host port before the guest listens, so only an HTTP answer counts).
+    let health = format!("restart = \"always\"\n[components.health]\nhttp = \"http://127.0.0.1:{port}/index.html\"\ninterval = \"1s\"\nstart_period = \"{}s\"\n", BOOT.as_secs());
+    env.define(&svc, &vm_service(&svc, port, &www, &health));
     let name = format!("{svc}-vm");
 
-    let out = env.ok(&["deploy", &svc, "--json"]).json();
+    let deployed = env.ok(&["deploy", &svc, "--json"]);
+    let out = deployed.json();
     assert_eq!(out["result"]["changes"][0]["change"], "created", "{out}");
-    assert_eq!(http_get(port, BOOT).as_deref(), Some("baked v1\n"), "the baked file through hostfwd");
+    assert!(deployed.stderr.contains("is healthy after"), "{}", deployed.stderr);
+    assert_eq!(http_get(port, Duration::from_secs(5)).as_deref(), Some("baked v1\n"), "served when the deploy returned, through hostfwd");
     // The state dir holds the VM; env never reaches qemu's command line.
     let pid = vm_pid(&env, &name).expect("a running VM");
     let cmdline = cmdline_of(pid);

@@ -20,6 +20,9 @@ struct Fresh<'a> {
     id: &'a str,
     check: Option<HealthCheck>,
     healthy: bool,
+    /// When to probe again: every poll, but a command probe (a `podman exec` each, whose
+    /// command may outlive a timeout) at most once per interval.
+    next_probe: Instant,
 }
 
 impl Agent {
@@ -35,6 +38,7 @@ impl Agent {
                 id,
                 check: record.component(component).and_then(|c| c.spec.health_check()),
                 healthy: false,
+                next_probe: Instant::now(),
             })
             .collect();
         let unchecked = fresh.iter().filter(|f| f.check.is_none()).count();
@@ -52,9 +56,13 @@ impl Agent {
         let started = Instant::now();
         loop {
             let elapsed = started.elapsed();
-            for f in fresh.iter_mut().filter(|f| !f.healthy) {
+            for f in fresh.iter_mut() {
+                // Healthy ones too: one that crashes while others are still waited for fails the deploy.
                 self.still_running(service, f.component, f.id)?;
-                let Some(check) = &f.check else { continue };
+                let Some(check) = f.check.as_ref().filter(|_| !f.healthy && Instant::now() >= f.next_probe) else { continue };
+                if matches!(check.probe, crate::plan::Probe::Cmd(_)) {
+                    f.next_probe = Instant::now() + check.interval.max(POLL);
+                }
                 match probe::run(check, self.runtime.as_ref(), f.id) {
                     Ok(()) => {
                         f.healthy = true;
@@ -78,6 +86,10 @@ impl Agent {
             let checked_done = fresh.iter().all(|f| f.check.is_none() || f.healthy);
             let window_done = unchecked == 0 || elapsed >= window;
             if checked_done && window_done {
+                // Still up now, all of them, after the last probe.
+                for f in &fresh {
+                    self.still_running(service, f.component, f.id)?;
+                }
                 return Ok(());
             }
             // The unchecked ones are looked at once more at the window's end.

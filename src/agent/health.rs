@@ -6,7 +6,8 @@
 //! [`Tracker::observe`] (the state machine) is pure; [`watch`] runs the probes.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,11 +56,15 @@ pub struct Tracker {
     next: Instant,
     /// Restarted for being unhealthy: its first success is a recovery.
     after_failure: bool,
+    /// Which tracker a probe's result is for (a restart starts a new one).
+    generation: u64,
+    /// A probe of it is running.
+    in_flight: bool,
 }
 
 impl Tracker {
     pub fn new(id: &str, now: Instant) -> Tracker {
-        Tracker { id: id.to_string(), status: Status::Starting, detail: None, since: now, failures: 0, next: now, after_failure: false }
+        Tracker { id: id.to_string(), status: Status::Starting, detail: None, since: now, failures: 0, next: now, after_failure: false, generation: 0, in_flight: false }
     }
 
     /// Take one probe's result at `now`.
@@ -94,11 +99,22 @@ impl Tracker {
 #[derive(Debug, Default)]
 pub struct Board {
     trackers: Mutex<HashMap<(String, String), Tracker>>,
+    generations: AtomicU64,
 }
 
 impl Board {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Tracker>> {
         self.trackers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh tracker for instance `id`, of a generation no earlier probe carries.
+    fn tracker(&self, id: &str, now: Instant) -> Tracker {
+        Tracker { generation: self.generations.fetch_add(1, Ordering::SeqCst) + 1, ..Tracker::new(id, now) }
+    }
+
+    /// Whether instance `id` of the component is (still) unhealthy.
+    pub fn is_unhealthy(&self, service: &str, component: &str, id: &str) -> bool {
+        self.view(service, component, Some(id)).is_some_and(|(s, _)| s == Status::Unhealthy)
     }
 
     /// Status and reason for the instance `id` of a component (None: nobody probed it yet).
@@ -111,86 +127,129 @@ impl Board {
     /// The deploy's gate saw the fresh instance `id` healthy.
     pub fn healthy(&self, service: &str, component: &str, id: &str, check: &HealthCheck) {
         let now = Instant::now();
-        let mut t = Tracker::new(id, now);
+        let mut t = self.tracker(id, now);
         t.observe(Ok(()), check, now);
         self.lock().insert((service.to_string(), component.to_string()), t);
     }
 
-    /// The instance was restarted for being unhealthy: it starts over (its start period
-    /// applies again), and its first success is recorded as a recovery.
+    /// The instance was restarted (or a restart was tried) for being unhealthy: it starts over
+    /// (its start period applies again; a failure is reported again), and its first success
+    /// is recorded as a recovery. A probe already running is for the old generation: dropped.
     pub fn restarted(&self, service: &str, component: &str, id: &str) {
-        let mut t = Tracker::new(id, Instant::now());
+        let mut t = self.tracker(id, Instant::now());
         t.after_failure = true;
         self.lock().insert((service.to_string(), component.to_string()), t);
     }
 }
 
-/// Probe what is due, until `stop` says so (or its sender is gone). Runs on its own thread:
-/// probes block for at most their timeout, one after the other.
+/// One probe's result, sent back by its thread.
+struct Done {
+    key: (String, String),
+    id: String,
+    generation: u64,
+    check: HealthCheck,
+    restart: Option<String>,
+    result: Result<(), String>,
+}
+
+/// How often the watch looks for instances to probe when none is due sooner.
+const ROUND: Duration = Duration::from_secs(1);
+/// How often a waiting watch checks whether it should stop.
+const STOP_POLL: Duration = Duration::from_millis(250);
+
+/// Probe what is due until `stop` says so (or its sender is gone). Each probe runs on a thread
+/// of its own and one component has at most one probe out: a probe that hangs to its timeout
+/// delays nothing else.
 pub fn watch(agent: Arc<Agent>, monitor: Sender<Trigger>, stop: Receiver<()>) {
+    let (tx, rx) = mpsc::channel::<Done>();
+    let mut next_round = Instant::now();
     loop {
-        let wait = match watch_once(&agent, &monitor) {
-            Ok(next) => next.saturating_duration_since(Instant::now()),
-            Err(e) => {
+        if !matches!(stop.try_recv(), Err(TryRecvError::Empty)) {
+            return;
+        }
+        if Instant::now() >= next_round {
+            next_round = start_due(&agent, &tx).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "health watch: cannot read the registry or the runtime; retrying");
-                Duration::from_secs(5)
+                Instant::now() + 5 * ROUND
+            });
+        }
+        let wait = next_round.saturating_duration_since(Instant::now()).min(STOP_POLL);
+        if let Ok(done) = rx.recv_timeout(wait) {
+            if let Some(due) = apply(&agent, &monitor, done) {
+                next_round = next_round.min(due);
             }
-        };
-        match stop.recv_timeout(wait.max(Duration::from_millis(50))) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
         }
     }
 }
 
-/// One round: probe every component whose probe is due; returns when the next one is due.
-fn watch_once(agent: &Agent, monitor: &Sender<Trigger>) -> Result<Instant, crate::proto::RpcError> {
+/// Start a probe of every running, registered instance whose probe is due; returns when the
+/// next round should look again.
+fn start_due(agent: &Arc<Agent>, tx: &Sender<Done>) -> Result<Instant, crate::proto::RpcError> {
     let board = agent.health();
     let records = agent.registry().services()?;
     let observed = agent.observe(None)?;
-    let mut next = Instant::now() + Duration::from_secs(1);
-    let mut watched = BTreeSet::new();
+    let now = Instant::now();
+    let mut next = now + ROUND;
+    let mut registered = BTreeSet::new();
     for record in &records {
         for want in record.components.iter().filter(|c| c.desired == Desired::Running) {
             let Some(check) = want.spec.health_check() else { continue };
-            let (service, component) = (record.name.as_str(), want.spec.name.as_str());
-            let name = instance_name(service, component);
-            let Some(o) = observed.iter().find(|o| o.name == name && o.managed && o.running()) else { continue };
-            let key = (service.to_string(), component.to_string());
-            watched.insert(key.clone());
-            let due = {
+            let key = (record.name.clone(), want.spec.name.clone());
+            registered.insert(key.clone());
+            let name = instance_name(&record.name, &want.spec.name);
+            // Only what the registry holds: a deploy's fresh instance is its gate's to probe.
+            let Some(o) = observed.iter().find(|o| o.name == name && o.managed && o.running() && o.runs_spec(&want.hash)) else { continue };
+            let generation = {
                 let mut trackers = board.lock();
-                let t = trackers.entry(key.clone()).or_insert_with(|| Tracker::new(&o.id, Instant::now()));
+                let t = trackers.entry(key.clone()).or_insert_with(|| board.tracker(&o.id, now));
                 if t.id != o.id {
-                    *t = Tracker::new(&o.id, Instant::now());
+                    *t = board.tracker(&o.id, now);
                 }
-                t.next
+                if t.in_flight {
+                    continue;
+                }
+                if t.next > now {
+                    next = next.min(t.next);
+                    continue;
+                }
+                t.in_flight = true;
+                t.generation
             };
-            if due > Instant::now() {
-                next = next.min(due);
-                continue;
-            }
-            let result = probe::run(&check, agent.runtime(), &o.id);
-            let (transition, due) = {
-                let mut trackers = board.lock();
-                let Some(t) = trackers.get_mut(&key).filter(|t| t.id == o.id) else { continue };
-                (t.observe(result, &check, Instant::now()), t.next)
-            };
-            next = next.min(due);
-            if let Some(transition) = transition {
-                report(agent, monitor, service, component, &o.id, &check, want.spec.restart.as_deref(), transition);
+            let (agent, tx, id, restart) = (agent.clone(), tx.clone(), o.id.clone(), want.spec.restart.clone());
+            let spawned = std::thread::Builder::new().name("probe".into()).spawn(move || {
+                let result = probe::run(&check, agent.runtime(), &id);
+                let _ = tx.send(Done { key, id, generation, check, restart, result });
+            });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a probe thread");
             }
         }
     }
-    board.lock().retain(|k, _| watched.contains(k));
+    board.lock().retain(|k, _| registered.contains(k));
     Ok(next)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(agent: &Agent, monitor: &Sender<Trigger>, service: &str, component: &str, id: &str, check: &HealthCheck, restart: Option<&str>, t: Transition) {
+/// Take a probe's result (unless the instance was restarted or replaced meanwhile); returns
+/// when that component's next probe is due.
+fn apply(agent: &Agent, monitor: &Sender<Trigger>, mut done: Done) -> Option<Instant> {
+    let result = std::mem::replace(&mut done.result, Ok(()));
+    let (transition, due) = {
+        let mut trackers = agent.health().lock();
+        let t = trackers.get_mut(&done.key).filter(|t| t.generation == done.generation && t.id == done.id)?;
+        t.in_flight = false;
+        (t.observe(result, &done.check, Instant::now()), t.next)
+    };
+    if let Some(transition) = transition {
+        report(agent, monitor, &done, transition);
+    }
+    Some(due)
+}
+
+fn report(agent: &Agent, monitor: &Sender<Trigger>, done: &Done, t: Transition) {
+    let (service, component) = (done.key.0.as_str(), done.key.1.as_str());
     let name = instance_name(service, component);
     let (kind, message) = match &t {
-        Transition::Failed(why) => ("health.failed", format!("{name} is unhealthy: {} probes in a row failed; last: {why}", check.retries)),
+        Transition::Failed(why) => ("health.failed", format!("{name} is unhealthy: {} probes in a row failed; last: {why}", done.check.retries)),
         Transition::Recovered => ("health.ok", format!("{name} is healthy again")),
     };
     tracing::info!(service, component, kind, "{message}");
@@ -198,8 +257,8 @@ fn report(agent: &Agent, monitor: &Sender<Trigger>, service: &str, component: &s
     if let Err(e) = agent.registry().record_events(&[event]) {
         tracing::warn!(error = %e, "cannot record a health event");
     }
-    if matches!(t, Transition::Failed(_)) && RestartPolicy::parse(restart) != RestartPolicy::No {
-        let _ = monitor.send(Trigger::Unhealthy { service: service.into(), component: component.into(), id: id.into() });
+    if matches!(t, Transition::Failed(_)) && RestartPolicy::parse(done.restart.as_deref()) != RestartPolicy::No {
+        let _ = monitor.send(Trigger::Unhealthy { service: service.into(), component: component.into(), id: done.id.clone() });
     }
 }
 

@@ -658,8 +658,10 @@ impl Agent {
         let mut services = status::service_statuses(&records, &observed, &repairs, now_ms() / 1000);
         for s in &mut services {
             s.events = self.registry().events(Some(&s.name), params.events)?;
-            for c in &mut s.components {
-                if let Some((h, why)) = self.health.view(&s.name, &c.name, None).filter(|_| c.observed == "running" && c.desired == "running") {
+            for c in &mut s.components.iter_mut().filter(|c| c.observed == "running" && c.desired == "running") {
+                let name = instance_name(&s.name, &c.name);
+                let Some(id) = observed.iter().find(|o| o.name == name).map(|o| o.id.as_str()) else { continue };
+                if let Some((h, why)) = self.health.view(&s.name, &c.name, Some(id)) {
                     c.health = Some(h.as_str().to_string());
                     c.health_detail = why;
                 }

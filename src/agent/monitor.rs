@@ -319,7 +319,11 @@ impl Monitor {
                 match self.restart_unhealthy(&service, &component, &id) {
                     Ok(true) => {}
                     Ok(false) => self.unhealthy.push((service, component, id)),
-                    Err(e) => tracing::warn!(service, component, error = %e, "cannot restart an unhealthy component"),
+                    Err(e) => {
+                        tracing::warn!(service, component, error = %e, "cannot restart an unhealthy component yet");
+                        self.defer(Instant::now() + BUSY_RETRY);
+                        self.unhealthy.push((service, component, id));
+                    }
                 }
             }
             next_sweep = Instant::now() + self.interval;
@@ -343,6 +347,10 @@ impl Monitor {
         };
         let Some(record) = self.agent.registry().service(service)? else { return Ok(true) };
         let Some(want) = record.component(component) else { return Ok(true) };
+        // Recovered during a backoff: nothing to do.
+        if !self.agent.health().is_unhealthy(service, component, id) {
+            return Ok(true);
+        }
         // Replaced or stopped meanwhile: that instance is not the component any more.
         let current = self.agent.runtime().state(id)?;
         if !current.is_some_and(|o| o.running() && o.name == instance_name(service, component)) {
@@ -463,9 +471,8 @@ impl Monitor {
             Repair::Start { id } => ("restarted", self.agent.runtime().start(id)),
             Repair::Restart { id } => {
                 let done = self.agent.runtime().restart(id);
-                if done.is_ok() {
-                    self.agent.health().restarted(service, &component, id);
-                }
+                // Probed afresh either way: a restart that failed is reported (and retried) again.
+                self.agent.health().restarted(service, &component, id);
                 ("restarted unhealthy", done)
             }
         };

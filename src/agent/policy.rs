@@ -29,7 +29,8 @@ pub struct Policy {
     /// Unikernel components may run at all.
     #[serde(default = "yes")]
     pub unikernels: bool,
-    /// Host dirs a unikernel's program, kernel, initrd or disk image may come from; unset: any.
+    /// Host dirs the files a plan makes the agent read may come from (a unikernel's program,
+    /// kernel, initrd or disk image, a health check's `ca`); unset: any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_file_roots: Option<Vec<PathBuf>>,
     /// Deploy keys may log the node in to registries (and install a registry's CA).
@@ -152,17 +153,24 @@ impl Policy {
                 if !self.unikernels {
                     refuse(format!("{at}.kind"), "this node runs no unikernels".into());
                 }
-                if let Some(roots) = &self.vm_file_roots {
-                    let image = (!c.image.is_empty()).then_some(c.image.as_str());
-                    for (field, path) in [("program", c.program.as_deref()), ("kernel", c.kernel.as_deref()), ("initrd", c.initrd.as_deref()), ("image", image)] {
-                        if let Some(p) = path.filter(|p| !under(Path::new(p), roots)) {
-                            refuse(format!("{at}.{field}"), format!("{p} is outside the dirs this node runs VM files from ({})", list(roots)));
-                        } else if let Some(Err(why)) = path.map(|p| no_links_below(Path::new(p), roots)) {
-                            refuse(format!("{at}.{field}"), why);
-                        }
-                    }
+                let image = (!c.image.is_empty()).then_some(c.image.as_str());
+                for (field, path) in [("program", c.program.as_deref()), ("kernel", c.kernel.as_deref()), ("initrd", c.initrd.as_deref()), ("image", image)] {
+                    self.check_file(&format!("{at}.{field}"), path, &mut refuse);
                 }
             }
+        }
+        let ca = c.health.as_ref().and_then(|h| h.ca.as_deref());
+        self.check_file(&format!("{at}.health.ca"), ca, &mut refuse);
+    }
+
+    /// A file on the node the agent reads for a plan: under `vm_file_roots`, reached without a
+    /// symlink below them.
+    fn check_file(&self, field: &str, path: Option<&str>, refuse: &mut dyn FnMut(String, String)) {
+        let (Some(roots), Some(p)) = (&self.vm_file_roots, path) else { return };
+        if !under(Path::new(p), roots) {
+            refuse(field.to_string(), format!("{p} is outside the dirs this node reads files for plans from ({})", list(roots)));
+        } else if let Err(why) = no_links_below(Path::new(p), roots) {
+            refuse(field.to_string(), why);
         }
     }
 }
@@ -221,5 +229,17 @@ mod tests {
         let no_vms: Policy = toml::from_str("unikernels = false").unwrap();
         let vm = Component { name: "vm".into(), kind: Kind::Unikernel, program: Some("/p".into()), ..Default::default() };
         assert_eq!(no_vms.check(&plan(vec![vm]))[0].field, "components[0].kind");
+    }
+
+    #[test]
+    fn a_health_checks_ca_comes_from_the_file_roots() {
+        let policy = Policy { vm_file_roots: Some(vec!["/srv".into()]), ..Default::default() };
+        let mut c = Component { name: "a".into(), image: "i".into(), ..Default::default() };
+        c.health = Some(crate::plan::Health { http: Some("https://127.0.0.1/".into()), ca: Some("/etc/shadow".into()), ..Default::default() });
+        let refused = policy.check(&plan(vec![c.clone()]));
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].field, "components[0].health.ca");
+        c.health.as_mut().unwrap().ca = Some("/srv/app/ca.pem".into());
+        assert!(policy.check(&plan(vec![c])).is_empty());
     }
 }

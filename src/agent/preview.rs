@@ -83,9 +83,13 @@ impl Agent {
                 Action::Stop { .. } => ("stop", Vec::new(), None),
                 Action::Restart { .. } => ("restart", Vec::new(), None),
                 Action::Remove { .. } => ("remove", Vec::new(), None),
-                Action::Keep { .. } => match new.filter(|c| c.pull == Some(PullPolicy::Always)) {
-                    Some(c) => self.tag_moved(service, c, &observed),
-                    None => ("keep", Vec::new(), None),
+                Action::Keep { .. } => match (registered(&component), new) {
+                    // Not in the spec hash: recorded by the deploy, nothing restarted.
+                    (Some(old), Some(new)) if old.health != new.health => {
+                        ("update", spec_diff(old, new), Some("only the health check changes: nothing is restarted".to_string()))
+                    }
+                    (_, Some(c)) if c.pull == Some(PullPolicy::Always) => self.tag_moved(service, c, &observed),
+                    _ => ("keep", Vec::new(), None),
                 },
             };
             changes.push(PlannedChange { component, action: what.into(), diff, reason });

@@ -94,6 +94,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_RETRIES: u32 = 3;
 const MIN_INTERVAL: Duration = Duration::from_millis(200);
 const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// One probe at most this long (probes of a node run side by side, but a deploy waits).
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// A command probe starts `podman exec` first: less is never enough.
+const MIN_CMD_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Health {
     /// Parse and check; every problem as (field under `health`, what is wrong).
@@ -143,12 +147,12 @@ impl Health {
                 err("ca", format!("{ca:?} is not a usable path; expected an absolute path on the node without '..'"));
             }
         }
-        let mut duration = |field: &str, value: &Option<String>, default: Duration, min: Duration| match value {
+        let mut duration = |field: &str, value: &Option<String>, default: Duration, min: Duration, max: Duration| match value {
             None => default,
             Some(v) => match parse_duration(v) {
-                Ok(d) if d >= min && d <= MAX_DURATION => d,
+                Ok(d) if d >= min && d <= max => d,
                 Ok(_) => {
-                    err(field, format!("{v:?} is out of range; expected {} to 1h", show_duration(min)));
+                    err(field, format!("{v:?} is out of range; expected {} to {}", show_duration(min), show_duration(max)));
                     default
                 }
                 Err(why) => {
@@ -157,12 +161,16 @@ impl Health {
                 }
             },
         };
-        let interval = duration("interval", &self.interval, DEFAULT_INTERVAL, MIN_INTERVAL);
-        let timeout = duration("timeout", &self.timeout, DEFAULT_TIMEOUT, Duration::from_millis(100));
-        let start_period = duration("start_period", &self.start_period, Duration::ZERO, Duration::ZERO);
+        let min_timeout = if self.cmd.is_empty() { Duration::from_millis(100) } else { MIN_CMD_TIMEOUT };
+        let interval = duration("interval", &self.interval, DEFAULT_INTERVAL, MIN_INTERVAL, MAX_DURATION);
+        let timeout = duration("timeout", &self.timeout, DEFAULT_TIMEOUT, min_timeout, MAX_TIMEOUT);
+        let start_period = duration("start_period", &self.start_period, Duration::ZERO, Duration::ZERO, MAX_DURATION);
         let retries = self.retries.unwrap_or(DEFAULT_RETRIES);
         if !(1..=100).contains(&retries) {
             errors.push(("retries".into(), format!("{retries} is out of range; expected 1-100")));
+        } else if start_period + interval * retries > MAX_DURATION {
+            // A deploy holds the service's lock while it waits.
+            errors.push(("".into(), "start_period + retries × interval is over 1h; a deploy would wait that long".into()));
         }
         match probe {
             Some(probe) if errors.is_empty() => Ok(HealthCheck { probe, interval, timeout, retries, start_period }),
@@ -190,10 +198,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// A duration as [`parse_duration`] reads it back.
 pub fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if !ms.is_multiple_of(1000) {
-        format!("{ms}ms")
-    } else {
-        format!("{}s", ms / 1000)
+    match ms {
+        _ if !ms.is_multiple_of(1000) => format!("{ms}ms"),
+        _ if ms > 0 && ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms > 0 && ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ => format!("{}s", ms / 1000),
     }
 }
 
@@ -221,6 +230,9 @@ fn parse_http(url: &str) -> Result<(bool, Host, u16, String), String> {
 fn parse_host_port(s: &str, default: Option<u16>) -> Result<(Host, u16), String> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (h, tail) = rest.split_once(']').ok_or("an unclosed '['")?;
+        if !tail.is_empty() && !tail.starts_with(':') {
+            return Err(format!("{s:?}: expected ]:PORT after an IPv6 address"));
+        }
         (h, tail.strip_prefix(':'))
     } else if s.matches(':').count() == 1 {
         let (h, p) = s.split_once(':').unwrap_or((s, ""));
@@ -275,6 +287,10 @@ mod tests {
         assert_eq!(fields(http("http://127.0.0.1/a b")), vec!["http"]);
         assert_eq!(fields(http("http://127.0.0.1:0/")), vec!["http"]);
         assert_eq!(fields(Health { tcp: Some("127.0.0.1".into()), ..Default::default() }), vec!["tcp"]);
+        assert_eq!(fields(http("http://[::1]8080/")), vec!["http"], "not port 80");
+        assert_eq!(fields(Health { cmd: vec!["true".into()], timeout: Some("500ms".into()), ..Default::default() }), vec!["timeout"]);
+        assert_eq!(fields(Health { timeout: Some("2m".into()), ..http("http://127.0.0.1/") }), vec!["timeout"]);
+        assert_eq!(fields(Health { interval: Some("1h".into()), retries: Some(2), ..http("http://127.0.0.1/") }), vec![""]);
         assert_eq!(fields(Health { ca: Some("/ca.pem".into()), ..http("http://127.0.0.1/") }), vec!["ca"]);
         assert_eq!(fields(Health { ca: Some("ca.pem".into()), ..http("https://127.0.0.1/") }), vec!["ca"]);
         assert_eq!(
@@ -292,5 +308,8 @@ mod tests {
         }
         assert_eq!(show_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(show_duration(Duration::from_secs(3)), "3s");
+        assert_eq!(show_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(show_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(show_duration(Duration::ZERO), "0s");
     }
 }

@@ -169,6 +169,27 @@ fn check_health(c: &mut Collector, at: &str, comp: &Component, health: &super::H
         Ok(check) => check,
         Err(errors) => return errors.into_iter().for_each(|(f, why)| c.push(field(&f), why)),
     };
+    // Probes go to this component's own published ports (or, on the host's network, to this
+    // node's loopback): a deploy key must not make the agent reach anything else.
+    if let super::Probe::Http { host, port, .. } | super::Probe::Tcp { host, port } = &check.probe {
+        let which = if matches!(check.probe, super::Probe::Http { .. }) { "http" } else { "tcp" };
+        let loopback = host.ip().is_loopback();
+        let ok = if comp.network.as_deref() == Some("host") && comp.kind == Kind::Container {
+            loopback
+        } else {
+            comp.ports.iter().filter_map(|p| parse_port(p).ok()).any(|p| {
+                p.host_port == Some(*port) && p.proto == "tcp" && (loopback || p.ip.as_deref().is_some_and(|ip| ip.parse::<IpAddr>().ok() == Some(host.ip())))
+            })
+        };
+        if !ok {
+            let why = if comp.network.as_deref() == Some("host") {
+                format!("{host}:{port}: on the host's network a probe goes to 127.0.0.1 or localhost")
+            } else {
+                format!("{host}:{port} is not a port this component publishes (ports = {:?}); the agent probes the node's side of a published TCP port", comp.ports)
+            };
+            c.push(field(which), why);
+        }
+    }
     if comp.kind == Kind::Unikernel {
         match check.probe {
             super::Probe::Cmd(_) => c.push(field("cmd"), "runs inside a container; a unikernel has no exec: probe it with http or tcp through a forwarded port"),
@@ -469,6 +490,25 @@ mod tests {
     fn first_error(p: &Plan) -> String {
         let e = validate(p, "t.toml").unwrap_err();
         format!("{}: {}", e.errors[0].field, e.errors[0].message)
+    }
+
+    #[test]
+    fn probes_go_only_to_published_ports_or_loopback_on_the_host_network() {
+        let mut p = plan();
+        p.components[0].ports = vec!["127.0.0.1:8080:80".into(), "9000:90".into(), "10.0.0.5:9100:91".into(), "9200:92/udp".into()];
+        let probe = |p: &mut Plan, url: &str| {
+            p.components[0].health = Some(crate::plan::Health { http: Some(url.into()), ..Default::default() });
+            validate(p, "t").err().map(|e| e.errors[0].field.clone())
+        };
+        for ok in ["http://127.0.0.1:8080/", "http://localhost:8080/", "http://[::1]:9000/", "http://10.0.0.5:9100/"] {
+            assert_eq!(probe(&mut p, ok), None, "{ok}");
+        }
+        for bad in ["http://127.0.0.1:22/", "http://10.0.0.6:9100/", "http://10.0.0.5:8080/", "http://127.0.0.1:9200/"] {
+            assert_eq!(probe(&mut p, bad).as_deref(), Some("components[0].health.http"), "{bad}");
+        }
+        p.components[0].network = Some("host".into());
+        assert_eq!(probe(&mut p, "http://127.0.0.1:22/"), None);
+        assert!(probe(&mut p, "http://10.0.0.5:9100/").is_some());
     }
 
     #[test]

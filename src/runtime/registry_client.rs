@@ -106,7 +106,12 @@ pub fn read_response(r: impl Read, head_only: bool) -> Result<Response, String> 
         Ok(())
     };
     next_line(&mut r, &mut line)?;
-    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("not an HTTP response: {:?}", line.trim()))?;
+    // What answered is outside input: never echoed.
+    let status: u16 = line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or("the answer is not an HTTP/1.x response")?;
     let mut headers = Vec::new();
     loop {
         next_line(&mut r, &mut line)?;
@@ -185,36 +190,58 @@ fn request(tls: &Arc<rustls::ClientConfig>, host_port: &str, method: &str, path:
     };
     let addr = (host, port).to_socket_addrs().map_err(|_| Cause::Unreachable)?.next().ok_or(Cause::Unreachable)?;
     let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|_| Cause::Unreachable)?;
-    let _ = tcp.set_read_timeout(Some(TIMEOUT));
-    let _ = tcp.set_write_timeout(Some(TIMEOUT));
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| Cause::Other(format!("{host}: {e}")))?;
     let conn = rustls::ClientConnection::new(tls.clone(), name).map_err(|e| Cause::Other(e.to_string()))?;
-    let end = std::time::Instant::now() + TIMEOUT * 3;
-    let mut stream = Deadline { inner: rustls::StreamOwned::new(conn, tcp), end, what: "the registry took longer than 30 s to answer" };
+    let timed = Timed::new(tcp, TIMEOUT * 3, "the registry took longer than 30 s to answer");
+    let mut stream = rustls::StreamOwned::new(conn, timed);
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nAccept: {ACCEPT}\r\nUser-Agent: mcp-agent\r\nConnection: close\r\n");
     if let Some(a) = auth {
         req.push_str(&format!("Authorization: {a}\r\n"));
     }
     req.push_str("\r\n");
-    stream.inner.write_all(req.as_bytes()).map_err(tls_cause)?;
+    stream.write_all(req.as_bytes()).map_err(tls_cause)?;
     read_response(&mut stream, method == "HEAD").map_err(|e| certificate_or(&e, Cause::Other(e.clone())))
 }
 
-/// A reader that fails once its deadline has passed (the socket's own timeout only bounds
-/// each read: a peer trickling a byte at a time must not hold the agent).
-pub struct Deadline<R> {
-    pub inner: R,
-    pub end: std::time::Instant,
-    /// The error's text.
-    pub what: &'static str,
+/// A TCP stream with one deadline for everything done on it: before every read and write the
+/// socket's timeout is set to the time left, so a peer trickling a byte at a time (during the
+/// TLS handshake too: rustls reads the socket in loops of its own) cannot hold the agent past it.
+pub struct Timed {
+    tcp: TcpStream,
+    end: std::time::Instant,
+    /// The error's text once the deadline has passed.
+    what: &'static str,
 }
 
-impl<R: Read> Read for Deadline<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if std::time::Instant::now() >= self.end {
+impl Timed {
+    pub fn new(tcp: TcpStream, limit: Duration, what: &'static str) -> Timed {
+        Timed { tcp, end: std::time::Instant::now() + limit, what }
+    }
+
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
             return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, self.what));
         }
-        self.inner.read(buf)
+        Ok(left)
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        self.tcp.read(buf).map_err(|e| if e.kind() == std::io::ErrorKind::WouldBlock { std::io::Error::new(std::io::ErrorKind::TimedOut, self.what) } else { e })
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
     }
 }
 
@@ -334,5 +361,7 @@ mod tests {
         assert!(read_response(&b"garbage\r\n\r\n"[..], true).is_err());
         let huge = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n";
         assert!(read_response(&huge[..], false).is_err(), "a chunk size past the bound is an error, not an overflow");
+        let banner = read_response(&b"SSH-2.0-OpenSSH_9.2 200 secret-banner\r\n\r\n"[..], true).unwrap_err();
+        assert!(!banner.contains("secret"), "what answered is never echoed: {banner}");
     }
 }
