@@ -98,7 +98,7 @@ fn ssh_section(cmd: &[String]) {
         let mut text = format!("[services]\ndir = \"{}\"\n", env.services.display());
         for (i, n) in nodes.iter().take(count).enumerate() {
             text.push_str(&format!(
-                "[[nodes]]\nname = \"n{i}\"\naddress = \"{}\"\nuser = \"root\"\nagent = \"{}\"\n",
+                "[[nodes]]\nname = \"n{i}\"\naddress = \"{}\"\nuser = \"root\"\nagent = \"{} --settle-ms 0\"\n",
                 n.address(),
                 agent_command(&n.state)
             ));

@@ -1,5 +1,6 @@
-//! `mcp service export --format kube`: the YAML runs under `podman kube play` as it is and
-//! serves what the mcp-deployed service served; `podman kube down` removes it again.
+//! `mcp service export --format kube`: the YAML passes the Kubernetes API's schemas (strict,
+//! offline), runs under `podman kube play` as it is and serves what the mcp-deployed service
+//! served; `podman kube down` removes it again.
 //! (quadlet units cannot run here: podman 4.3 has no quadlet; their text is unit-tested.)
 
 mod common;
@@ -41,6 +42,18 @@ fn exported_kube_yaml_runs_under_podman_kube_play() {
     for want in ["kind: \"Pod\"", &format!("hostPort: {port}"), &format!("mcp.service: \"{svc}\""), "restartPolicy: \"Always\"", "livenessProbe:", "readinessProbe:"] {
         assert!(text.contains(want), "{want} in:\n{text}");
     }
+
+    // The Kubernetes API's own schemas (v1.30, strict: an unknown field fails), offline:
+    // kubernetes-validate from PyPI, installed by scripts/install-deps.
+    let validate = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/py/bin/kubernetes-validate");
+    assert!(validate.exists(), "{} is missing: run scripts/install-deps", validate.display());
+    let out = std::process::Command::new(&validate).args(["--strict", "-k", "1.30.0"]).arg(&yaml).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.contains(&format!("passed for resource pod/{svc}-web")), "{said}");
+    let broken = env.dir.path().join("broken.yaml");
+    std::fs::write(&broken, text.replace("periodSeconds", "periodSecs")).unwrap();
+    let out = std::process::Command::new(&validate).args(["--strict", "-k", "1.30.0"]).arg(&broken).output().unwrap();
+    assert!(!out.status.success(), "the check can fail: an unknown field is refused");
 
     // mcp's copy out of the way (it holds the port), the exported one in its place.
     env.ok(&["stop", &svc]);
