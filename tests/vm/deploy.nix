@@ -17,6 +17,8 @@ pkgs.testers.nixosTest {
     workstation.succeed("mcp deploy hello")
     workstation.wait_until_succeeds("curl -sf http://node:8080/ | grep 'hello from mcp'", timeout=120)
     workstation.succeed("mcp status hello --json | grep '\"observed\": \"running\"'")
+    # The deploy waited for its health check; the daemon keeps probing it.
+    workstation.wait_until_succeeds("mcp status hello --json | grep '\"health\": \"healthy\"'", timeout=60)
     out = workstation.succeed("mcp deploy hello")
     assert "unchanged" in out, out
     # The daemon, the SSH session and an admin see one podman: the container is in mcp-podman's list.

@@ -43,6 +43,9 @@ in
   services = {
     hello = container "hello" ''
       ports = ["0.0.0.0:8080:8080"]
+      [components.health]
+      http = "http://127.0.0.1:8080/"
+      start_period = "60s"
     '';
     sticky = container "sticky" ''
       restart = "always"
