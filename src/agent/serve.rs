@@ -118,12 +118,29 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
     }
     drop(tx);
     drop(health_stop);
-    let _ = health.join();
-    let _ = monitor.join();
-    let _ = follower.join();
+    // Bounded: a thread stuck in a runtime call (each has its own deadline) is left behind;
+    // its children die with the process.
+    if !join_within(vec![health, monitor, follower], SHUTDOWN_GRACE) {
+        tracing::warn!("the monitor is still busy {}s after the stop (a slow or hung podman call?); exiting anyway", SHUTDOWN_GRACE.as_secs());
+    }
     drop(alerts);
     drop(lock);
     Ok(())
+}
+
+/// How long a stopping daemon waits for its monitor, event follower and health watch.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Join `threads`, waiting at most `limit` for all of them; false when some still run.
+fn join_within(threads: Vec<std::thread::JoinHandle<()>>, limit: std::time::Duration) -> bool {
+    let (done, joined) = mpsc::channel();
+    std::thread::spawn(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = done.send(());
+    });
+    joined.recv_timeout(limit).is_ok()
 }
 
 /// The daemon's socket, if a daemon answers on it.

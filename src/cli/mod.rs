@@ -165,7 +165,8 @@ pub async fn run(cli: Cli) -> Result<()> {
 impl Ctx {
     pub fn transport(&self, node: &NodeConfig) -> Result<Box<dyn Transport>, TransportError> {
         if node.is_local() {
-            return Ok(Box::new(LocalTransport::new(&node.name, node.agent.as_deref())?));
+            let local = LocalTransport::new(&node.name, node.agent.as_deref())?;
+            return Ok(Box::new(local.with_timeouts(self.ssh.connect_timeout, self.ssh.request_timeout)));
         }
         Ok(Box::new(SshTransport::new(node, self.ssh.clone())?))
     }

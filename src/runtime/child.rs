@@ -36,6 +36,50 @@ pub fn wait_at_most(child: &mut Child, limit: Duration) -> std::io::Result<Optio
     }
 }
 
+/// What a bounded run of a command gave: its exit status (None: killed at the limit), its
+/// stdout and the tail of its stderr.
+#[derive(Debug)]
+pub struct Bounded {
+    pub status: Option<ExitStatus>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// The most stdout a bounded run keeps (a listing of thousands of containers fits).
+const MAX_STDOUT: u64 = 256 << 20;
+
+/// Run `cmd` to its end, at most `limit`: past it the child is killed and reaped. The child
+/// dies with the thread that waits for it (so with the agent). stdout is kept whole up to
+/// [`MAX_STDOUT`], stderr's last 64 KiB.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> std::io::Result<Bounded> {
+    use std::process::Stdio;
+    die_with_parent(cmd, libc::SIGKILL);
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, out) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut limited = stdout.take(MAX_STDOUT);
+        let _ = limited.read_to_end(&mut all);
+        let _ = tx.send(all);
+        // Whatever is past the bound is read and dropped: the child never blocks on a full pipe.
+        let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
+    });
+    let err = drain_tail(child.stderr.take().expect("piped"), 64 << 10);
+    let status = wait_at_most(&mut child, limit)?;
+    // A grandchild may still hold the pipes open: what came so far, not a wait for its end.
+    let grace = Instant::now() + PIPE_GRACE;
+    let stdout = out.recv_timeout(PIPE_GRACE).unwrap_or_default();
+    while !err.is_finished() && Instant::now() < grace {
+        std::thread::sleep(POLL);
+    }
+    let stderr = if err.is_finished() { err.join().unwrap_or_default() } else { Vec::new() };
+    Ok(Bounded { status, stdout, stderr })
+}
+
+/// How long a finished child's pipes may stay open (held by a process it left behind).
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+
 /// What an exited child wrote to its piped stderr (empty if it was not piped).
 pub fn stderr_of(child: &mut Child) -> String {
     let mut text = String::new();
@@ -83,6 +127,15 @@ mod tests {
         let mut slow = Command::new("sleep").arg("30").spawn().unwrap();
         assert_eq!(wait_at_most(&mut slow, Duration::from_millis(100)).unwrap(), None);
         assert!(slow.try_wait().unwrap().is_some(), "killed and reaped");
+    }
+
+    #[test]
+    fn a_bounded_run_gives_up_at_its_limit_and_keeps_output() {
+        let done = output_within(Command::new("sh").args(["-c", "echo out; echo err >&2; exit 4"]), Duration::from_secs(30)).unwrap();
+        assert_eq!((done.status.and_then(|s| s.code()), done.stdout.as_slice(), done.stderr.as_slice()), (Some(4), &b"out\n"[..], &b"err\n"[..]));
+        let hung = output_within(Command::new("sh").args(["-c", "echo started; exec sleep 600"]), Duration::from_millis(300)).unwrap();
+        assert!(hung.status.is_none(), "killed at the limit");
+        assert_eq!(hung.stdout, b"started\n");
     }
 
     #[test]

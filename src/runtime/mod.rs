@@ -183,6 +183,8 @@ pub enum RuntimeError {
     NetworkMissing { network: String },
     #[error("could not write {what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("`{program} {step}` did not finish within {secs} s and was killed (hung? the limit is [podman] call_timeout_secs in agent.toml)")]
+    Hung { program: &'static str, step: String, secs: u64 },
     #[error("{0}")]
     Unsupported(String),
     #[error("no {kind} with id {id}")]

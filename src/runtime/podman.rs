@@ -50,9 +50,16 @@ pub struct PodmanConfig {
     /// Seconds a pull may take before it is stopped (default 1800).
     #[serde(default)]
     pub pull_timeout_secs: Option<u64>,
+    /// Seconds any other podman call may take before it is killed (default 120); stop,
+    /// restart and rm get the container's own stop timeout on top.
+    #[serde(default)]
+    pub call_timeout_secs: Option<u64>,
 }
 
 pub const DEFAULT_SETTLE_MS: u64 = 1500;
+pub const DEFAULT_CALL_TIMEOUT_SECS: u64 = 120;
+/// podman's stop timeout when a container sets none.
+const PODMAN_STOP_TIMEOUT: u64 = 10;
 
 /// `podman run -d ...` for a component, minus the global flags. `env_file` carries the
 /// environment so that values (possibly secrets) never appear in argv or logs.
@@ -247,11 +254,13 @@ pub struct Podman {
     pub(super) images: std::sync::Mutex<std::collections::HashMap<String, super::podman_images::Seen>>,
     /// Where env files are written (mode 0600, deleted right after `podman run`).
     scratch: PathBuf,
+    /// Stop timeouts of containers (id -> seconds), for the deadline of stop and restart.
+    stop_timeouts: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Podman {
     pub fn new(config: PodmanConfig, scratch: PathBuf) -> Self {
-        Podman { config, program: OnceLock::new(), images: Default::default(), scratch }
+        Podman { config, program: OnceLock::new(), images: Default::default(), scratch, stop_timeouts: Default::default() }
     }
 
     fn program(&self) -> Result<&Path, RuntimeError> {
@@ -272,16 +281,40 @@ impl Podman {
         Ok(cmd)
     }
 
-    /// Run podman with `args`; stdout on success.
+    /// How long one podman call may take (stop, restart and rm: plus the stop timeout).
+    pub(super) fn call_limit(&self) -> Duration {
+        Duration::from_secs(self.config.call_timeout_secs.unwrap_or(DEFAULT_CALL_TIMEOUT_SECS))
+    }
+
+    /// Run podman with `args`, at most the call limit; stdout on success.
     pub(super) fn run(&self, args: &[String]) -> Result<String, RuntimeError> {
+        self.run_within(args, self.call_limit())
+    }
+
+    /// Run podman with `args`, killed past `limit` (a hung podman must not hold the agent, the
+    /// service's lock or the monitor); stdout on success.
+    pub(super) fn run_within(&self, args: &[String], limit: Duration) -> Result<String, RuntimeError> {
         let step = args.first().cloned().unwrap_or_default();
         tracing::debug!(step = %step, "podman");
-        let out = self.command(args)?.output().map_err(|source| self.spawn_error(&step, source))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(classify(&step, out.status.code().unwrap_or(-1), &String::from_utf8_lossy(&out.stderr)))
+        let out = super::child::output_within(&mut self.command(args)?, limit).map_err(|source| self.spawn_error(&step, source))?;
+        match out.status {
+            None => Err(RuntimeError::Hung { program: "podman", step, secs: limit.as_secs() }),
+            Some(s) if s.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+            Some(s) => Err(classify(&step, s.code().unwrap_or(-1), &String::from_utf8_lossy(&out.stderr))),
         }
+    }
+
+    /// How long stopping `id` may take: its stop timeout (from its create, else asked of
+    /// podman), on top of the call limit.
+    fn stop_limit(&self, id: &str) -> Duration {
+        let known = self.stop_timeouts.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied();
+        let secs = known.unwrap_or_else(|| {
+            let asked = self.run(&["inspect".into(), "--type".into(), "container".into(), "--format".into(), "{{.Config.StopTimeout}}".into(), id.into()]);
+            let secs = asked.ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(PODMAN_STOP_TIMEOUT);
+            self.stop_timeouts.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), secs);
+            secs
+        });
+        self.call_limit() + Duration::from_secs(secs)
     }
 
     pub(super) fn spawn_error(&self, step: &str, source: std::io::Error) -> RuntimeError {
@@ -375,13 +408,16 @@ impl Runtime for Podman {
                 Err(e)
             }
         };
-        match attempt(&argv) {
+        let made = match attempt(&argv) {
             Err(RuntimeError::NetworkMissing { network }) if comp.network.as_deref() == Some(network.as_str()) => {
                 self.ensure_network(&network)?;
                 attempt(&argv)
             }
             other => other,
-        }
+        }?;
+        let stop_timeout = comp.stop_timeout.map_or(PODMAN_STOP_TIMEOUT, u64::from);
+        self.stop_timeouts.lock().unwrap_or_else(|p| p.into_inner()).insert(made.clone(), stop_timeout);
+        Ok(made)
     }
 
     fn start(&self, id: &str) -> Result<(), RuntimeError> {
@@ -389,15 +425,18 @@ impl Runtime for Podman {
     }
 
     fn stop(&self, id: &str) -> Result<(), RuntimeError> {
-        self.run(&simple_argv("stop", id)).map(|_| ())
+        self.run_within(&simple_argv("stop", id), self.stop_limit(id)).map(|_| ())
     }
 
     fn restart(&self, id: &str) -> Result<(), RuntimeError> {
-        self.run(&simple_argv("restart", id)).map(|_| ())
+        self.run_within(&simple_argv("restart", id), self.stop_limit(id)).map(|_| ())
     }
 
     fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        self.run(&simple_argv("rm", id)).map(|_| ())
+        // `rm -f -t 10`: ten seconds to stop, whatever the container says.
+        self.run_within(&simple_argv("rm", id), self.call_limit() + Duration::from_secs(PODMAN_STOP_TIMEOUT)).map(|_| ())?;
+        self.stop_timeouts.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        Ok(())
     }
 
     fn rename(&self, id: &str, new_name: &str) -> Result<(), RuntimeError> {
@@ -424,7 +463,7 @@ impl Runtime for Podman {
 
     fn tail_logs(&self, id: &str, lines: u32) -> String {
         let Ok(mut cmd) = self.command(&logs_argv(id, Some(lines), false)) else { return String::new() };
-        match cmd.output() {
+        match super::child::output_within(&mut cmd, self.call_limit()) {
             Ok(out) => {
                 let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
                 s.push_str(&String::from_utf8_lossy(&out.stderr));

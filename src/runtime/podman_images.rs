@@ -86,8 +86,12 @@ impl Podman {
 
     /// `podman image inspect`: remember the image's id and digest; false when it is not here.
     fn inspect_image(&self, image: &str) -> Result<bool, RuntimeError> {
-        let out = self.command(&registries::inspect_argv(image))?.output().map_err(|e| self.spawn_error("image inspect", e))?;
-        if !out.status.success() {
+        let out = super::child::output_within(&mut self.command(&registries::inspect_argv(image))?, self.call_limit())
+            .map_err(|e| self.spawn_error("image inspect", e))?;
+        let Some(status) = out.status else {
+            return Err(RuntimeError::Hung { program: "podman", step: "image inspect".into(), secs: self.call_limit().as_secs() });
+        };
+        if !status.success() {
             return Ok(false);
         }
         let seen = registries::parse_inspect(&String::from_utf8_lossy(&out.stdout), image);
@@ -292,11 +296,15 @@ impl Registries for Podman {
 
     fn logout(&self, registry: &str) -> Result<bool, RuntimeError> {
         self.auth_file()?;
-        let out = self.command(&registries::logout_argv(registry))?.output().map_err(|e| self.spawn_error("logout", e))?;
+        let out = super::child::output_within(&mut self.command(&registries::logout_argv(registry))?, self.call_limit())
+            .map_err(|e| self.spawn_error("logout", e))?;
+        let Some(status) = out.status else {
+            return Err(RuntimeError::Hung { program: "podman", step: "logout".into(), secs: self.call_limit().as_secs() });
+        };
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let was_in = out.status.success();
+        let was_in = status.success();
         if !was_in && !stderr.contains("not logged into") {
-            return Err(RuntimeError::Exit { program: "podman", step: "logout".into(), code: out.status.code().unwrap_or(-1), stderr: stderr.trim().to_string() });
+            return Err(RuntimeError::Exit { program: "podman", step: "logout".into(), code: status.code().unwrap_or(-1), stderr: stderr.trim().to_string() });
         }
         let certs = certs_dir(&certs_root(), registry);
         let _ = std::fs::remove_file(certs.join(MCP_CA));

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
@@ -14,6 +15,10 @@ pub struct LocalTransport {
     node: String,
     /// Program and arguments, e.g. `["/usr/bin/mcp-agent", "rpc"]`.
     argv: Vec<String>,
+    /// Longest wait for the agent's hello (a daemon that is stopped or stuck never answers).
+    connect_timeout: Duration,
+    /// Longest silence accepted within one request (as over SSH).
+    request_timeout: Duration,
 }
 
 impl LocalTransport {
@@ -34,7 +39,14 @@ impl LocalTransport {
         })?;
         let mut argv = argv;
         argv[0] = program.to_string_lossy().into_owned();
-        Ok(LocalTransport { node: node.to_string(), argv })
+        Ok(LocalTransport { node: node.to_string(), argv, connect_timeout: Duration::from_secs(10), request_timeout: Duration::from_secs(300) })
+    }
+
+    /// The same limits `--connect-timeout` and `--timeout` set for SSH nodes.
+    pub fn with_timeouts(mut self, connect: Duration, request: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.request_timeout = request;
+        self
     }
 }
 
@@ -87,10 +99,17 @@ impl Transport for LocalTransport {
                 .map_err(|source| TransportError::Spawn { node: self.node.clone(), command: self.argv.join(" "), source })?;
             let stdin = child.stdin.take().expect("piped");
             let stdout = child.stdout.take().expect("piped");
-            match Session::start(&self.node, Box::new(stdout), Box::new(stdin), Box::new(ChildLink(child))).await {
-                Ok(s) => Ok(s),
-                Err(CallError::Transport(t)) => Err(t),
-                Err(CallError::Agent(e)) => Err(TransportError::Handshake { node: self.node.clone(), error: e }),
+            let start = Session::start(&self.node, Box::new(stdout), Box::new(stdin), Box::new(ChildLink(child)));
+            // On expiry the agent process is dropped, so killed (kill_on_drop).
+            match tokio::time::timeout(self.connect_timeout, start).await {
+                Err(_) => Err(TransportError::Timeout {
+                    node: self.node.clone(),
+                    what: "waiting for the local agent's hello (is its daemon stopped, or podman hung?)".into(),
+                    secs: self.connect_timeout.as_secs(),
+                }),
+                Ok(Ok(s)) => Ok(s.with_idle_timeout(self.request_timeout)),
+                Ok(Err(CallError::Transport(t))) => Err(t),
+                Ok(Err(CallError::Agent(e))) => Err(TransportError::Handshake { node: self.node.clone(), error: e }),
             }
         })
     }

@@ -107,6 +107,9 @@ pub struct Env {
     /// Extra environment for mcp (e.g. SSH_AUTH_SOCK).
     pub extra_env: RefCell<Vec<(String, String)>>,
     services_made: RefCell<Vec<String>>,
+    /// The wrapper runs `sleep <this>` instead of a subcommand while `<dir>/hang-<subcommand>`
+    /// exists (see [`Env::hang`]); unique, so the test finds its hung calls.
+    hang_marker: String,
 }
 
 impl Env {
@@ -120,9 +123,14 @@ impl Env {
         std::fs::create_dir_all(&services).unwrap();
         let podman_log = dir.path().join("podman.log");
         let wrapper = dir.path().join("podman-logged");
+        let hang_marker = format!("600.{}{n}", std::process::id());
         std::fs::write(
             &wrapper,
-            format!("#!/bin/sh\necho \"$*\" >> '{}'\nexec podman \"$@\"\n", podman_log.display()),
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{}'\nif [ -e '{}/hang-'\"$1\" ]; then exec sleep {hang_marker}; fi\nexec podman \"$@\"\n",
+                podman_log.display(),
+                dir.path().display()
+            ),
         )
         .unwrap();
         std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -139,6 +147,7 @@ impl Env {
             home,
             extra_env: RefCell::new(Vec::new()),
             services_made: RefCell::new(Vec::new()),
+            hang_marker,
         };
         env.write_config(&format!(
             "{AGENT} rpc --state-dir {} --podman {}",
@@ -215,6 +224,21 @@ impl Env {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+
+    /// From now on the agent's `podman <subcommand>` hangs (a `sleep` that never ends).
+    pub fn hang(&self, subcommand: &str) {
+        std::fs::write(self.dir.path().join(format!("hang-{subcommand}")), "").unwrap();
+    }
+
+    /// `podman <subcommand>` works again (calls already hung stay hung).
+    pub fn release(&self, subcommand: &str) {
+        let _ = std::fs::remove_file(self.dir.path().join(format!("hang-{subcommand}")));
+    }
+
+    /// Whether a hung podman call of this test still runs.
+    pub fn hung_podman(&self) -> bool {
+        process_running(&format!("sleep {} ", self.hang_marker))
     }
 
     /// `mcp ...` that must succeed.

@@ -1,0 +1,134 @@
+//! Faults never wedge the agent or the CLI (#17): a stopped daemon, a podman call that never
+//! returns. Real agent, real podman behind a wrapper that hangs on chosen subcommands.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `mcp args...` that must end within `limit` (else it is killed and the test fails).
+fn mcp_within(env: &Env, args: &[&str], limit: Duration) -> Run {
+    let mut child = Command::new(MCP)
+        .arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .current_dir(env.dir.path())
+        .env("HOME", &env.home)
+        .env("XDG_CONFIG_HOME", env.home.join(".config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mcp {args:?} still ran after {limit:?}: it hangs");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Run { code: status.code().unwrap_or(-1), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+/// #17.7: with the daemon stopped (SIGSTOP), the local node's commands give up after the
+/// connect timeout, exit 3 and say why; they used to wait forever.
+#[test]
+fn a_stopped_daemon_does_not_hang_the_cli() {
+    let env = Env::new();
+    let daemon = env.start_daemon(&[]);
+    signal(daemon.pid(), libc::SIGSTOP);
+    let r = mcp_within(&env, &["--connect-timeout", "2", "status"], Duration::from_secs(60));
+    signal(daemon.pid(), libc::SIGCONT);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("local agent's hello") && r.stderr.contains("2"), "{}", r.stderr);
+    // Awake again: answered as before.
+    env.ok(&["status"]);
+}
+
+/// `<state>/agent.toml` with a short podman call limit (the state dir made as the agent would).
+fn short_call_limit(env: &Env, secs: u64) {
+    std::fs::create_dir_all(&env.state).unwrap();
+    std::fs::set_permissions(&env.state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(env.state.join("agent.toml"), format!("[podman]\ncall_timeout_secs = {secs}\n")).unwrap();
+}
+
+/// #17.1: a podman call that never returns is killed at its deadline; the request fails
+/// saying so (it used to hang for good, holding the service's lock).
+#[test]
+fn a_hung_podman_call_is_given_up_and_killed() {
+    let env = Env::new();
+    short_call_limit(&env, 2);
+    let svc = env.svc("hung");
+    env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
+    env.ok(&["deploy", &svc]);
+    env.hang("stop");
+    let r = mcp_within(&env, &["stop", &svc], Duration::from_secs(60));
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    // The limit: 2 s for the call plus the container's 1 s stop timeout.
+    assert!(r.stderr.contains("`podman stop` did not finish within 3 s and was killed"), "{}", r.stderr);
+    assert!(!env.hung_podman(), "the hung call was killed");
+    env.release("stop");
+    env.ok(&["stop", &svc]);
+    assert_eq!(env.container_state(&format!("{svc}-web")).as_deref(), Some("exited"));
+}
+
+/// #17.1: the daemon's monitor gets past a hung `podman ps` (it used to stop for every
+/// service); SIGTERM stops a daemon whose monitor is stuck in a call, and SIGKILL leaves no
+/// hung child behind.
+#[test]
+fn the_daemon_outlives_a_hung_podman_and_stops_in_bounded_time() {
+    let env = Env::new();
+    short_call_limit(&env, 2);
+    let svc = env.svc("stuck");
+    env.define(&svc, &http_service(&svc, free_port(), "restart = \"always\"\nstop_timeout = 1"));
+    env.ok(&["deploy", &svc]);
+    let daemon = env.start_daemon(&["--sweep-secs", "1"]);
+    env.hang("ps");
+    assert!(wait_for(Duration::from_secs(30), || env.hung_podman().then_some(())).is_some(), "a sweep calls podman ps");
+    env.release("ps");
+    // The monitor carries on: a killed container is brought back.
+    podman_ok(&["kill", &format!("{svc}-web")]);
+    let repair = env.wait_event(&svc, "repair", Duration::from_secs(60)).expect("repaired after the hung call was given up");
+    assert!(repair.contains("restarted"), "{repair}");
+
+    drop(daemon);
+
+    // With the default call limit (120 s) a hung call outlasts the stop: the daemon waits 10 s
+    // for its monitor, then exits anyway.
+    std::fs::remove_file(env.state.join("agent.toml")).unwrap();
+    env.hang("ps");
+    let mut daemon = env.start_daemon(&["--sweep-secs", "1"]);
+    assert!(wait_for(Duration::from_secs(30), || env.hung_podman().then_some(())).is_some());
+    let asked = Instant::now();
+    signal(daemon.pid(), libc::SIGTERM);
+    let exited = wait_for(Duration::from_secs(60), || daemon.child.try_wait().unwrap());
+    assert!(exited.is_some(), "SIGTERM stops a daemon stuck in a podman call; log:\n{}", daemon.log_text());
+    println!("SIGTERM to exit with a hung podman child: {:.1} s", asked.elapsed().as_secs_f64());
+    assert!(daemon.log_text().contains("exiting anyway"), "{}", daemon.log_text());
+    assert!(wait_for(Duration::from_secs(10), || (!env.hung_podman()).then_some(())).is_some(), "its hung child died with it");
+
+    let daemon = env.start_daemon(&[]);
+    assert!(wait_for(Duration::from_secs(30), || env.hung_podman().then_some(())).is_some(), "its first sweep hangs in ps");
+    signal(daemon.pid(), libc::SIGKILL);
+    assert!(wait_for(Duration::from_secs(10), || (!env.hung_podman()).then_some(())).is_some(), "a hung child dies with a SIGKILLed agent");
+    env.release("ps");
+}
