@@ -13,6 +13,9 @@ use super::Qemu;
 use crate::registry::now_ms;
 use crate::runtime::RuntimeError;
 
+/// How long qemu may take to set a VM up and daemonize.
+const START_LIMIT: Duration = Duration::from_secs(120);
+
 /// Parse a QMP reply line: Some(Ok(return)) / Some(Err(error)) for answers, None for events
 /// and the greeting.
 pub fn qmp_reply(line: &str) -> Option<Result<serde_json::Value, String>> {
@@ -63,16 +66,18 @@ impl Qemu {
         let argv = qemu_argv(rec, &paths);
         tracing::debug!(vm = %rec.name, "qemu {}", argv.join(" "));
         let program = self.program()?;
-        let out = Command::new(program)
-            .args(&argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
+        // -daemonize: qemu returns once the VM is set up (not booted); a qemu that never does is
+        // killed at the limit.
+        let mut cmd = Command::new(program);
+        cmd.args(&argv).stdin(Stdio::null());
+        let out = super::super::child::output_within(&mut cmd, START_LIMIT)
             .map_err(|source| RuntimeError::Spawn { program: program.display().to_string(), step: "start".into(), source })?;
-        if !out.status.success() {
+        let Some(status) = out.status else {
+            return Err(RuntimeError::Hung { program: "qemu", step: format!("start {}", rec.name), secs: START_LIMIT.as_secs() });
+        };
+        if !status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(RuntimeError::Exit { program: "qemu", step: format!("start {}", rec.name), code: out.status.code().unwrap_or(-1), stderr });
+            return Err(RuntimeError::Exit { program: "qemu", step: format!("start {}", rec.name), code: status.code().unwrap_or(-1), stderr });
         }
         rec.started_at = Some(now_ms() / 1000);
         self.save(rec)

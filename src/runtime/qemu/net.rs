@@ -14,6 +14,9 @@ use crate::runtime::bake::nanos::StaticIp;
 use crate::runtime::address::Pool;
 use crate::runtime::RuntimeError;
 
+/// How long one `ip` call may take.
+const IP_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A VM's place on an isolated network: its tap on a bridge with no address on the host.
 /// Components sharing a `network` name share a bridge; without one, each service gets its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,12 +74,14 @@ pub fn static_ip(assigned: &str) -> Result<StaticIp, String> {
 impl Qemu {
     fn ip(&self, args: &[String]) -> Result<String, RuntimeError> {
         let ip = which::which("ip").map_err(|source| RuntimeError::Missing { program: "ip (iproute2)".into(), source })?;
-        let out = Command::new(ip)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
+        let mut cmd = Command::new(ip);
+        cmd.args(args).stdin(Stdio::null());
+        let out = crate::runtime::child::output_within(&mut cmd, IP_LIMIT)
             .map_err(|source| RuntimeError::Spawn { program: "ip".into(), step: args.join(" "), source })?;
-        if out.status.success() {
+        let Some(status) = out.status else {
+            return Err(RuntimeError::Hung { program: "ip", step: args.join(" "), secs: IP_LIMIT.as_secs() });
+        };
+        if status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -87,7 +92,7 @@ impl Qemu {
                 args.join(" ")
             )));
         }
-        Err(RuntimeError::Exit { program: "ip", step: args.join(" "), code: out.status.code().unwrap_or(-1), stderr })
+        Err(RuntimeError::Exit { program: "ip", step: args.join(" "), code: status.code().unwrap_or(-1), stderr })
     }
 
     fn link_exists(&self, name: &str) -> bool {
