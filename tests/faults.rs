@@ -132,3 +132,27 @@ fn the_daemon_outlives_a_hung_podman_and_stops_in_bounded_time() {
     assert!(wait_for(Duration::from_secs(10), || (!env.hung_podman()).then_some(())).is_some(), "a hung child dies with a SIGKILLed agent");
     env.release("ps");
 }
+
+/// #17.3: while another writer holds the registry locked (as a full disk would refuse
+/// writes), a killed component is still brought back: the monitor repairs first and records
+/// the repair once the registry can be written (it used to give up the sweep at the first
+/// failed write, leaving the component down).
+#[test]
+fn a_registry_that_cannot_be_written_does_not_stop_repairs() {
+    let env = Env::new();
+    let svc = env.svc("locked");
+    env.define(&svc, &http_service(&svc, free_port(), "restart = \"always\"\nstop_timeout = 1"));
+    env.ok(&["deploy", &svc]);
+    let _daemon = env.start_daemon(&[]);
+    let name = format!("{svc}-web");
+    let db = rusqlite::Connection::open(env.state.join("registry.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    podman_ok(&["kill", &name]);
+    // Every write waits out the registry's 10 s busy timeout and fails; the repair goes ahead.
+    let back = wait_for(Duration::from_secs(120), || (env.container_state(&name).as_deref() == Some("running")).then_some(()));
+    assert!(back.is_some(), "brought back while the registry was locked");
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    let repair = env.wait_event(&svc, "repair", Duration::from_secs(90)).expect("the repair is recorded once the registry takes writes");
+    assert!(repair.contains("restarted"), "{repair}");
+}

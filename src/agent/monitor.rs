@@ -48,6 +48,8 @@ pub const DEFAULT_MAX_AGE_DAYS: u64 = 90;
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// A service being changed by a request is looked at again this soon.
 const BUSY_RETRY: Duration = Duration::from_millis(500);
+/// Events kept while the registry cannot be written (the oldest go first).
+const MAX_UNRECORDED: usize = 1000;
 /// A component that stayed up this long after its last repair starts a fresh backoff.
 const STREAK_RESET: Duration = Duration::from_secs(60);
 
@@ -273,6 +275,8 @@ pub struct Monitor {
     wake_at: Option<Instant>,
     /// Unhealthy instances whose restart waits (backoff, a busy service).
     unhealthy: Vec<(String, String, String)>,
+    /// Events of repairs done while the registry could not be written.
+    unrecorded: Vec<NewEvent>,
 }
 
 impl Monitor {
@@ -286,6 +290,7 @@ impl Monitor {
             streaks: HashMap::new(),
             wake_at: None,
             unhealthy: Vec::new(),
+            unrecorded: Vec::new(),
         }
     }
 
@@ -361,6 +366,7 @@ impl Monitor {
 
     /// One look at everything: record drift transitions, repair, prune old events.
     pub fn sweep(&mut self) -> Result<(), crate::proto::RpcError> {
+        self.flush_unrecorded();
         let all = self.cache.refresh(self.agent.runtime())?;
         let records = self.agent.registry().services()?;
         let found = findings(&records, &all);
@@ -371,7 +377,10 @@ impl Monitor {
         // Objects of services the registry does not know: nothing to lock or repair.
         let foreign = transitions(&old, &found, &|s| !registered.contains(s), now);
         if !foreign.is_empty() {
-            self.agent.registry().record_drift(&foreign.upsert, &foreign.resolved, &foreign.events)?;
+            if let Err(e) = self.agent.registry().record_drift(&foreign.upsert, &foreign.resolved, &foreign.events) {
+                // Not written: the next sweep sees the same transition and tries again.
+                tracing::warn!(error = %e, "cannot record drift; trying again at the next sweep");
+            }
         }
         // Registered services that changed or need a repair get a fresh look under their lock.
         let changed = transitions(&old, &found, &|s| registered.contains(s), now);
@@ -384,12 +393,16 @@ impl Monitor {
             }
         }
         for service in visit {
-            self.visit(&service)?;
+            // One service's trouble (a hung call, a locked registry) does not stop the others.
+            if let Err(e) = self.visit(&service) {
+                tracing::warn!(service, error = %e, "cannot look at the service; trying again at the next sweep");
+            }
         }
         let (max_count, max_age) = self.retention;
-        let pruned = self.agent.registry().prune_events(max_count, max_age)?;
-        if pruned > 0 {
-            tracing::debug!(pruned, "old events pruned");
+        match self.agent.registry().prune_events(max_count, max_age) {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "old events pruned"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune old events"),
         }
         Ok(())
     }
@@ -414,7 +427,11 @@ impl Monitor {
         let old = self.agent.registry().drift()?;
         let changes = transitions(&old, &found, &|s| s == service, now_ms());
         if !changes.is_empty() {
-            self.agent.registry().record_drift(&changes.upsert, &changes.resolved, &changes.events)?;
+            // Repairs come first: a registry that cannot be written (full disk, locked) must
+            // not keep a component down. The drift is recorded at a later look.
+            if let Err(e) = self.agent.registry().record_drift(&changes.upsert, &changes.resolved, &changes.events) {
+                tracing::warn!(service, error = %e, "cannot record drift; repairing anyway");
+            }
         }
         for f in &found {
             let Some(want) = record.component(&f.component) else { continue };
@@ -482,19 +499,38 @@ impl Monitor {
                 tracing::info!(service, component = %component, what, attempt, "repaired");
                 let message = format!("{what} {name} (restart policy {policy}, repair {attempt} in a row)");
                 let event = NewEvent { service: service.into(), component: Some(component.clone()), kind: "repair".into(), message };
-                self.agent.registry().record_repair(service, &component, &event)
+                self.agent.registry().record_repair(service, &component, &event).map_err(|e| (e, event))
             }
             Err(e) => {
                 tracing::warn!(service, component = %component, error = %e, "repair failed");
                 let message = format!("could not bring back {name} (restart policy {policy}, try {attempt}): {e}");
                 let event = NewEvent { service: service.into(), component: Some(component), kind: "repair.failed".into(), message };
-                self.agent.registry().record_events(&[event])
+                self.agent.registry().record_events(std::slice::from_ref(&event)).map_err(|e| (e, event))
             }
         };
-        if let Err(e) = recorded {
-            tracing::warn!(error = %e, "cannot record the repair");
+        if let Err((e, event)) = recorded {
+            tracing::warn!(error = %e, "cannot record the repair yet; kept until the registry can be written");
+            self.keep_unrecorded(event);
         }
         true
+    }
+
+    /// An event the registry could not take: written at the next sweep that can.
+    fn keep_unrecorded(&mut self, event: NewEvent) {
+        if self.unrecorded.len() >= MAX_UNRECORDED {
+            self.unrecorded.remove(0);
+        }
+        self.unrecorded.push(event);
+    }
+
+    fn flush_unrecorded(&mut self) {
+        if self.unrecorded.is_empty() {
+            return;
+        }
+        match self.agent.registry().record_events(&self.unrecorded) {
+            Ok(()) => self.unrecorded.clear(),
+            Err(e) => tracing::warn!(error = %e, kept = self.unrecorded.len(), "the registry still cannot take events"),
+        }
     }
 }
 
