@@ -156,3 +156,36 @@ fn a_registry_that_cannot_be_written_does_not_stop_repairs() {
     let repair = env.wait_event(&svc, "repair", Duration::from_secs(90)).expect("the repair is recorded once the registry takes writes");
     assert!(repair.contains("restarted"), "{repair}");
 }
+
+/// #17.2: a deploy whose registry write fails after the runtime steps (the registry held
+/// locked by another writer) undoes them: the previous container runs again under its name,
+/// nothing new is left (it used to keep the new container running, unknown to the registry,
+/// beside a stopped `.mcp-old`).
+#[test]
+fn a_deploy_the_registry_cannot_record_is_undone() {
+    let env = Env::new();
+    let svc = env.svc("unrecorded");
+    let port = free_port();
+    env.define(&svc, &http_service(&svc, port, "stop_timeout = 1"));
+    env.ok(&["deploy", &svc]);
+    let name = format!("{svc}-web");
+    let id = env.container_id(&name).unwrap();
+    env.define(&svc, &http_service(&svc, port, "stop_timeout = 1\nenv = { VERSION = \"2\" }"));
+    // The daemon has its registry open (a standalone agent would wait for the lock to open it).
+    let _daemon = env.start_daemon(&[]);
+    let db = rusqlite::Connection::open(env.state.join("registry.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let r = mcp_within(&env, &["deploy", &svc], Duration::from_secs(120));
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("registry could not record it") && r.stderr.contains("the previous version was restored"), "{}", r.stderr);
+    let names = podman_ok(&["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("label=mcp.service={svc}")]);
+    assert_eq!(names, name, "only the previous container, under its own name");
+    assert_eq!(env.container_id(&name).as_deref(), Some(id.as_str()));
+    assert_eq!(env.container_state(&name).as_deref(), Some("running"));
+    assert_eq!(http_get(port, Duration::from_secs(20)).as_deref(), Some("hello from the test image\n"));
+    // With the registry writable again the same deploy goes through.
+    env.ok(&["deploy", &svc]);
+    assert_ne!(env.container_id(&name).as_deref(), Some(id.as_str()));
+}

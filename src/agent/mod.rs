@@ -82,6 +82,8 @@ struct Applied {
     events: Vec<NewEvent>,
     /// Irreversible: old containers of replacements, and removed components.
     to_remove: Vec<(String, String)>,
+    /// How to take the runtime steps back if the registry cannot record them.
+    undo: Vec<Undo>,
 }
 
 impl Agent {
@@ -372,7 +374,21 @@ impl Agent {
                 return Err(e);
             }
         };
-        self.registry().save_service(record, &applied.events)?;
+        // The commit point. A registry that cannot take it (full disk, locked, damaged) must not
+        // leave the node changed behind its back: the runtime steps are undone.
+        if let Err(e) = self.registry().save_service(record, &applied.events) {
+            progress(Progress { component: None, message: format!("cannot record the deploy ({e}); rolling back") });
+            let undone = self.rollback(applied.undo);
+            let message = if undone.is_empty() {
+                format!("deploy of {service} failed: the agent's registry could not record it ({e}); the previous version was restored and is unchanged")
+            } else {
+                format!(
+                    "deploy of {service} failed: the agent's registry could not record it ({e}); ROLLBACK ALSO FAILED, check `mcp status {service}`: {}",
+                    undone.join("; ")
+                )
+            };
+            return Err(RpcError::new(ErrorCode::Registry, message));
+        }
         let mut cleanup_errors = Vec::new();
         for (component, id) in &applied.to_remove {
             progress(Progress { component: Some(component.clone()), message: format!("removing {}", short(id)) });
@@ -477,7 +493,10 @@ impl Agent {
             outcome = self.wait_up(record, &fresh, progress);
         }
         match outcome {
-            Ok(()) => Ok(applied),
+            Ok(()) => {
+                applied.undo = undo;
+                Ok(applied)
+            }
             Err(ExecError::NameInUse(name)) if undo.is_empty() => Err(ExecError::NameInUse(name)),
             Err(e) => {
                 let cause = match e {
