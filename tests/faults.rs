@@ -189,3 +189,29 @@ fn a_deploy_the_registry_cannot_record_is_undone() {
     env.ok(&["deploy", &svc]);
     assert_ne!(env.container_id(&name).as_deref(), Some(id.as_str()));
 }
+
+/// #17.4: a rename that happened but reported a failure is undone too, and the error says
+/// the previous version is back only because the runtime shows it is (it used to leave the
+/// old container running as `<name>.mcp-old` while claiming it was restored). Here every
+/// rename reports a failure, the rollback's own rename included.
+#[test]
+fn a_rename_that_happened_but_failed_is_rolled_back_by_what_the_runtime_shows() {
+    let env = Env::new();
+    let svc = env.svc("renamed");
+    let port = free_port();
+    env.define(&svc, &http_service(&svc, port, "stop_timeout = 1"));
+    env.ok(&["deploy", &svc]);
+    let name = format!("{svc}-web");
+    let id = env.container_id(&name).unwrap();
+    env.define(&svc, &http_service(&svc, port, "stop_timeout = 1\nenv = { VERSION = \"2\" }"));
+    env.fail_after("rename");
+    let r = mcp_within(&env, &["deploy", &svc], Duration::from_secs(120));
+    env.release("rename");
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("injected failure") && r.stderr.contains("the previous version was restored"), "{}", r.stderr);
+    let names = podman_ok(&["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("label=mcp.service={svc}")]);
+    assert_eq!(names, name, "no .mcp-old left");
+    assert_eq!(env.container_id(&name).as_deref(), Some(id.as_str()));
+    assert_eq!(http_get(port, Duration::from_secs(20)).as_deref(), Some("hello from the test image\n"));
+    env.ok(&["deploy", &svc]);
+}

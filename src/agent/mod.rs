@@ -13,6 +13,7 @@ pub mod monitor;
 pub mod policy;
 mod preview;
 mod probe;
+mod rollback;
 pub mod reconcile;
 pub mod rpc;
 pub mod serve;
@@ -31,6 +32,7 @@ use crate::proto::{
 use crate::registry::{now_ms, ComponentRecord, Desired, NewEvent, Registry, RegistryError, ServiceRecord};
 use crate::runtime::{Observed, Runtime, RuntimeError};
 use reconcile::{reconcile, Action};
+use rollback::Undo;
 
 pub const REGISTRY_FILE: &str = "registry.db";
 /// Per-service lock files (`<state>/locks/<service>.lock`): deploys of one service are
@@ -65,14 +67,6 @@ pub struct Agent {
     policy: policy::Policy,
     /// What the health watch (and the deploy's gate) last saw.
     health: std::sync::Arc<health::Board>,
-}
-
-/// What to undo if a later step fails.
-enum Undo {
-    RemoveNew { id: String },
-    RestoreOld { old_id: String, name: String, was_running: bool, new_id: Option<String> },
-    Stop { id: String },
-    Start { id: String },
 }
 
 /// What a successful run of actions leaves to do once nothing can fail any more.
@@ -442,8 +436,10 @@ impl Agent {
                     let c = spec_of(&component);
                     let name = instance_name(service, &component);
                     note(&mut *progress, &component, format!("replacing {name} with spec {} (image {})", c.hash, c.spec.image));
-                    self.runtime.rename(old_id, &reconcile::old_name(service, &component)).map_err(ExecError::from)?;
+                    // Undone from what the runtime then shows: a rename that happened but reported
+                    // a failure is taken back too.
                     undo.push(Undo::RestoreOld { old_id: old_id.clone(), name: name.clone(), was_running: *old_running, new_id: None });
+                    self.runtime.rename(old_id, &reconcile::old_name(service, &component)).map_err(ExecError::from)?;
                     if *old_running {
                         self.runtime.stop(old_id).map_err(ExecError::from)?;
                     }
@@ -516,38 +512,6 @@ impl Agent {
                 Err(ExecError::Failed(RpcError::new(ErrorCode::RolledBack, message)))
             }
         }
-    }
-
-    fn rollback(&self, undo: Vec<Undo>) -> Vec<String> {
-        let mut errors = Vec::new();
-        let mut check = |r: Result<(), RuntimeError>| {
-            if let Err(e) = r {
-                errors.push(e.to_string());
-            }
-        };
-        for u in undo.into_iter().rev() {
-            match u {
-                Undo::RemoveNew { id } => check(self.runtime.remove(&id)),
-                Undo::RestoreOld { old_id, name, was_running, new_id } => {
-                    if let Some(id) = new_id {
-                        check(self.runtime.remove(&id));
-                    }
-                    // A failed create may have left a container under the name.
-                    if let Ok(Some(o)) = self.runtime.by_name(&name) {
-                        if o.id != old_id {
-                            check(self.runtime.remove(&o.id));
-                        }
-                    }
-                    check(self.runtime.rename(&old_id, &name));
-                    if was_running {
-                        check(self.runtime.start(&old_id));
-                    }
-                }
-                Undo::Stop { id } => check(self.runtime.stop(&id)),
-                Undo::Start { id } => check(self.runtime.start(&id)),
-            }
-        }
-        errors
     }
 
     /// The plan as the registry holds it.

@@ -127,9 +127,10 @@ impl Env {
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\necho \"$*\" >> '{}'\nif [ -e '{}/hang-'\"$1\" ]; then exec sleep {hang_marker}; fi\nexec podman \"$@\"\n",
+                "#!/bin/sh\necho \"$*\" >> '{}'\nif [ -e '{d}/hang-'\"$1\" ]; then exec sleep {hang_marker}; fi\n\
+                 if [ -e '{d}/fail-after-'\"$1\" ]; then podman \"$@\"; echo 'Error: injected failure' >&2; exit 125; fi\nexec podman \"$@\"\n",
                 podman_log.display(),
-                dir.path().display()
+                d = dir.path().display()
             ),
         )
         .unwrap();
@@ -231,9 +232,15 @@ impl Env {
         std::fs::write(self.dir.path().join(format!("hang-{subcommand}")), "").unwrap();
     }
 
+    /// From now on the agent's `podman <subcommand>` does its work, then reports a failure.
+    pub fn fail_after(&self, subcommand: &str) {
+        std::fs::write(self.dir.path().join(format!("fail-after-{subcommand}")), "").unwrap();
+    }
+
     /// `podman <subcommand>` works again (calls already hung stay hung).
     pub fn release(&self, subcommand: &str) {
         let _ = std::fs::remove_file(self.dir.path().join(format!("hang-{subcommand}")));
+        let _ = std::fs::remove_file(self.dir.path().join(format!("fail-after-{subcommand}")));
     }
 
     /// Whether a hung podman call of this test still runs.
