@@ -215,3 +215,53 @@ fn a_rename_that_happened_but_failed_is_rolled_back_by_what_the_runtime_shows() 
     assert_eq!(http_get(port, Duration::from_secs(20)).as_deref(), Some("hello from the test image\n"));
     env.ok(&["deploy", &svc]);
 }
+
+/// #17.6: alerts queued when the daemon dies are not lost: the restarted daemon alerts on
+/// them from where the last one stopped (before, 8 of 12 were lost on SIGKILL); a hook that
+/// runs when the daemon is killed dies with it (and its event is alerted again).
+#[test]
+fn queued_alerts_survive_a_killed_daemon() {
+    let env = Env::new();
+    let svc = env.svc("alerted");
+    let out = env.dir.path().join("alerted.txt");
+    let hook = env.dir.path().join("slow-hook.sh");
+    std::fs::write(&hook, format!("#!/bin/sh\necho \"start $MCP_EVENT_ID\" >> '{o}'\nsleep 3\necho \"end $MCP_EVENT_ID\" >> '{o}'\n", o = out.display())).unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let lines = |what: &str| -> Vec<i64> {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.lines().filter_map(|l| l.strip_prefix(what)?.trim().parse().ok()).collect()
+    };
+    let conf = env.dir.path().join("agent.toml");
+    std::fs::write(&conf, format!("[alert]\ncommand = [\"{}\"]\nkinds = [\"drift.stopped\"]\n", hook.display())).unwrap();
+    // Six components killed at once: six events at once; the hook takes 3 s each.
+    let mut def = format!("name = \"{svc}\"\nnode = \"local\"\n");
+    for i in 0..6 {
+        def.push_str(&format!("[[components]]\nname = \"c{i}\"\nimage = \"{IMAGE}\"\ncmd = [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 600 & wait\"]\n"));
+    }
+    env.define(&svc, &def);
+    env.ok(&["deploy", &svc]);
+    let daemon = env.start_daemon(&["--config", conf.to_str().unwrap()]);
+    let names: Vec<String> = (0..6).map(|i| format!("{svc}-c{i}")).collect();
+    let mut kill = vec!["kill"];
+    kill.extend(names.iter().map(String::as_str));
+    podman_ok(&kill);
+    assert!(wait_for(Duration::from_secs(30), || (!lines("start ").is_empty()).then_some(())).is_some(), "the hook runs");
+    signal(daemon.pid(), libc::SIGKILL);
+    drop(daemon);
+    assert!(wait_for(Duration::from_secs(10), || (!process_running(hook.to_str().unwrap())).then_some(())).is_some());
+    let (started, ended) = (lines("start "), lines("end "));
+    assert_eq!(started.len(), ended.len() + 1, "the hook running at the kill died with the daemon: {started:?} {ended:?}");
+    assert!(ended.len() < 6, "the daemon was killed with alerts still queued");
+
+    let ids: Vec<i64> = env.ok(&["status", &svc, "--json", "--events", "100"]).json()["nodes"][0]["result"]["services"][0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "drift.stopped")
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    let _daemon = env.start_daemon(&["--config", conf.to_str().unwrap()]);
+    let alerted = wait_for(Duration::from_secs(90), || ids.iter().all(|id| lines("end ").contains(id)).then_some(()));
+    assert!(alerted.is_some(), "every event alerted after the restart: {:?} of {ids:?}", lines("end "));
+}

@@ -35,6 +35,8 @@ pub struct AlertConfig {
 
 pub const DEFAULT_KINDS: &[&str] = &["drift", "repair", "deploy_failed", "health"];
 const FAILED: &str = "alert.failed";
+/// The registry's note of the last event the hook was run for.
+const ALERTED: &str = "alerted_upto";
 
 /// Whether events of `kind` are alerted on.
 pub fn matches(kinds: &[String], kind: &str) -> bool {
@@ -81,29 +83,77 @@ impl Alerter {
         (tx, handle)
     }
 
+    /// Alert on what was left when the daemon last stopped, then on events as they come. The
+    /// registry keeps the last event handled, so a stop (even SIGKILL) loses none: one that was
+    /// being handled is alerted again.
     fn run(&self, agent: &Agent, rx: Receiver<Event>) {
+        // None: where alerting stopped is unknown; only new events are alerted on.
+        let mut done = self.resume_point(agent).map_err(|e| tracing::warn!(error = %e, "cannot read where alerting stopped")).ok();
+        while let Some(upto) = done {
+            let backlog = match agent.registry().events_after(upto, 100) {
+                Ok(b) if !b.is_empty() => b,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the events left to alert on");
+                    break;
+                }
+            };
+            for event in backlog {
+                done = Some(event.id);
+                self.handle(agent, &event);
+            }
+        }
         for event in rx {
-            if !matches(&self.kinds, &event.kind) {
+            // Already handled from the backlog.
+            if done.is_some_and(|upto| event.id <= upto) {
                 continue;
             }
-            if let Err(why) = self.fire(&event) {
-                tracing::warn!(event = event.id, kind = %event.kind, error = %why, "alert hook failed");
-                let failed = NewEvent {
-                    service: event.service.clone(),
-                    component: event.component.clone(),
-                    kind: FAILED.into(),
-                    message: format!("alert hook {:?} failed for event {} ({}): {why}", self.config.command[0], event.id, event.kind),
-                };
-                if let Err(e) = agent.registry().record_events(&[failed]) {
-                    tracing::warn!(error = %e, "cannot record the alert failure");
-                }
+            done = done.map(|_| event.id);
+            self.handle(agent, &event);
+        }
+    }
+
+    /// Where the last run stopped; the first run starts at the newest event (no history is
+    /// alerted on when a hook is first configured).
+    fn resume_point(&self, agent: &Agent) -> Result<i64, crate::registry::RegistryError> {
+        let mut registry = agent.registry();
+        match registry.meta(ALERTED)? {
+            Some(id) => Ok(id),
+            None => {
+                let now = registry.last_event_id()?;
+                registry.set_meta(ALERTED, now)?;
+                Ok(now)
             }
+        }
+    }
+
+    fn handle(&self, agent: &Agent, event: &Event) {
+        if !matches(&self.kinds, &event.kind) {
+            return;
+        }
+        if let Err(why) = self.fire(event) {
+            tracing::warn!(event = event.id, kind = %event.kind, error = %why, "alert hook failed");
+            let failed = NewEvent {
+                service: event.service.clone(),
+                component: event.component.clone(),
+                kind: FAILED.into(),
+                message: format!("alert hook {:?} failed for event {} ({}): {why}", self.config.command[0], event.id, event.kind),
+            };
+            if let Err(e) = agent.registry().record_events(&[failed]) {
+                tracing::warn!(error = %e, "cannot record the alert failure");
+            }
+        }
+        if let Err(e) = agent.registry().set_meta(ALERTED, event.id) {
+            tracing::warn!(error = %e, "cannot record how far alerting got; a restart may alert on this event again");
         }
     }
 
     /// Run the hook for one event; the error says what went wrong.
     fn fire(&self, event: &Event) -> Result<(), String> {
-        let mut child = Command::new(&self.config.command[0])
+        let mut cmd = Command::new(&self.config.command[0]);
+        // A hook dies with the daemon (its event is alerted again after the restart).
+        crate::runtime::child::die_with_parent(&mut cmd, libc::SIGKILL);
+        let mut child = cmd
             .args(&self.config.command[1..])
             .envs(env_for(event, &self.host))
             .stdin(Stdio::piped())

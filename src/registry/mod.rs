@@ -395,6 +395,30 @@ impl Registry {
         Ok(out)
     }
 
+    /// Events after `id`, oldest first, at most `limit`.
+    pub fn events_after(&self, id: i64, limit: u32) -> Result<Vec<Event>, RegistryError> {
+        let mut st = self.conn.prepare("SELECT id, time, service, component, kind, message FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let rows = st.query_map(params![id, limit], |r| {
+            Ok(Event { id: r.get(0)?, time: r.get(1)?, service: r.get(2)?, component: r.get(3)?, kind: r.get(4)?, message: r.get(5)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest event's id (0 when there is none).
+    pub fn last_event_id(&self) -> Result<i64, RegistryError> {
+        Ok(self.conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+    }
+
+    /// A number the agent keeps for itself (see schema 4).
+    pub fn meta(&self, key: &str) -> Result<Option<i64>, RegistryError> {
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    pub fn set_meta(&mut self, key: &str, value: i64) -> Result<(), RegistryError> {
+        self.conn.execute("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", params![key, value])?;
+        Ok(())
+    }
+
     /// The plan as the registry holds it (for `service show` and `export`).
     pub fn plan(&self, name: &str) -> Result<Option<Plan>, RegistryError> {
         Ok(self.service(name)?.map(|s| Plan {

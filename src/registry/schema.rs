@@ -60,11 +60,23 @@ const MIGRATIONS: &[&str] = &[
         prefix INTEGER NOT NULL,
         PRIMARY KEY (service, component)
      );",
+    // 4: small facts of the agent's own (e.g. the last event the alert hook was run for, so
+    // alerting resumes where it stopped).
+    "CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+     );",
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
 
 pub fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
+    // Current (the usual case): nothing to write, so no write lock to wait for (another writer
+    // holding it must not keep a reader from opening the registry).
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current == LATEST {
+        return Ok(());
+    }
     loop {
         // IMMEDIATE takes the write lock before reading the version, so two agents opening a
         // fresh registry at once cannot both apply the same migration.
