@@ -265,3 +265,23 @@ fn queued_alerts_survive_a_killed_daemon() {
     let alerted = wait_for(Duration::from_secs(90), || ids.iter().all(|id| lines("end ").contains(id)).then_some(()));
     assert!(alerted.is_some(), "every event alerted after the restart: {:?} of {ids:?}", lines("end "));
 }
+
+/// A client that gives up waiting (`--timeout`) does not cut the local agent's request short:
+/// the agent finishes it (as after Ctrl-C). It used to be killed with the session, its podman
+/// call with it, leaving the change half-made.
+#[test]
+fn a_client_that_gives_up_does_not_cut_the_local_agent_short() {
+    let env = Env::new();
+    let svc = env.svc("patient");
+    env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
+    env.ok(&["deploy", &svc]);
+    env.slow("stop");
+    let r = mcp_within(&env, &["--timeout", "2", "stop", &svc], Duration::from_secs(60));
+    assert_eq!(r.code, 3, "mcp gave up waiting: {}\n{}", r.stdout, r.stderr);
+    let name = format!("{svc}-web");
+    let stopped = wait_for(Duration::from_secs(60), || (env.container_state(&name).as_deref() == Some("exited")).then_some(()));
+    assert!(stopped.is_some(), "the agent finished the stop after mcp left");
+    env.release("stop");
+    let st = env.ok(&["status", &svc, "--json"]).json();
+    assert_eq!(st["nodes"][0]["result"]["services"][0]["components"][0]["desired"], "stopped", "{st}");
+}

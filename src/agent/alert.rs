@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,8 @@ pub const DEFAULT_KINDS: &[&str] = &["drift", "repair", "deploy_failed", "health
 const FAILED: &str = "alert.failed";
 /// The registry's note of the last event the hook was run for.
 const ALERTED: &str = "alerted_upto";
+/// How often the registry is looked at without a wake-up (events other processes wrote).
+const RECHECK: Duration = Duration::from_secs(30);
 
 /// Whether events of `kind` are alerted on.
 pub fn matches(kinds: &[String], kind: &str) -> bool {
@@ -83,33 +85,43 @@ impl Alerter {
         (tx, handle)
     }
 
-    /// Alert on what was left when the daemon last stopped, then on events as they come. The
-    /// registry keeps the last event handled, so a stop (even SIGKILL) loses none: one that was
-    /// being handled is alerted again.
-    fn run(&self, agent: &Agent, rx: Receiver<Event>) {
-        // None: where alerting stopped is unknown; only new events are alerted on.
-        let mut done = self.resume_point(agent).map_err(|e| tracing::warn!(error = %e, "cannot read where alerting stopped")).ok();
-        while let Some(upto) = done {
-            let backlog = match agent.registry().events_after(upto, 100) {
-                Ok(b) if !b.is_empty() => b,
-                Ok(_) => break,
+    /// Alert on every matching event after the last one handled, reading them from the
+    /// registry (whoever wrote them: this daemon, or an agent that ran while it did not); the
+    /// registry's note of the last one handled survives a stop, even SIGKILL (an event whose
+    /// hook was running then is alerted again). `wake` says something was written.
+    fn run(&self, agent: &Agent, wake: Receiver<Event>) {
+        let mut done = loop {
+            match self.resume_point(agent) {
+                Ok(id) => break id,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the events left to alert on");
+                    tracing::warn!(error = %e, "cannot read where alerting stopped; trying again");
+                    if matches!(wake.recv_timeout(RECHECK), Err(RecvTimeoutError::Disconnected)) {
+                        return;
+                    }
+                }
+            }
+        };
+        loop {
+            loop {
+                let batch = match agent.registry().events_after(done, 100) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the events to alert on; trying again");
+                        break;
+                    }
+                };
+                if batch.is_empty() {
                     break;
                 }
-            };
-            for event in backlog {
-                done = Some(event.id);
-                self.handle(agent, &event);
+                for event in batch {
+                    done = event.id;
+                    self.handle(agent, &event);
+                }
             }
-        }
-        for event in rx {
-            // Already handled from the backlog.
-            if done.is_some_and(|upto| event.id <= upto) {
-                continue;
+            match wake.recv_timeout(RECHECK) {
+                Err(RecvTimeoutError::Disconnected) => return,
+                _ => while wake.try_recv().is_ok() {},
             }
-            done = done.map(|_| event.id);
-            self.handle(agent, &event);
         }
     }
 

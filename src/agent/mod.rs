@@ -453,19 +453,22 @@ impl Agent {
                 }
                 Action::Start { id, .. } => {
                     note(&mut *progress, &component, format!("starting {}", instance_name(service, &component)));
-                    self.runtime.start(id).map_err(ExecError::from)?;
+                    // Undo first: a start that happened but reported a failure is taken back too.
                     undo.push(Undo::Stop { id: id.clone() });
+                    self.runtime.start(id).map_err(ExecError::from)?;
                     (ChangeKind::Started, format!("started {}", instance_name(service, &component)))
                 }
                 Action::Restart { id, .. } => {
                     note(&mut *progress, &component, format!("restarting {}", instance_name(service, &component)));
+                    // It ran before: a restart cut short (its stop done, its start not) is undone.
+                    undo.push(Undo::Start { id: id.clone() });
                     self.runtime.restart(id).map_err(ExecError::from)?;
                     (ChangeKind::Restarted, format!("restarted {}", instance_name(service, &component)))
                 }
                 Action::Stop { id, .. } => {
                     note(&mut *progress, &component, format!("stopping {}", instance_name(service, &component)));
-                    self.runtime.stop(id).map_err(ExecError::from)?;
                     undo.push(Undo::Start { id: id.clone() });
+                    self.runtime.stop(id).map_err(ExecError::from)?;
                     (ChangeKind::Stopped, format!("stopped {}", instance_name(service, &component)))
                 }
                 Action::Remove { id, .. } => {

@@ -77,6 +77,7 @@ where
             write(&mut output, &finish(id, Err(err))).await?;
             continue;
         }
+        let method = req.method.clone();
         let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
         let cancel = Arc::new(AtomicBool::new(false));
         let slot = agent.clone();
@@ -100,8 +101,22 @@ where
         // The client may be gone (killed, Ctrl-C): its output then fails, but the request runs
         // to its end (a deploy must not stop half-way), and only then does the session end.
         let mut output_error: Option<std::io::Error> = None;
+        // A long silent step (a slow stop, a hung call waiting for its deadline) must not look
+        // like a dead agent to a client's --timeout: a line now and then while it works. Not
+        // for a followed log, whose silence is the log's.
+        let started = tokio::time::Instant::now();
+        let mut beat = tokio::time::interval_at(started + HEARTBEAT, HEARTBEAT);
+        let beats = method_beats(&method);
         loop {
             tokio::select! {
+                _ = beat.tick(), if beats && output_error.is_none() => {
+                    let message = format!("still working on {method} ({} s)", started.elapsed().as_secs());
+                    let m = Response { id, progress: Some(Progress { component: None, message }), ..Default::default() };
+                    if let Err(e) = write(&mut output, &m).await {
+                        cancel.store(true, Ordering::SeqCst);
+                        output_error = Some(e);
+                    }
+                }
                 msg = rx.recv() => match msg {
                     Some(m) => {
                         if output_error.is_none() {
@@ -137,6 +152,14 @@ where
         }
     }
     Ok(())
+}
+
+/// How often a working request says so.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Requests that say they still work: all but a log (its silence is the log's).
+fn method_beats(method: &str) -> bool {
+    method != proto::LOGS
 }
 
 fn hello(params: &Value, daemon: bool) -> Result<Value, RpcError> {

@@ -19,8 +19,9 @@ pub fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
     }
 }
 
-/// Wait for `child` to exit, at most `limit`; past it the child is killed and reaped and
-/// `None` is returned.
+/// Wait for `child` to exit, at most `limit`; past it the child is killed (with its process
+/// group when it leads one: rootless podman re-executes itself in a child that a SIGKILL of
+/// the first process would leave running) and `None` is returned.
 pub fn wait_at_most(child: &mut Child, limit: Duration) -> std::io::Result<Option<ExitStatus>> {
     let deadline = Instant::now() + limit;
     loop {
@@ -28,12 +29,38 @@ pub fn wait_at_most(child: &mut Child, limit: Duration) -> std::io::Result<Optio
             return Ok(Some(status));
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill(child);
             return Ok(None);
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// How long a killed child may take to be reaped (one stuck in uninterruptible I/O cannot
+/// die until the I/O returns): past it a thread of its own waits for it.
+const REAP_GRACE: Duration = Duration::from_secs(2);
+
+fn kill(child: &mut Child) {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: getpgid and killpg have no memory-safety preconditions.
+    unsafe {
+        if libc::getpgid(pid) == pid {
+            libc::killpg(pid, libc::SIGKILL);
+        } else {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    let until = Instant::now() + REAP_GRACE;
+    while Instant::now() < until {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+    std::thread::spawn(move || {
+        // SAFETY: waitpid on our own child with a null status pointer.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    });
 }
 
 /// What a bounded run of a command gave: its exit status (None: killed at the limit), its
@@ -48,13 +75,31 @@ pub struct Bounded {
 /// The most stdout a bounded run keeps (a listing of thousands of containers fits).
 const MAX_STDOUT: u64 = 256 << 20;
 
-/// Run `cmd` to its end, at most `limit`: past it the child is killed and reaped. The child
-/// dies with the thread that waits for it (so with the agent). stdout is kept whole up to
-/// [`MAX_STDOUT`], stderr's last 64 KiB.
+/// Run `cmd` to its end, at most `limit`: past it the child and its process group are
+/// killed. The child dies with the thread that waits for it (so with the agent). stdout is
+/// kept whole up to [`MAX_STDOUT`], stderr's last 64 KiB.
 pub fn output_within(cmd: &mut Command, limit: Duration) -> std::io::Result<Bounded> {
+    output_with_input(cmd, limit, None)
+}
+
+/// [`output_within`], with `input` written to the child's stdin (e.g. a password: never argv).
+pub fn output_with_input(cmd: &mut Command, limit: Duration, input: Option<Vec<u8>>) -> std::io::Result<Bounded> {
+    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     die_with_parent(cmd, libc::SIGKILL);
+    cmd.process_group(0);
+    if input.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // On a thread: a child that does not read must not block us past the limit.
+        std::thread::spawn(move || {
+            use std::io::Write;
+            // A write error means the child stopped reading: its exit says why.
+            let _ = stdin.write_all(&input);
+        });
+    }
     let stdout = child.stdout.take().expect("piped");
     let (tx, out) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

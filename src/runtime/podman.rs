@@ -309,7 +309,9 @@ impl Podman {
     fn stop_limit(&self, id: &str) -> Duration {
         let known = self.stop_timeouts.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied();
         let secs = known.unwrap_or_else(|| {
-            let asked = self.run(&["inspect".into(), "--type".into(), "container".into(), "--format".into(), "{{.Config.StopTimeout}}".into(), id.into()]);
+            let inspect = ["inspect".into(), "--type".into(), "container".into(), "--format".into(), "{{.Config.StopTimeout}}".into(), id.into()];
+            // A short limit: podman hanging here would hang the stop too (given its own deadline).
+            let asked = self.run_within(&inspect, self.call_limit().min(Duration::from_secs(10)));
             let secs = asked.ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(PODMAN_STOP_TIMEOUT);
             self.stop_timeouts.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), secs);
             secs
@@ -478,8 +480,10 @@ impl Runtime for Podman {
     }
 
     fn exec_check(&self, id: &str, argv: &[String], timeout: Duration) -> Result<Option<String>, RuntimeError> {
-        let mut child = self
-            .command(&exec_argv(id, argv))?
+        let mut cmd = self.command(&exec_argv(id, argv))?;
+        super::child::die_with_parent(&mut cmd, libc::SIGKILL);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -258,19 +258,14 @@ impl Registries for Podman {
             None => None,
         };
         let outcome = (|| {
-            let mut child = self
-                .command(&registries::login_argv(registry, username))?
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
+            let mut input = password.as_bytes().to_vec();
+            input.push(b'\n');
+            let out = super::child::output_with_input(&mut self.command(&registries::login_argv(registry, username))?, self.call_limit(), Some(input))
                 .map_err(|e| self.spawn_error("login", e))?;
-            let mut stdin = child.stdin.take().expect("piped");
-            // A write error means podman already stopped reading: its exit says why.
-            let _ = stdin.write_all(password.as_bytes()).and_then(|_| stdin.write_all(b"\n"));
-            drop(stdin);
-            let out = child.wait_with_output().map_err(|e| self.spawn_error("login", e))?;
-            if out.status.success() {
+            let Some(status) = out.status else {
+                return Err(RuntimeError::Hung { program: "podman", step: "login".into(), secs: self.call_limit().as_secs() });
+            };
+            if status.success() {
                 return Ok(());
             }
             // podman does not print the password; scrub it anyway before it reaches a message.

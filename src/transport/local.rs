@@ -94,19 +94,31 @@ impl Transport for LocalTransport {
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
-                .kill_on_drop(true)
+                // Not killed when the session ends: an agent that took a request finishes it
+                // (a deploy must not stop half-way), whether mcp was interrupted or gave up
+                // waiting; it sees its input close and exits.
+                .kill_on_drop(false)
                 .spawn()
                 .map_err(|source| TransportError::Spawn { node: self.node.clone(), command: self.argv.join(" "), source })?;
+            let pid = child.id();
             let stdin = child.stdin.take().expect("piped");
             let stdout = child.stdout.take().expect("piped");
             let start = Session::start(&self.node, Box::new(stdout), Box::new(stdin), Box::new(ChildLink(child)));
-            // On expiry the agent process is dropped, so killed (kill_on_drop).
             match tokio::time::timeout(self.connect_timeout, start).await {
-                Err(_) => Err(TransportError::Timeout {
-                    node: self.node.clone(),
-                    what: "waiting for the local agent's hello (is its daemon stopped, or podman hung?)".into(),
-                    secs: self.connect_timeout.as_secs(),
-                }),
+                Err(_) => {
+                    // No request was given yet: nothing can be cut half-way. Its process group
+                    // (the agent, or the forwarder waiting on a stopped daemon) goes.
+                    if let Some(pid) = pid {
+                        // SAFETY: killpg has no memory-safety preconditions; the group is the
+                        // child's own (process_group(0)).
+                        unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
+                    }
+                    Err(TransportError::Timeout {
+                        node: self.node.clone(),
+                        what: "waiting for the local agent's hello (is its daemon stopped, or podman hung?)".into(),
+                        secs: self.connect_timeout.as_secs(),
+                    })
+                }
                 Ok(Ok(s)) => Ok(s.with_idle_timeout(self.request_timeout)),
                 Ok(Err(CallError::Transport(t))) => Err(t),
                 Ok(Err(CallError::Agent(e))) => Err(TransportError::Handshake { node: self.node.clone(), error: e }),

@@ -127,7 +127,11 @@ impl Env {
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\necho \"$*\" >> '{}'\nif [ -e '{d}/hang-'\"$1\" ]; then exec sleep {hang_marker}; fi\n\
+                // A hung call forks its sleep and waits, as rootless podman waits for the copy of
+                // itself it re-executed (which dies with it): killing only the first process at a
+                // deadline would leave the sleep.
+                "#!/bin/sh\necho \"$*\" >> '{}'\nif [ -e '{d}/hang-'\"$1\" ]; then setpriv --pdeathsig KILL sleep {hang_marker} & wait; exit 1; fi\n\
+                 if [ -e '{d}/slow-'\"$1\" ]; then sleep 5; fi\n\
                  if [ -e '{d}/fail-after-'\"$1\" ]; then podman \"$@\"; echo 'Error: injected failure' >&2; exit 125; fi\nexec podman \"$@\"\n",
                 podman_log.display(),
                 d = dir.path().display()
@@ -237,9 +241,15 @@ impl Env {
         std::fs::write(self.dir.path().join(format!("fail-after-{subcommand}")), "").unwrap();
     }
 
+    /// From now on the agent's `podman <subcommand>` waits 5 s before it does its work.
+    pub fn slow(&self, subcommand: &str) {
+        std::fs::write(self.dir.path().join(format!("slow-{subcommand}")), "").unwrap();
+    }
+
     /// `podman <subcommand>` works again (calls already hung stay hung).
     pub fn release(&self, subcommand: &str) {
         let _ = std::fs::remove_file(self.dir.path().join(format!("hang-{subcommand}")));
+        let _ = std::fs::remove_file(self.dir.path().join(format!("slow-{subcommand}")));
         let _ = std::fs::remove_file(self.dir.path().join(format!("fail-after-{subcommand}")));
     }
 
