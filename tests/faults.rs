@@ -157,6 +157,19 @@ fn a_registry_that_cannot_be_written_does_not_stop_repairs() {
     assert!(repair.contains("restarted"), "{repair}");
 }
 
+/// A service `base` deployed (its container's name and id), then defined anew (a replace
+/// pending): (service, port, container name, container id).
+fn deployed_then_redefined(env: &Env, base: &str) -> (String, u16, String, String) {
+    let svc = env.svc(base);
+    let port = free_port();
+    env.define(&svc, &http_service(&svc, port, "stop_timeout = 1"));
+    env.ok(&["deploy", &svc]);
+    let name = format!("{svc}-web");
+    let id = env.container_id(&name).unwrap();
+    env.define(&svc, &http_service(&svc, port, "stop_timeout = 1\nenv = { VERSION = \"2\" }"));
+    (svc, port, name, id)
+}
+
 /// #17.2: a deploy whose registry write fails after the runtime steps (the registry held
 /// locked by another writer) undoes them: the previous container runs again under its name,
 /// nothing new is left (it used to keep the new container running, unknown to the registry,
@@ -164,13 +177,7 @@ fn a_registry_that_cannot_be_written_does_not_stop_repairs() {
 #[test]
 fn a_deploy_the_registry_cannot_record_is_undone() {
     let env = Env::new();
-    let svc = env.svc("unrecorded");
-    let port = free_port();
-    env.define(&svc, &http_service(&svc, port, "stop_timeout = 1"));
-    env.ok(&["deploy", &svc]);
-    let name = format!("{svc}-web");
-    let id = env.container_id(&name).unwrap();
-    env.define(&svc, &http_service(&svc, port, "stop_timeout = 1\nenv = { VERSION = \"2\" }"));
+    let (svc, port, name, id) = deployed_then_redefined(&env, "unrecorded");
     // The daemon has its registry open (a standalone agent would wait for the lock to open it).
     let _daemon = env.start_daemon(&[]);
     let db = rusqlite::Connection::open(env.state.join("registry.db")).unwrap();
@@ -197,13 +204,7 @@ fn a_deploy_the_registry_cannot_record_is_undone() {
 #[test]
 fn a_rename_that_happened_but_failed_is_rolled_back_by_what_the_runtime_shows() {
     let env = Env::new();
-    let svc = env.svc("renamed");
-    let port = free_port();
-    env.define(&svc, &http_service(&svc, port, "stop_timeout = 1"));
-    env.ok(&["deploy", &svc]);
-    let name = format!("{svc}-web");
-    let id = env.container_id(&name).unwrap();
-    env.define(&svc, &http_service(&svc, port, "stop_timeout = 1\nenv = { VERSION = \"2\" }"));
+    let (svc, port, name, id) = deployed_then_redefined(&env, "renamed");
     env.fail_after("rename");
     let r = mcp_within(&env, &["deploy", &svc], Duration::from_secs(120));
     env.release("rename");

@@ -373,15 +373,8 @@ impl Agent {
         if let Err(e) = self.registry().save_service(record, &applied.events) {
             progress(Progress { component: None, message: format!("cannot record the deploy ({e}); rolling back") });
             let undone = self.rollback(applied.undo);
-            let message = if undone.is_empty() {
-                format!("deploy of {service} failed: the agent's registry could not record it ({e}); the previous version was restored and is unchanged")
-            } else {
-                format!(
-                    "deploy of {service} failed: the agent's registry could not record it ({e}); ROLLBACK ALSO FAILED, check `mcp status {service}`: {}",
-                    undone.join("; ")
-                )
-            };
-            return Err(RpcError::new(ErrorCode::Registry, message));
+            let cause = format!("the agent's registry could not record it ({e})");
+            return Err(RpcError::new(ErrorCode::Registry, rollback::failed_deploy(service, &cause, &undone)));
         }
         let mut cleanup_errors = Vec::new();
         for (component, id) in &applied.to_remove {
@@ -503,16 +496,8 @@ impl Agent {
                     ExecError::Failed(e) => e.message,
                 };
                 progress(Progress { component: None, message: format!("failed: {cause}; rolling back") });
-                let rollback_errors = self.rollback(undo);
-                let message = if rollback_errors.is_empty() {
-                    format!("deploy of {service} failed: {cause}; the previous version was restored and is unchanged")
-                } else {
-                    format!(
-                        "deploy of {service} failed: {cause}; ROLLBACK ALSO FAILED, check `mcp status {service}`: {}",
-                        rollback_errors.join("; ")
-                    )
-                };
-                Err(ExecError::Failed(RpcError::new(ErrorCode::RolledBack, message)))
+                let undone = self.rollback(undo);
+                Err(ExecError::Failed(RpcError::new(ErrorCode::RolledBack, rollback::failed_deploy(service, &cause, &undone))))
             }
         }
     }

@@ -14,6 +14,16 @@ pub(super) enum Undo {
     Start { id: String },
 }
 
+/// What a failed deploy tells the user: why, and what the rollback left (`wrong`, from
+/// [`Agent::rollback`]).
+pub(super) fn failed_deploy(service: &str, cause: &str, wrong: &[String]) -> String {
+    if wrong.is_empty() {
+        format!("deploy of {service} failed: {cause}; the previous version was restored and is unchanged")
+    } else {
+        format!("deploy of {service} failed: {cause}; ROLLBACK ALSO FAILED, check `mcp status {service}`: {}", wrong.join("; "))
+    }
+}
+
 impl Agent {
     /// Undo `undo` (last step first); returns what is not as it was before the deploy, after
     /// looking (empty: everything restored).
