@@ -38,13 +38,7 @@ fn main() {
         // Raw podman, same container (name, port, command).
         let name = format!("{}-raw{round}-web", env.prefix);
         raw.push(time(|| {
-            let st = Command::new("podman")
-                .args(["run", "-d", "--name", &name, "-p", &format!("127.0.0.1:{port}:8080"), IMAGE])
-                .args(&cmd)
-                .stdout(std::process::Stdio::null())
-                .status()
-                .unwrap();
-            assert!(st.success());
+            podman_run_http(&name, port, IMAGE);
         }));
         podman_ok(&["rm", "-f", "-t", "0", &name]);
 

@@ -7,8 +7,6 @@ mod common;
 #[path = "common/stats.rs"]
 mod stats;
 
-use std::process::Command;
-
 use common::*;
 use stats::{median, ms, time};
 
@@ -21,20 +19,13 @@ fn main() {
     let env = Env::new();
     env.write_config(&format!("{AGENT} rpc --state-dir {}", env.state.display()));
     let port = free_port();
-    let cmd: Vec<String> = serde_json::from_str(HTTPD_CMD).unwrap();
     let health = format!("\n[components.health]\nhttp = \"http://127.0.0.1:{port}/\"\ninterval = \"1s\"\nstart_period = \"30s\"\n");
 
     let (mut raw, mut fresh, mut fresh_checked, mut replace, mut replace_checked) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let name = format!("{}-raw{round}-web", env.prefix);
         raw.push(time(|| {
-            let st = Command::new("podman")
-                .args(["run", "-d", "--name", &name, "-p", &format!("127.0.0.1:{port}:8080"), IMAGE])
-                .args(&cmd)
-                .stdout(std::process::Stdio::null())
-                .status()
-                .unwrap();
-            assert!(st.success());
+            podman_run_http(&name, port, IMAGE);
         }));
         podman_ok(&["rm", "-f", "-t", "0", &name]);
 

@@ -42,7 +42,6 @@ fn main() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let port = free_port();
-    let cmd: Vec<String> = serde_json::from_str(HTTPD_CMD).unwrap();
     let pull = |quiet: bool| {
         let st = Command::new("podman")
             .arg("pull")
@@ -63,13 +62,7 @@ fn main() {
         let name = format!("{}-raw{round}-web", env.prefix);
         raw.push(time(|| {
             pull(true);
-            let st = Command::new("podman")
-                .args(["run", "-d", "--name", &name, "-p", &format!("127.0.0.1:{port}:8080"), &image])
-                .args(&cmd)
-                .stdout(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(st.success());
+            podman_run_http(&name, port, &image);
         }));
         podman_ok(&["rm", "-f", "-t", "0", &name]);
         // An image present: what `pull = "always"` costs when nothing moved.

@@ -19,6 +19,13 @@ pub fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
     }
 }
 
+/// A child the agent waits for with a deadline: it dies with the agent, and leads a process
+/// group of its own, which [`wait_at_most`] kills whole at the deadline.
+pub fn tie_to_agent(cmd: &mut Command) {
+    die_with_parent(cmd, libc::SIGKILL);
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
+}
+
 /// Wait for `child` to exit, at most `limit`; past it the child is killed (with its process
 /// group when it leads one: rootless podman re-executes itself in a child that a SIGKILL of
 /// the first process would leave running) and `None` is returned.
@@ -84,10 +91,8 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> std::io::Result<Boun
 
 /// [`output_within`], with `input` written to the child's stdin (e.g. a password: never argv).
 pub fn output_with_input(cmd: &mut Command, limit: Duration, input: Option<Vec<u8>>) -> std::io::Result<Bounded> {
-    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
-    die_with_parent(cmd, libc::SIGKILL);
-    cmd.process_group(0);
+    tie_to_agent(cmd);
     if input.is_some() {
         cmd.stdin(Stdio::piped());
     }

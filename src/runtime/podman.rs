@@ -291,16 +291,26 @@ impl Podman {
         self.run_within(args, self.call_limit())
     }
 
-    /// Run podman with `args`, killed past `limit` (a hung podman must not hold the agent, the
-    /// service's lock or the monitor); stdout on success.
+    /// Run podman with `args`, killed past `limit`; stdout on success.
     pub(super) fn run_within(&self, args: &[String], limit: Duration) -> Result<String, RuntimeError> {
         let step = args.first().cloned().unwrap_or_default();
-        tracing::debug!(step = %step, "podman");
-        let out = super::child::output_within(&mut self.command(args)?, limit).map_err(|source| self.spawn_error(&step, source))?;
+        let (status, stdout, stderr) = self.call(&step, args, limit, None)?;
+        if status.success() {
+            Ok(String::from_utf8_lossy(&stdout).into_owned())
+        } else {
+            Err(classify(&step, status.code().unwrap_or(-1), &String::from_utf8_lossy(&stderr)))
+        }
+    }
+
+    /// Run podman with `args` (and `input` on its stdin), killed past `limit` (a hung podman
+    /// must not hold the agent, the service's lock or the monitor): its exit status, stdout and
+    /// stderr; `step` names it in errors.
+    pub(super) fn call(&self, step: &str, args: &[String], limit: Duration, input: Option<Vec<u8>>) -> Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), RuntimeError> {
+        tracing::debug!(step, "podman");
+        let out = super::child::output_with_input(&mut self.command(args)?, limit, input).map_err(|source| self.spawn_error(step, source))?;
         match out.status {
-            None => Err(RuntimeError::Hung { program: "podman", step, secs: limit.as_secs() }),
-            Some(s) if s.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-            Some(s) => Err(classify(&step, s.code().unwrap_or(-1), &String::from_utf8_lossy(&out.stderr))),
+            Some(status) => Ok((status, out.stdout, out.stderr)),
+            None => Err(RuntimeError::Hung { program: "podman", step: step.to_string(), secs: limit.as_secs() }),
         }
     }
 
@@ -481,8 +491,7 @@ impl Runtime for Podman {
 
     fn exec_check(&self, id: &str, argv: &[String], timeout: Duration) -> Result<Option<String>, RuntimeError> {
         let mut cmd = self.command(&exec_argv(id, argv))?;
-        super::child::die_with_parent(&mut cmd, libc::SIGKILL);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        super::child::tie_to_agent(&mut cmd);
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

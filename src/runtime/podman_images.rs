@@ -86,15 +86,11 @@ impl Podman {
 
     /// `podman image inspect`: remember the image's id and digest; false when it is not here.
     fn inspect_image(&self, image: &str) -> Result<bool, RuntimeError> {
-        let out = super::child::output_within(&mut self.command(&registries::inspect_argv(image))?, self.call_limit())
-            .map_err(|e| self.spawn_error("image inspect", e))?;
-        let Some(status) = out.status else {
-            return Err(RuntimeError::Hung { program: "podman", step: "image inspect".into(), secs: self.call_limit().as_secs() });
-        };
+        let (status, stdout, _) = self.call("image inspect", &registries::inspect_argv(image), self.call_limit(), None)?;
         if !status.success() {
             return Ok(false);
         }
-        let seen = registries::parse_inspect(&String::from_utf8_lossy(&out.stdout), image);
+        let seen = registries::parse_inspect(&String::from_utf8_lossy(&stdout), image);
         let digest = registries::choose_digest(&seen, || self.tag_digest(image).ok().flatten());
         self.remember(image, seen.id, digest);
         Ok(true)
@@ -260,16 +256,12 @@ impl Registries for Podman {
         let outcome = (|| {
             let mut input = password.as_bytes().to_vec();
             input.push(b'\n');
-            let out = super::child::output_with_input(&mut self.command(&registries::login_argv(registry, username))?, self.call_limit(), Some(input))
-                .map_err(|e| self.spawn_error("login", e))?;
-            let Some(status) = out.status else {
-                return Err(RuntimeError::Hung { program: "podman", step: "login".into(), secs: self.call_limit().as_secs() });
-            };
+            let (status, _, stderr) = self.call("login", &registries::login_argv(registry, username), self.call_limit(), Some(input))?;
             if status.success() {
                 return Ok(());
             }
             // podman does not print the password; scrub it anyway before it reaches a message.
-            let stderr = String::from_utf8_lossy(&out.stderr).replace(password, "***");
+            let stderr = String::from_utf8_lossy(&stderr).replace(password, "***");
             Err(RuntimeError::Login { registry: registry.to_string(), cause: registries::classify(&stderr).describe(registry) })
         })();
         match (&outcome, previous) {
@@ -291,12 +283,8 @@ impl Registries for Podman {
 
     fn logout(&self, registry: &str) -> Result<bool, RuntimeError> {
         self.auth_file()?;
-        let out = super::child::output_within(&mut self.command(&registries::logout_argv(registry))?, self.call_limit())
-            .map_err(|e| self.spawn_error("logout", e))?;
-        let Some(status) = out.status else {
-            return Err(RuntimeError::Hung { program: "podman", step: "logout".into(), secs: self.call_limit().as_secs() });
-        };
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (status, _, stderr) = self.call("logout", &registries::logout_argv(registry), self.call_limit(), None)?;
+        let stderr = String::from_utf8_lossy(&stderr);
         let was_in = status.success();
         if !was_in && !stderr.contains("not logged into") {
             return Err(RuntimeError::Exit { program: "podman", step: "logout".into(), code: status.code().unwrap_or(-1), stderr: stderr.trim().to_string() });

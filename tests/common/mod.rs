@@ -553,6 +553,19 @@ pub fn process_running(needle: &str) -> bool {
     })
 }
 
+/// `podman run -d` by hand of the container [`http_service`] describes (name, port, `image`,
+/// the httpd command): what the benchmarks compare mcp with.
+pub fn podman_run_http(name: &str, port: u16, image: &str) {
+    let cmd: Vec<String> = serde_json::from_str(HTTPD_CMD).unwrap();
+    let st = Command::new("podman")
+        .args(["run", "-d", "--name", name, "-p", &format!("127.0.0.1:{port}:8080"), image])
+        .args(&cmd)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "podman run -d {name}");
+}
+
 /// A one-component HTTP service definition on `port`.
 pub fn http_service(name: &str, port: u16, extra: &str) -> String {
     format!(
