@@ -137,22 +137,31 @@ fn program_form_over_user_networking_full_lifecycle() {
 
 /// Isolated networks inside a namespace this test makes: the agent gives each Nanos VM a static
 /// address; two on one network name reach each other at theirs, one on its own bridge does not.
+/// The agent probes a VM there at its own address (`self`) from the network's probe namespace:
+/// a healthy one is deployed, one that fails its check is rolled back, and the probe namespace
+/// goes with the network's last VM.
 #[test]
 fn isolated_nanos_services_reach_each_other_at_assigned_addresses() {
     let env = Env::new();
-    let ns = Netns::new(&format!("mcp{}", env.prefix));
-    let ns = ns.name();
+    let netns = Netns::new(&format!("mcp{}", env.prefix));
+    let ns = netns.name();
     agent_toml(&env.state, "");
-    env.write_config(&format!("ip netns exec {ns} {AGENT} rpc --state-dir {}", env.state.display()));
+    // nsenter, not `ip netns exec`: the agent stays in the node's mount namespace, as a real
+    // one does, so the probe namespaces it makes are seen by every later request.
+    env.write_config(&format!("nsenter --net=/run/netns/{ns} {AGENT} rpc --state-dir {}", env.state.display()));
     let www = env.dir.path().join("www");
     write(&www.join("index.html"), "from web\n");
     let prog = &programs().static_tls;
     let (web, friend, stranger) = (env.svc("web"), env.svc("friend"), env.svc("stranger"));
-    let web_def = |network: &str| {
-        program_service(&web, prog, &format!("cmd = [\"serve\", \"8080\", \"/srv/www\"]\nvolumes = [\"{}:/srv/www\"]\n{network}", www.display()))
+    let web_def = |health: &str| {
+        let fields = format!("cmd = [\"serve\", \"8080\", \"/srv/www\"]\nvolumes = [\"{}:/srv/www\"]\nnetwork = \"shared\"\n{health}", www.display());
+        program_service(&web, prog, &fields)
     };
-    env.define(&web, &web_def("network = \"shared\"\n"));
-    env.ok(&["deploy", &web]);
+    let serving = format!("[components.health]\nhttp = \"http://self:8080/index.html\"\ninterval = \"1s\"\nstart_period = \"{}s\"\n", BOOT.as_secs());
+    env.define(&web, &web_def(&serving));
+    let deployed = env.ok(&["deploy", &web]);
+    assert!(deployed.stderr.contains("is healthy after"), "probed at its own address: {}", deployed.stderr);
+    assert_eq!(netns.probe_namespaces().len(), 1, "one probe namespace for the shared network");
     let address_of = |svc: &str| -> String {
         let ps = env.ok(&["ps", "--json"]).json();
         let found = ps["nodes"][0]["result"]["containers"].as_array().unwrap().iter().find(|c| c["service"] == svc).cloned();
@@ -173,6 +182,7 @@ fn isolated_nanos_services_reach_each_other_at_assigned_addresses() {
     let addrs = [web_addr.clone(), address_of(&friend), address_of(&stranger)];
     assert!(addrs.iter().all(|a| a.starts_with("10.213.") && a.ends_with("/16")), "{addrs:?}");
     assert!(addrs[0] != addrs[1] && addrs[1] != addrs[2] && addrs[0] != addrs[2], "{addrs:?}");
+    assert!(!addrs.contains(&"10.213.0.1/16".to_string()), "the gateway is the probe namespace's, never a VM's");
     let st = env.ok(&["status", &friend, "--json"]).json();
     assert_eq!(st["nodes"][0]["result"]["services"][0]["components"][0]["address"].as_str(), Some(addrs[1].as_str()), "{st}");
     assert!(env.ok(&["ps"]).stdout.contains(&addrs[1]), "ps shows the address");
@@ -180,14 +190,43 @@ fn isolated_nanos_services_reach_each_other_at_assigned_addresses() {
     write(&www.join("index.html"), "from web 2\n");
     assert_eq!(change(&env.ok(&["deploy", &web, "--json"]).json()), "replaced");
     assert_eq!(address_of(&web), web_addr, "stable across a replace");
-    let friend_sees_new = wait_for(BOOT, || env.ok(&["logs", &friend]).stdout.contains("probe ok: from web 2").then_some(()));
-    assert!(friend_sees_new.is_some(), "the replaced web answers at the same address");
+    let seen_new = || env.ok(&["logs", &friend]).stdout.matches("probe ok: from web 2").count();
+    assert!(wait_for(BOOT, || (seen_new() > 0).then_some(())).is_some(), "the replaced web answers at the same address");
+
+    // A replacement whose check never passes (nothing listens on port 9) is rolled back, and the
+    // old web answers at its address again.
+    write(&www.join("index.html"), "from web 3\n");
+    env.define(&web, &web_def("[components.health]\ntcp = \"self:9\"\ninterval = \"500ms\"\nretries = 2\n"));
+    let failed = env.mcp(&["deploy", &web]);
+    assert_ne!(failed.code, 0, "{}", failed.stderr);
+    let refused = format!("connecting to {web_ip}:9");
+    assert!(failed.stderr.contains("did not become healthy") && failed.stderr.contains(&refused), "{}", failed.stderr);
+    let before = seen_new();
+    assert!(wait_for(BOOT, || (seen_new() > before).then_some(())).is_some(), "the old web serves again after the rollback");
+    // Back to what runs, so the syncs below leave web alone.
+    write(&www.join("index.html"), "from web 2\n");
+    env.define(&web, &web_def(&serving));
+
     std::fs::remove_file(env.services.join(format!("{stranger}.toml"))).unwrap();
     env.ok(&["sync", "--prune"]);
     let again = env.svc("again");
     env.define(&again, &probe(&again, ""));
     env.ok(&["deploy", &again]);
     assert_eq!(address_of(&again), addrs[2], "the removed service's address is free again");
+    // The shared network's last VMs go: its bridge and its probe namespace go with them.
+    for svc in [&web, &friend] {
+        std::fs::remove_file(env.services.join(format!("{svc}.toml"))).unwrap();
+    }
+    env.ok(&["sync", "--prune"]);
+    assert_eq!(netns.probe_namespaces(), Vec::<String>::new(), "no probe namespace left behind");
+
+    // An agent without CAP_SYS_ADMIN (the NixOS unit's default) says what such a check needs,
+    // and the VM it made goes.
+    env.write_config(&format!("nsenter --net=/run/netns/{ns} setpriv --bounding-set -sys_admin {AGENT} rpc --state-dir {}", env.state.display()));
+    env.define(&web, &web_def("[components.health]\nhttp = \"http://self:8080/\"\ninterval = \"500ms\"\nretries = 2\n"));
+    let r = env.mcp(&["deploy", &web]);
+    assert!(r.code != 0 && r.stderr.contains("need CAP_SYS_ADMIN: run the agent as root"), "{}", r.stderr);
+    assert!(app_pid(&env, &web).is_none() && netns.probe_namespaces().is_empty(), "nothing left behind");
 }
 
 /// The disk-image forms with the toolchain configured: a prebuilt image boots as it is; the

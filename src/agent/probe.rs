@@ -4,9 +4,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::plan::health::Host;
 use crate::plan::{HealthCheck, Probe};
@@ -27,8 +29,8 @@ pub fn run(check: &HealthCheck, runtime: &dyn Runtime, id: &str) -> Result<(), S
 
 fn probe(check: &HealthCheck, runtime: &dyn Runtime, id: &str) -> Result<(), String> {
     match &check.probe {
-        Probe::Tcp { host, port } => connect(host, *port, check).map(drop),
-        Probe::Http { tls, host, port, path, ca } => http(check, *tls, host, *port, path, ca.as_deref()),
+        Probe::Tcp { host, port } => connect(&target(host, *port, runtime, id)?, check.timeout).map(drop),
+        Probe::Http { tls, host, port, path, ca } => http(check, *tls, host, &target(host, *port, runtime, id)?, path, ca.as_deref()),
         Probe::Cmd(argv) => match runtime.exec_check(id, argv, check.timeout) {
             Ok(None) => Ok(()),
             Ok(Some(why)) => Err(why),
@@ -37,16 +39,38 @@ fn probe(check: &HealthCheck, runtime: &dyn Runtime, id: &str) -> Result<(), Str
     }
 }
 
+/// Where a probe connects: an address, from the node's network or from inside a namespace.
+struct Target {
+    addr: SocketAddr,
+    netns: Option<PathBuf>,
+}
+
+/// `self` is the instance's own address, which its runtime tells (with where to reach it from).
+fn target(host: &Host, port: u16, runtime: &dyn Runtime, id: &str) -> Result<Target, String> {
+    if let Some(ip) = host.ip() {
+        return Ok(Target { addr: SocketAddr::new(ip, port), netns: None });
+    }
+    match runtime.probe_route(id) {
+        Ok(Some(route)) => Ok(Target { addr: SocketAddr::new(route.address, port), netns: Some(route.netns) }),
+        Ok(None) => Err("`self` has no address to probe here (only a VM on an isolated network has one)".into()),
+        Err(e) => Err(format!("reaching the instance's network: {e}")),
+    }
+}
+
 /// GET `path`; a 2xx or 3xx answer within the check's timeout is healthy.
-fn http(check: &HealthCheck, tls: bool, host: &Host, port: u16, path: &str, ca: Option<&str>) -> Result<(), String> {
+fn http(check: &HealthCheck, tls: bool, host: &Host, target: &Target, path: &str, ca: Option<&str>) -> Result<(), String> {
     // One deadline for connect, handshake, request and answer.
     let started = std::time::Instant::now();
-    let tcp = connect(host, port, check)?;
-    let left = check.timeout.saturating_sub(started.elapsed()).max(std::time::Duration::from_millis(1));
+    let tcp = connect(target, check.timeout)?;
+    let left = check.timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
     let timed = Timed::new(tcp, left, "no answer within the health check's timeout");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: mcp-agent health\r\nConnection: close\r\n\r\n");
+    let authority = match host {
+        Host::Localhost => format!("localhost:{}", target.addr.port()),
+        _ => target.addr.to_string(),
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: mcp-agent health\r\nConnection: close\r\n\r\n");
     let status = if tls {
-        let conn = rustls::ClientConnection::new(tls_config(ca)?, server_name(host)).map_err(|e| format!("TLS: {e}"))?;
+        let conn = rustls::ClientConnection::new(tls_config(ca)?, server_name(host, target)).map_err(|e| format!("TLS: {e}"))?;
         let mut stream = rustls::StreamOwned::new(conn, timed);
         stream.write_all(request.as_bytes()).map_err(|e| format!("TLS: {e}"))?;
         read_response(&mut stream, true)?.status
@@ -71,15 +95,27 @@ fn one_line(s: &str) -> String {
     out
 }
 
-fn connect(host: &Host, port: u16, check: &HealthCheck) -> Result<TcpStream, String> {
-    let addr = SocketAddr::new(host.ip(), port);
-    TcpStream::connect_timeout(&addr, check.timeout).map_err(|e| format!("connecting to {addr}: {e}"))
+fn connect(target: &Target, timeout: Duration) -> Result<TcpStream, String> {
+    let addr = target.addr;
+    let Some(netns) = target.netns.clone() else {
+        return TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connecting to {addr}: {e}"));
+    };
+    // A socket stays in the namespace it was made in: a short-lived thread enters the probe
+    // namespace, connects and hands the connection back; no other thread changes namespace.
+    let connector = move || {
+        let ns = std::fs::File::open(&netns).map_err(|e| format!("opening {}: {e}", netns.display()))?;
+        rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+            .map_err(|e| format!("entering {}: {e}", netns.display()))?;
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connecting to {addr}: {e}"))
+    };
+    let thread = std::thread::Builder::new().name("probe-netns".into()).spawn(connector).map_err(|e| format!("starting a probe thread: {e}"))?;
+    thread.join().unwrap_or_else(|_| Err("the probe thread panicked".into()))
 }
 
-fn server_name(host: &Host) -> rustls::pki_types::ServerName<'static> {
+fn server_name(host: &Host, target: &Target) -> rustls::pki_types::ServerName<'static> {
     match host {
-        Host::Ip(ip) => rustls::pki_types::ServerName::IpAddress((*ip).into()),
         Host::Localhost => rustls::pki_types::ServerName::try_from("localhost").expect("a valid DNS name"),
+        _ => rustls::pki_types::ServerName::IpAddress(target.addr.ip().into()),
     }
 }
 
@@ -154,10 +190,11 @@ mod tests {
     fn a_trickling_peer_is_given_up_at_the_timeout_also_inside_the_tls_handshake() {
         let check = crate::plan::Health { tcp: Some("127.0.0.1:1".into()), timeout: Some("500ms".into()), ..Default::default() }.check().unwrap();
         let local = Host::Ip([127, 0, 0, 1].into());
-        let e = http(&check, false, &local, trickler(b"HTTP/1.1 200 OK\r\nX-Slow: "), "/", None).unwrap_err();
+        let at = |port: u16| Target { addr: SocketAddr::new([127, 0, 0, 1].into(), port), netns: None };
+        let e = http(&check, false, &local, &at(trickler(b"HTTP/1.1 200 OK\r\nX-Slow: ")), "/", None).unwrap_err();
         assert!(e.contains("no answer within the health check's timeout"), "{e}");
         // A TLS record header announcing 16 KiB, then the trickle: rustls waits for the record.
-        let e = http(&check, true, &local, trickler(&[0x16, 0x03, 0x03, 0x40, 0x00]), "/", None).unwrap_err();
+        let e = http(&check, true, &local, &at(trickler(&[0x16, 0x03, 0x03, 0x40, 0x00])), "/", None).unwrap_err();
         assert!(e.contains("no answer within the health check's timeout"), "{e}");
     }
 

@@ -46,18 +46,23 @@ pub enum Probe {
     Cmd(Vec<String>),
 }
 
-/// Where a probe connects: an address on the node, or `localhost`.
+/// Where a probe connects: an address on the node, `localhost`, or `self`: the instance's
+/// own address, reached from inside its network (a VM on an isolated network, whose address
+/// the agent assigns at deploy time).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
     Ip(IpAddr),
     Localhost,
+    Instance,
 }
 
 impl Host {
-    pub fn ip(&self) -> IpAddr {
+    /// The address on the node; `None` for `self`, known only once the instance exists.
+    pub fn ip(&self) -> Option<IpAddr> {
         match self {
-            Host::Ip(ip) => *ip,
-            Host::Localhost => IpAddr::from([127, 0, 0, 1]),
+            Host::Ip(ip) => Some(*ip),
+            Host::Localhost => Some(IpAddr::from([127, 0, 0, 1])),
+            Host::Instance => None,
         }
     }
 }
@@ -68,6 +73,7 @@ impl std::fmt::Display for Host {
             Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
             Host::Ip(ip) => write!(f, "{ip}"),
             Host::Localhost => f.write_str("localhost"),
+            Host::Instance => f.write_str("self"),
         }
     }
 }
@@ -225,7 +231,8 @@ fn parse_http(url: &str) -> Result<(bool, Host, u16, String), String> {
     Ok((tls, host, port, path.to_string()))
 }
 
-/// `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT` (the port optional when `default` is given).
+/// `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT` or `self:PORT` (the port optional when `default`
+/// is given).
 /// Only addresses: the agent probes from the node, and a name would need DNS at every probe.
 fn parse_host_port(s: &str, default: Option<u16>) -> Result<(Host, u16), String> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
@@ -245,10 +252,12 @@ fn parse_host_port(s: &str, default: Option<u16>) -> Result<(Host, u16), String>
         (None, Some(d)) => d,
         (None, None) => return Err(format!("{s:?} has no port")),
     };
-    let host = if host == "localhost" {
-        Host::Localhost
-    } else {
-        Host::Ip(host.parse().map_err(|_| format!("{host:?} is not an IP address or localhost (the agent probes from the node, without DNS)"))?)
+    let host = match host {
+        "localhost" => Host::Localhost,
+        "self" => Host::Instance,
+        _ => Host::Ip(host.parse().map_err(|_| {
+            format!("{host:?} is not an IP address, localhost or self (the agent probes from the node, without DNS)")
+        })?),
     };
     Ok((host, port))
 }
@@ -275,6 +284,10 @@ mod tests {
         assert!(matches!(c.probe, Probe::Http { tls: true, host: Host::Localhost, port: 443, .. }));
         let c = Health { tcp: Some("[::1]:5432".into()), ..Default::default() }.check().unwrap();
         assert_eq!(c.probe, Probe::Tcp { host: Host::Ip("::1".parse().unwrap()), port: 5432 });
+        let c = http("http://self:8080/up").check().unwrap();
+        assert!(matches!(&c.probe, Probe::Http { host: Host::Instance, port: 8080, .. }));
+        assert_eq!(Host::Instance.to_string(), "self");
+        assert_eq!(Host::Instance.ip(), None);
     }
 
     #[test]

@@ -170,36 +170,47 @@ fn check_health(c: &mut Collector, at: &str, comp: &Component, health: &super::H
         Err(errors) => return errors.into_iter().for_each(|(f, why)| c.push(field(&f), why)),
     };
     // Probes go to this component's own published ports (or, on the host's network, to this
-    // node's loopback): a deploy key must not make the agent reach anything else.
+    // node's loopback; for a VM on an isolated network, to its own address from inside that
+    // network): a deploy key must not make the agent reach anything else.
     if let super::Probe::Http { host, port, .. } | super::Probe::Tcp { host, port } = &check.probe {
         let which = if matches!(check.probe, super::Probe::Http { .. }) { "http" } else { "tcp" };
-        let loopback = host.ip().is_loopback();
-        let ok = if comp.network.as_deref() == Some("host") && comp.kind == Kind::Container {
-            loopback
-        } else {
-            comp.ports.iter().filter_map(|p| parse_port(p).ok()).any(|p| {
-                p.host_port == Some(*port) && p.proto == "tcp" && (loopback || p.ip.as_deref().is_some_and(|ip| ip.parse::<IpAddr>().ok() == Some(host.ip())))
-            })
+        let isolated_vm = comp.kind == Kind::Unikernel && comp.network.as_deref() != Some("user");
+        let why = match host.ip() {
+            None if isolated_vm => None,
+            None => Some(format!(
+                "self:{port}: `self` is the address of a VM on an isolated network; this component is probed at the node's side of a port it publishes"
+            )),
+            Some(_) if isolated_vm => Some(format!(
+                "{host}:{port}: a VM on an isolated network is probed at its own address, from inside that network: write self:{port}"
+            )),
+            Some(ip) => {
+                let ok = if comp.network.as_deref() == Some("host") && comp.kind == Kind::Container {
+                    ip.is_loopback()
+                } else {
+                    comp.ports.iter().filter_map(|p| parse_port(p).ok()).any(|p| {
+                        p.host_port == Some(*port)
+                            && p.proto == "tcp"
+                            && (ip.is_loopback() || p.ip.as_deref().is_some_and(|a| a.parse::<IpAddr>().ok() == Some(ip)))
+                    })
+                };
+                match () {
+                    _ if ok => None,
+                    _ if comp.network.as_deref() == Some("host") => {
+                        Some(format!("{host}:{port}: on the host's network a probe goes to 127.0.0.1 or localhost"))
+                    }
+                    _ => Some(format!(
+                        "{host}:{port} is not a port this component publishes (ports = {:?}); the agent probes the node's side of a published TCP port",
+                        comp.ports
+                    )),
+                }
+            }
         };
-        if !ok {
-            let why = if comp.network.as_deref() == Some("host") {
-                format!("{host}:{port}: on the host's network a probe goes to 127.0.0.1 or localhost")
-            } else {
-                format!("{host}:{port} is not a port this component publishes (ports = {:?}); the agent probes the node's side of a published TCP port", comp.ports)
-            };
+        if let Some(why) = why {
             c.push(field(which), why);
         }
     }
-    if comp.kind == Kind::Unikernel {
-        match check.probe {
-            super::Probe::Cmd(_) => c.push(field("cmd"), "runs inside a container; a unikernel has no exec: probe it with http or tcp through a forwarded port"),
-            _ if comp.network.as_deref() != Some("user") => c.push(
-                field(""),
-                "an isolated VM cannot be reached from the node (its bridge has no address there, by design); \
-                 health checks for unikernels need network = \"user\" and probe a forwarded port",
-            ),
-            _ => {}
-        }
+    if comp.kind == Kind::Unikernel && matches!(check.probe, super::Probe::Cmd(_)) {
+        c.push(field("cmd"), "runs inside a container; a unikernel has no exec: probe it with http or tcp");
     }
 }
 
@@ -506,9 +517,19 @@ mod tests {
         for bad in ["http://127.0.0.1:22/", "http://10.0.0.6:9100/", "http://10.0.0.5:8080/", "http://127.0.0.1:9200/"] {
             assert_eq!(probe(&mut p, bad).as_deref(), Some("components[0].health.http"), "{bad}");
         }
+        assert!(probe(&mut p, "http://self:8080/").is_some(), "self is for isolated VMs");
         p.components[0].network = Some("host".into());
         assert_eq!(probe(&mut p, "http://127.0.0.1:22/"), None);
         assert!(probe(&mut p, "http://10.0.0.5:9100/").is_some());
+        // A VM on an isolated network: only its own address, from inside that network.
+        let c = &mut p.components[0];
+        (c.kind, c.image, c.kernel, c.ports, c.network) = (Kind::Unikernel, String::new(), Some("/k".into()), vec![], Some("backend".into()));
+        assert_eq!(probe(&mut p, "http://self:8080/healthz"), None);
+        assert_eq!(probe(&mut p, "http://127.0.0.1:8080/").as_deref(), Some("components[0].health.http"));
+        assert!(first_error(&p).contains("write self:8080"), "{}", first_error(&p));
+        p.components[0].network = Some("user".into());
+        assert!(probe(&mut p, "http://self:8080/").is_some());
+        assert!(first_error(&p).contains("`self` is the address of a VM on an isolated network"), "{}", first_error(&p));
     }
 
     #[test]

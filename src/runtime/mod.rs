@@ -58,6 +58,14 @@ pub struct Observed {
     pub digest: Option<String>,
 }
 
+/// How a probe reaches an instance at its own address: connect from inside `netns` (a
+/// network namespace file) to `address`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRoute {
+    pub netns: std::path::PathBuf,
+    pub address: std::net::IpAddr,
+}
+
 /// What the agent assigned an instance beyond its spec (kept in the registry, stable across
 /// redeploys): passed to [`Runtime::create`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -261,6 +269,12 @@ pub trait Runtime: Send + Sync {
     /// when it exited 0, `Ok(Some(why))` when not (its exit status and last output, bounded).
     fn exec_check(&self, _id: &str, _argv: &[String], _timeout: Duration) -> Result<Option<String>, RuntimeError> {
         Err(RuntimeError::Unsupported("this runtime cannot run a command inside what it runs".into()))
+    }
+    /// Where a health check's `self` is for `id`: the instance's own address and the network
+    /// namespace to reach it from (a VM on an isolated network, whose bridge has no address on
+    /// the node). `None`: this runtime has no such place for it.
+    fn probe_route(&self, _id: &str) -> Result<Option<ProbeRoute>, RuntimeError> {
+        Ok(None)
     }
     /// Make what the component needs available before anything is replaced (a container's
     /// image is pulled when missing), reporting progress lines.

@@ -129,6 +129,10 @@ impl Runtime for Runtimes {
         self.by_id(id).exec_check(id, argv, timeout)
     }
 
+    fn probe_route(&self, id: &str) -> Result<Option<super::ProbeRoute>, RuntimeError> {
+        self.by_id(id).probe_route(id)
+    }
+
     fn prepare(&self, comp: &Component, progress: &mut dyn FnMut(String)) -> Result<(), RuntimeError> {
         self.by_kind(comp).prepare(comp, progress)
     }

@@ -442,10 +442,24 @@ impl Netns {
     pub fn name(&self) -> String {
         self.0.clone()
     }
+
+    /// The probe namespaces an agent inside this one made (`mcp-probe-<bridge>-<our inode>`).
+    pub fn probe_namespaces(&self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ino) = std::fs::metadata(format!("/run/netns/{}", self.0)).map(|m| m.ino()) else { return vec![] };
+        let mut found: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        found.retain(|n| n.starts_with("mcp-probe-") && n.ends_with(&format!("-{ino}")));
+        found
+    }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        for probe in self.probe_namespaces() {
+            let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }

@@ -10,6 +10,7 @@ mod build;
 pub mod control;
 mod events;
 pub mod net;
+pub mod probe_ns;
 pub mod record;
 
 use std::path::{Path, PathBuf};
@@ -211,6 +212,10 @@ impl Runtime for Qemu {
 
     fn address_pool(&self, comp: &Component) -> Option<Pool> {
         net::isolated(comp).then_some(self.pool)
+    }
+
+    fn probe_route(&self, id: &str) -> Result<Option<super::ProbeRoute>, RuntimeError> {
+        self.probe_route_of(&self.by_id(id)?)
     }
 
     fn create(&self, service: &str, comp: &Component, spec: &str, assigned: &Assigned) -> Result<String, RuntimeError> {

@@ -4,7 +4,7 @@
 //! pool ([`Pool`], `[qemu] subnet`), and a Nanos guest gets it in its manifest.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Command, Stdio};
 
 use super::record::VmRecord;
@@ -71,8 +71,20 @@ pub fn static_ip(assigned: &str) -> Result<StaticIp, String> {
     Ok(StaticIp { address, netmask: Ipv4Addr::from(pool.mask()), gateway: pool.gateway() })
 }
 
+/// Interface names in `/proc/net/dev` (the reading thread's network namespace; /sys/class/net
+/// shows the namespace sysfs was mounted in, which is not the agent's under `nsenter --net`).
+fn interfaces(dev: &str) -> impl Iterator<Item = &str> {
+    dev.lines().skip(2).filter_map(|l| l.split_once(':')).map(|(name, _)| name.trim())
+}
+
+/// The names of the ports in `ip -j link show master <bridge>` output.
+fn port_names(json: &str) -> Option<Vec<String>> {
+    let links: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
+    links.iter().map(|l| l["ifname"].as_str().map(str::to_string)).collect()
+}
+
 impl Qemu {
-    fn ip(&self, args: &[String]) -> Result<String, RuntimeError> {
+    pub(super) fn ip(&self, args: &[String]) -> Result<String, RuntimeError> {
         let ip = which::which("ip").map_err(|source| RuntimeError::Missing { program: "ip (iproute2)".into(), source })?;
         let mut cmd = Command::new(ip);
         cmd.args(args).stdin(Stdio::null());
@@ -95,8 +107,31 @@ impl Qemu {
         Err(RuntimeError::Exit { program: "ip", step: args.join(" "), code: status.code().unwrap_or(-1), stderr })
     }
 
-    fn link_exists(&self, name: &str) -> bool {
-        Path::new("/sys/class/net").join(name).exists()
+    pub(super) fn link_exists(&self, name: &str) -> bool {
+        std::fs::read_to_string("/proc/thread-self/net/dev").is_ok_and(|dev| interfaces(&dev).any(|n| n == name))
+    }
+
+    /// The ports of `bridge` (`None` when that cannot be told: then nothing is removed).
+    fn bridge_ports(&self, bridge: &str) -> Option<Vec<String>> {
+        let argv: Vec<String> = ["-j", "link", "show", "master", bridge].iter().map(|s| s.to_string()).collect();
+        port_names(&self.ip(&argv).ok()?)
+    }
+
+    /// Held while bridges, taps and probe namespaces are made or removed: a deploy's gate and
+    /// the daemon may both be at it.
+    pub(super) fn net_lock(&self) -> Result<std::fs::File, RuntimeError> {
+        let path = self.dir.with_file_name("net.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(crate::runtime::io_err(format!("opening {}", path.display())))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| crate::runtime::io_err(format!("locking {}", path.display()))(e.into()))?;
+        Ok(file)
     }
 
     /// Bridge and tap for an isolated VM (idempotent).
@@ -120,8 +155,14 @@ impl Qemu {
         if self.link_exists(&net.tap) {
             let _ = self.ip(&["link".into(), "del".into(), net.tap.clone()]);
         }
-        let ports = Path::new("/sys/class/net").join(&net.bridge).join("brif");
-        if std::fs::read_dir(&ports).is_ok_and(|mut d| d.next().is_none()) {
+        let Ok(_lock) = self.net_lock() else { return };
+        if !self.link_exists(&net.bridge) {
+            return;
+        }
+        // The bridge goes once no VM is on it (its probe namespace's veth does not count).
+        let Some(ports) = self.bridge_ports(&net.bridge) else { return };
+        if ports.iter().all(|p| self.is_probe_port(&net, p)) {
+            self.probe_down_of(&net);
             let _ = self.ip(&["link".into(), "del".into(), net.bridge.clone()]);
         }
     }
@@ -165,6 +206,16 @@ mod tests {
             ]
         );
         assert_eq!(net_up_argv(&shared, true, true).len(), 3, "existing links are not created again");
+    }
+
+    #[test]
+    fn interfaces_and_bridge_ports_as_the_kernel_and_ip_show_them() {
+        let dev = "Inter-|   Receive\n face |bytes\n    lo: 1 2 3\nmcpb0123456789: 0 0\n  eth0: 5\n";
+        assert_eq!(interfaces(dev).collect::<Vec<_>>(), vec!["lo", "mcpb0123456789", "eth0"]);
+        let json = r#"[{"ifindex":5,"ifname":"mcpt1","flags":["UP"]},{"ifindex":7,"ifname":"mcpp0123456789","link_netnsid":0}]"#;
+        assert_eq!(port_names(json), Some(vec!["mcpt1".to_string(), "mcpp0123456789".to_string()]));
+        assert_eq!(port_names("[]"), Some(vec![]));
+        assert_eq!(port_names("Device \"x\" does not exist."), None);
     }
 
     #[test]
