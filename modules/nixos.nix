@@ -72,17 +72,6 @@ in
       defaultText = lib.literalExpression "config.services.mcp-agent.qemu";
       description = "Let the agent create bridges and taps for VMs on isolated networks (CAP_NET_ADMIN as an ambient capability of the unit).";
     };
-    probeIsolatedVMs = mkOption {
-      type = types.bool;
-      default = false;
-      description = ''
-        Let the agent run health checks of VMs on isolated networks (`self` probes): it makes and
-        enters a probe namespace per network, which takes CAP_SYS_ADMIN (added as an ambient
-        capability of the unit, beside CAP_NET_ADMIN). Off by default: CAP_SYS_ADMIN is broad;
-        without it such checks fail with that reason, and a VM can be probed through a forwarded
-        port instead (network = "user").
-      '';
-    };
     nanos = mkOption {
       type = types.nullOr types.package;
       default = self.packages.${pkgs.stdenv.hostPlatform.system}.nanos or null;
@@ -156,8 +145,7 @@ in
         # SystemCallArchitectures, ProtectKernel*, MemoryDenyWriteExecute, SystemCallFilter ...).
         NoNewPrivileges = false;
         RestrictSUIDSGID = false;
-        AmbientCapabilities = lib.optional cfg.isolatedNetworks "CAP_NET_ADMIN"
-          ++ lib.optional (cfg.isolatedNetworks && cfg.probeIsolatedVMs) "CAP_SYS_ADMIN";
+        AmbientCapabilities = lib.optional cfg.isolatedNetworks "CAP_NET_ADMIN";
       };
     };
   };

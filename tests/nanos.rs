@@ -161,7 +161,14 @@ fn isolated_nanos_services_reach_each_other_at_assigned_addresses() {
     env.define(&web, &web_def(&serving));
     let deployed = env.ok(&["deploy", &web]);
     assert!(deployed.stderr.contains("is healthy after"), "probed at its own address: {}", deployed.stderr);
-    assert_eq!(netns.probe_namespaces().len(), 1, "one probe namespace for the shared network");
+    let probe_ns = netns.probe_namespaces();
+    assert_eq!(probe_ns.len(), 1, "one probe namespace for the shared network");
+    let in_probe_ns = |cmd: &[&str]| -> String {
+        let out = std::process::Command::new("ip").args(["netns", "exec", &probe_ns[0]]).args(cmd).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(in_probe_ns(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "0", "the probe namespace forwards nothing");
+    assert!(!in_probe_ns(&["ip", "-o", "addr"]).contains("inet6"), "and has no IPv6");
     let address_of = |svc: &str| -> String {
         let ps = env.ok(&["ps", "--json"]).json();
         let found = ps["nodes"][0]["result"]["containers"].as_array().unwrap().iter().find(|c| c["service"] == svc).cloned();
@@ -169,6 +176,8 @@ fn isolated_nanos_services_reach_each_other_at_assigned_addresses() {
     };
     let web_addr = address_of(&web);
     let web_ip = web_addr.split('/').next().unwrap().to_string();
+    let neighbours = in_probe_ns(&["ip", "neigh", "show", &web_ip]);
+    assert!(neighbours.contains("PERMANENT"), "web's MAC is pinned for its address: {neighbours}");
     let probe = |name: &str, network: &str| {
         program_service(name, prog, &format!("cmd = [\"probe\", \"{web_ip}:8080\"]\n{network}"))
     };
@@ -188,6 +197,8 @@ fn isolated_nanos_services_reach_each_other_at_assigned_addresses() {
     assert!(env.ok(&["ps"]).stdout.contains(&addrs[1]), "ps shows the address");
     // A redeploy (changed file: replaced) keeps the address; removing a service frees its.
     write(&www.join("index.html"), "from web 2\n");
+    // A probe namespace cut off from its bridge (its veth gone) is made again by the next probe.
+    in_probe_ns(&["ip", "link", "del", "probe0"]);
     assert_eq!(change(&env.ok(&["deploy", &web, "--json"]).json()), "replaced");
     assert_eq!(address_of(&web), web_addr, "stable across a replace");
     let seen_new = || env.ok(&["logs", &friend]).stdout.matches("probe ok: from web 2").count();

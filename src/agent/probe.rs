@@ -6,7 +6,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +41,7 @@ fn probe(check: &HealthCheck, runtime: &dyn Runtime, id: &str) -> Result<(), Str
 /// Where a probe connects: an address, from the node's network or from inside a namespace.
 struct Target {
     addr: SocketAddr,
-    netns: Option<PathBuf>,
+    netns: Option<std::fs::File>,
 }
 
 /// `self` is the instance's own address, which its runtime tells (with where to reach it from).
@@ -97,15 +96,15 @@ fn one_line(s: &str) -> String {
 
 fn connect(target: &Target, timeout: Duration) -> Result<TcpStream, String> {
     let addr = target.addr;
-    let Some(netns) = target.netns.clone() else {
+    let Some(netns) = &target.netns else {
         return TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connecting to {addr}: {e}"));
     };
+    let netns = netns.try_clone().map_err(|e| format!("the probe namespace: {e}"))?;
     // A socket stays in the namespace it was made in: a short-lived thread enters the probe
     // namespace, connects and hands the connection back; no other thread changes namespace.
     let connector = move || {
-        let ns = std::fs::File::open(&netns).map_err(|e| format!("opening {}: {e}", netns.display()))?;
-        rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-            .map_err(|e| format!("entering {}: {e}", netns.display()))?;
+        rustix::thread::move_into_link_name_space(netns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+            .map_err(|e| format!("entering the probe namespace: {e}"))?;
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connecting to {addr}: {e}"))
     };
     let thread = std::thread::Builder::new().name("probe-netns".into()).spawn(connector).map_err(|e| format!("starting a probe thread: {e}"))?;

@@ -58,11 +58,11 @@ pub struct Observed {
     pub digest: Option<String>,
 }
 
-/// How a probe reaches an instance at its own address: connect from inside `netns` (a
-/// network namespace file) to `address`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a probe reaches an instance at its own address: connect from inside `netns` (an open
+/// network namespace file, checked to be one) to `address`.
+#[derive(Debug)]
 pub struct ProbeRoute {
-    pub netns: std::path::PathBuf,
+    pub netns: std::fs::File,
     pub address: std::net::IpAddr,
 }
 

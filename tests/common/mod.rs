@@ -132,7 +132,10 @@ impl Env {
                 // deadline would leave the sleep.
                 "#!/bin/sh\necho \"$*\" >> '{}'\nif [ -e '{d}/hang-'\"$1\" ]; then setpriv --pdeathsig KILL sleep {hang_marker} & wait; exit 1; fi\n\
                  if [ -e '{d}/slow-'\"$1\" ]; then sleep 5; fi\n\
-                 if [ -e '{d}/fail-after-'\"$1\" ]; then podman \"$@\"; echo 'Error: injected failure' >&2; exit 125; fi\nexec podman \"$@\"\n",
+                 if [ -e '{d}/fail-after-'\"$1\" ]; then podman \"$@\"; echo 'Error: injected failure' >&2; exit 125; fi\n\
+                 if [ -e '{d}/flaky' ] && [ \"$1\" != events ]; then read pct seed < '{d}/flaky'; n=$(( $(cat '{d}/flaky.n' 2>/dev/null || echo 0) + 1 )); echo $n > '{d}/flaky.n'; \
+                 r=$(( (n * 2654435761 + seed) % 100 )); if [ $r -lt $pct ]; then if [ $((r % 2)) -eq 1 ]; then podman \"$@\"; fi; echo \"Error: injected flaky failure $n\" >&2; exit 125; fi; fi\n\
+                 exec podman \"$@\"\n",
                 podman_log.display(),
                 d = dir.path().display()
             ),
@@ -244,6 +247,17 @@ impl Env {
     /// From now on the agent's `podman <subcommand>` waits 5 s before it does its work.
     pub fn slow(&self, subcommand: &str) {
         std::fs::write(self.dir.path().join(format!("slow-{subcommand}")), "").unwrap();
+    }
+
+    /// From now on `pct` % of the agent's podman calls (all but `events`) fail, chosen by a
+    /// counter and `seed` (the same seed fails the same calls): half of them before doing
+    /// anything, half after doing their work. [`Env::steady`] ends it.
+    pub fn flaky(&self, pct: u32, seed: u64) {
+        std::fs::write(self.dir.path().join("flaky"), format!("{pct} {seed}\n")).unwrap();
+    }
+
+    pub fn steady(&self) {
+        let _ = std::fs::remove_file(self.dir.path().join("flaky"));
     }
 
     /// `podman <subcommand>` works again (calls already hung stay hung).

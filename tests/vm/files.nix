@@ -59,15 +59,10 @@ in
     '';
     # Nanos guests on isolated networks (bridges without a host address): the friend shares
     # uk-web's network and reaches it, the stranger is on its own and does not.
-    # Its health check reaches it at its own address from the network's probe namespace.
     uk-web = guest "uk-web" ''
       cmd = ["serve", "8080", "/srv/www"]
       network = "shared"
       volumes = ["${www}:/srv/www"]
-      [components.health]
-      http = "http://self:8080/index.html"
-      interval = "1s"
-      start_period = "5m"
     '';
     uk-friend = probe "uk-friend" ''
       network = "shared"

@@ -86,6 +86,8 @@ pub struct Qemu {
     accel_verdict: PathBuf,
     program: OnceLock<PathBuf>,
     settle: Duration,
+    /// Neighbour entries pinned in probe namespaces: (namespace inode, address, MAC).
+    pinned: std::sync::Mutex<std::collections::HashSet<(u64, std::net::Ipv4Addr, String)>>,
 }
 
 impl Qemu {
@@ -100,6 +102,7 @@ impl Qemu {
             accel_verdict: state_dir.join(super::accel::VERDICT_FILE),
             program: OnceLock::new(),
             settle,
+            pinned: Default::default(),
         })
     }
 

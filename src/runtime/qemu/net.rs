@@ -140,6 +140,8 @@ impl Qemu {
             return Ok(());
         }
         let net = isolated_net(rec);
+        // Under the lock: another VM's net_down must not take the bridge away meanwhile.
+        let _lock = self.net_lock()?;
         for argv in net_up_argv(&net, self.link_exists(&net.bridge), self.link_exists(&net.tap)) {
             self.ip(&argv)?;
         }
@@ -157,7 +159,8 @@ impl Qemu {
         }
         let Ok(_lock) = self.net_lock() else { return };
         if !self.link_exists(&net.bridge) {
-            return;
+            // Gone some other way (by hand, a failed earlier removal): its probe namespace too.
+            return self.probe_down_of(&net);
         }
         // The bridge goes once no VM is on it (its probe namespace's veth does not count).
         let Some(ports) = self.bridge_ports(&net.bridge) else { return };

@@ -4,10 +4,13 @@
 //! namespace of its own (`mcp-probe-<bridge>-<id of the agent's network namespace>`, so agents
 //! in different namespaces never share one), joined to the bridge by a veth pair and holding the
 //! pool's gateway address, which no VM is ever given. It has no other interface and no route
-//! anywhere else, so it is no way out for the VMs, and nothing listens in it. Made when a check
-//! first needs it; removed with the bridge. Making it takes what the bridge takes (root or
-//! CAP_NET_ADMIN), entering it CAP_SYS_ADMIN: a root agent has both.
+//! anywhere else, no forwarding, no redirects and no IPv6, so it is no way out for the VMs, and
+//! nothing listens in it; each probed VM's MAC is pinned there, so another VM on the network
+//! cannot answer for it by ARP. Made when a check first needs it (a marker under the state dir
+//! says it was made to the end); removed with the bridge. Making and entering it takes root
+//! (CAP_SYS_ADMIN and a writable /run/netns).
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -69,6 +72,12 @@ pub fn probe_up_argv(p: &ProbeNet) -> Vec<Vec<String>> {
     ]
 }
 
+/// The `ip` command that pins a VM's MAC for its address in the namespace.
+pub fn pin_argv(p: &ProbeNet, address: std::net::Ipv4Addr, mac: &str) -> Vec<String> {
+    let address = address.to_string();
+    ["-n", &p.netns, "neigh", "replace", &address, "lladdr", mac, "dev", PEER, "nud", "permanent"].iter().map(|s| s.to_string()).collect()
+}
+
 /// The `ip` commands that remove it (each may find its part gone already).
 pub fn probe_down_argv(p: &ProbeNet) -> Vec<Vec<String>> {
     vec![vec!["link".into(), "del".into(), p.veth.clone()], vec!["netns".into(), "del".into(), p.netns.clone()]]
@@ -81,15 +90,64 @@ fn own_netns_id() -> Result<u64, RuntimeError> {
         .map_err(|e| RuntimeError::Unsupported(format!("cannot tell which network namespace the agent is in: {e}")))
 }
 
-/// Is `path` a network namespace file (and not a leftover plain file)?
-fn is_namespace(path: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(path) else { return false };
-    rustix::fs::fstatfs(&file).is_ok_and(|s| s.f_type == NSFS_MAGIC)
+/// Is `file` a namespace file (and not a leftover plain file)?
+fn is_namespace(file: &std::fs::File) -> bool {
+    rustix::fs::fstatfs(file).is_ok_and(|s| s.f_type == NSFS_MAGIC)
+}
+
+/// What a made namespace's marker file holds: the namespace's inode and the probe address, so
+/// a namespace made again (another inode) or a changed `[qemu] subnet` is not taken as ready.
+fn marker_text(ns: &std::fs::File, p: &ProbeNet) -> Option<String> {
+    Some(format!("{} {}\n", ns.metadata().ok()?.ino(), p.address))
+}
+
+/// A new namespace is not neutral (it inherits `ip_forward` and IPv6 autoconfiguration from
+/// the node on many kernels): no forwarding, no redirects, no IPv6 (so `probe0`, made after
+/// this, never gets a link-local address or takes a VM's router advertisement). Written by a
+/// thread inside the namespace: /proc/sys/net is the opener's namespace's.
+fn neutralize(ns: &std::fs::File) -> Result<(), RuntimeError> {
+    const SETTINGS: [(&str, &str); 7] = [
+        ("ipv4/ip_forward", "0"),
+        ("ipv4/conf/all/send_redirects", "0"),
+        ("ipv4/conf/default/send_redirects", "0"),
+        ("ipv4/conf/all/accept_redirects", "0"),
+        ("ipv4/conf/default/accept_redirects", "0"),
+        ("ipv6/conf/all/disable_ipv6", "1"),
+        ("ipv6/conf/default/disable_ipv6", "1"),
+    ];
+    let ns = ns.try_clone().map_err(crate::runtime::io_err("the probe namespace"))?;
+    let inside = move || -> Result<(), String> {
+        rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+            .map_err(|e| format!("entering the probe namespace: {e}"))?;
+        for (key, value) in SETTINGS {
+            let path = format!("/proc/sys/net/{key}");
+            match std::fs::write(&path, value) {
+                // A node without IPv6 has no ipv6 settings to turn off.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && key.starts_with("ipv6") => {}
+                other => other.map_err(|e| format!("setting {path}: {e}"))?,
+            }
+        }
+        Ok(())
+    };
+    let thread = std::thread::Builder::new().name("probe-ns-setup".into()).spawn(inside).map_err(crate::runtime::io_err("a thread"))?;
+    thread.join().unwrap_or_else(|_| Err("the setup thread panicked".into())).map_err(RuntimeError::Unsupported)
 }
 
 impl Qemu {
     fn probe_net_of(&self, net: &IsolatedNet) -> Result<ProbeNet, RuntimeError> {
         Ok(probe_net(net, self.pool, own_netns_id()?))
+    }
+
+    fn marker(&self, p: &ProbeNet) -> std::path::PathBuf {
+        self.dir.with_file_name("probe-ns").join(&p.netns)
+    }
+
+    /// The namespace when it was made to the end (its marker says so) and is still joined to
+    /// the bridge: no lock, no `ip` call on this path, which every probe takes.
+    fn ready(&self, p: &ProbeNet) -> Option<std::fs::File> {
+        let ns = std::fs::File::open(Path::new(NETNS_DIR).join(&p.netns)).ok().filter(is_namespace)?;
+        let made = std::fs::read_to_string(self.marker(p)).ok()?;
+        (Some(made) == marker_text(&ns, p) && self.link_exists(&p.veth)).then_some(ns)
     }
 
     /// Where `rec`'s own address is reached from, making the probe namespace when missing.
@@ -99,28 +157,72 @@ impl Qemu {
         let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
         if !has_capability(&status, CAP_SYS_ADMIN) {
             return Err(RuntimeError::Unsupported(
-                "probes on an isolated network need CAP_SYS_ADMIN: run the agent as root (NixOS: probeIsolatedVMs = true) or use network = \"user\""
+                "probes on an isolated network need CAP_SYS_ADMIN: run the agent as root, or use network = \"user\" and probe a forwarded port"
                     .into(),
             ));
         }
-        let p = self.probe_net_of(&isolated_net(rec))?;
-        let path = Path::new(NETNS_DIR).join(&p.netns);
-        let _lock = self.net_lock()?;
-        if !(is_namespace(&path) && self.link_exists(&p.veth)) {
-            if !self.link_exists(&p.bridge) {
-                return Err(RuntimeError::Unsupported(format!("the VM's network ({}) is not up", p.bridge)));
-            }
-            // Whatever half of it a crash left goes first.
-            self.probe_down(&p);
-            for argv in probe_up_argv(&p) {
-                if let Err(e) = self.ip(&argv) {
-                    self.probe_down(&p);
-                    return Err(e);
+        let net = isolated_net(rec);
+        let p = self.probe_net_of(&net)?;
+        let ns = match self.ready(&p) {
+            Some(ns) => ns,
+            None => {
+                let _lock = self.net_lock()?;
+                match self.ready(&p) {
+                    Some(ns) => ns,
+                    None => self.make_probe_ns(&p)?,
                 }
             }
-            tracing::info!(netns = %p.netns, bridge = %p.bridge, "made the probe namespace of an isolated network");
+        };
+        self.pin_neighbour(&ns, &p, address, &net.mac)?;
+        Ok(Some(ProbeRoute { netns: ns, address: address.into() }))
+    }
+
+    /// Make `p` from nothing (whatever half of it a crash left goes first); under the lock.
+    fn make_probe_ns(&self, p: &ProbeNet) -> Result<std::fs::File, RuntimeError> {
+        if !self.link_exists(&p.bridge) {
+            return Err(RuntimeError::Unsupported(format!("the VM's network ({}) is not up", p.bridge)));
         }
-        Ok(Some(ProbeRoute { netns: path, address: address.into() }))
+        self.probe_down(p);
+        let made = (|| {
+            let mut steps = probe_up_argv(p).into_iter();
+            self.ip(&steps.next().unwrap_or_default())?;
+            let ns = std::fs::File::open(Path::new(NETNS_DIR).join(&p.netns))
+                .ok()
+                .filter(is_namespace)
+                .ok_or_else(|| RuntimeError::Unsupported(format!("`ip netns add {}` made no namespace", p.netns)))?;
+            neutralize(&ns)?;
+            for argv in steps {
+                self.ip(&argv)?;
+            }
+            let marker = self.marker(p);
+            let text = marker_text(&ns, p).unwrap_or_default();
+            std::fs::create_dir_all(marker.parent().unwrap_or(Path::new("/"))).map_err(crate::runtime::io_err("the probe-ns dir"))?;
+            std::fs::write(&marker, text).map_err(crate::runtime::io_err(format!("writing {}", marker.display())))?;
+            Ok(ns)
+        })();
+        match made {
+            Ok(ns) => {
+                tracing::info!(netns = %p.netns, bridge = %p.bridge, "made the probe namespace of an isolated network");
+                Ok(ns)
+            }
+            Err(e) => {
+                self.probe_down(p);
+                Err(e)
+            }
+        }
+    }
+
+    /// The probed VM's MAC, pinned in the namespace (a permanent neighbour entry, which ARP
+    /// cannot change): another VM on the network cannot answer the probes meant for this one
+    /// by claiming its address. Once per namespace, address and MAC in this process.
+    fn pin_neighbour(&self, ns: &std::fs::File, p: &ProbeNet, address: std::net::Ipv4Addr, mac: &str) -> Result<(), RuntimeError> {
+        let key = (ns.metadata().map(|m| m.ino()).unwrap_or_default(), address, mac.to_string());
+        let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        if !pinned.contains(&key) {
+            self.ip(&pin_argv(p, address, mac))?;
+            pinned.insert(key);
+        }
+        Ok(())
     }
 
     /// Remove the probe namespace of `net`'s bridge (when there is one).
@@ -136,6 +238,7 @@ impl Qemu {
     }
 
     fn probe_down(&self, p: &ProbeNet) {
+        let _ = std::fs::remove_file(self.marker(p));
         for argv in probe_down_argv(p) {
             let part = argv.last().cloned().unwrap_or_default();
             let present = if argv[0] == "link" { self.link_exists(&part) } else { Path::new(NETNS_DIR).join(&part).exists() };
@@ -178,6 +281,10 @@ mod tests {
                 "-n mcp-probe-mcpb0123456789-4026531840 link set probe0 up",
             ]
         );
+        assert_eq!(
+            pin_argv(&p, "10.213.0.5".parse().unwrap(), "52:54:00:aa:bb:cc").join(" "),
+            "-n mcp-probe-mcpb0123456789-4026531840 neigh replace 10.213.0.5 lladdr 52:54:00:aa:bb:cc dev probe0 nud permanent"
+        );
         let down: Vec<String> = probe_down_argv(&p).iter().map(|c| c.join(" ")).collect();
         assert_eq!(down, vec!["link del mcpp0123456789", "netns del mcp-probe-mcpb0123456789-4026531840"]);
         assert!(p.veth.len() <= 15, "an interface name");
@@ -196,9 +303,8 @@ mod tests {
 
     #[test]
     fn only_namespace_files_count() {
-        assert!(is_namespace(Path::new("/proc/self/ns/net")));
+        assert!(is_namespace(&std::fs::File::open("/proc/self/ns/net").unwrap()));
         let f = tempfile::NamedTempFile::new().unwrap();
-        assert!(!is_namespace(f.path()), "a leftover plain file");
-        assert!(!is_namespace(Path::new("/no/such")));
+        assert!(!is_namespace(f.as_file()), "a leftover plain file");
     }
 }
