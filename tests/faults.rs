@@ -337,3 +337,29 @@ fn a_flaky_podman_leaves_nothing_that_blocks_the_next_deploy() {
         assert_eq!(http_get(*port, Duration::from_secs(20)).as_deref(), Some("hello from the test image\n"));
     }
 }
+
+/// #17 (class): a container in `stopping` is not taken as stopped. Someone else's `podman
+/// stop` is half-way (the container ignores SIGTERM, so it takes its 5 s timeout) when a deploy
+/// comes: the deploy waits until it is stopped, then starts it, and says it waited.
+#[test]
+fn a_deploy_waits_for_a_container_someone_else_is_stopping() {
+    let env = Env::new();
+    let svc = env.svc("stopping");
+    env.define(
+        &svc,
+        &format!(
+            "name = \"{svc}\"\nnode = \"local\"\n[[components]]\nname = \"web\"\nimage = \"{IMAGE}\"\n\
+             cmd = [\"sh\", \"-c\", \"trap '' TERM; while true; do sleep 1; done\"]\nstop_timeout = 5\n"
+        ),
+    );
+    env.ok(&["deploy", &svc]);
+    let name = format!("{svc}-web");
+    let mut stopper = Command::new("podman").args(["stop", "-t", "5", &name]).stdout(Stdio::null()).spawn().unwrap();
+    let stopping = wait_for(Duration::from_secs(10), || (env.container_state(&name).as_deref() == Some("stopping")).then_some(()));
+    assert!(stopping.is_some(), "podman shows the container stopping");
+    let r = mcp_within(&env, &["deploy", &svc], Duration::from_secs(60));
+    let _ = stopper.wait();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("waiting for {name} (stopping)")), "{}", r.stderr);
+    assert_eq!(env.container_state(&name).as_deref(), Some("running"), "started once it had stopped");
+}

@@ -57,6 +57,9 @@ pub type ProgressFn<'a> = &'a mut dyn FnMut(Progress);
 /// Shared by every request of a process (the `serve` daemon runs them concurrently): the
 /// registry connection is held only for single queries and transactions, runtime work runs
 /// under the service's lock.
+/// How long a deploy waits for a container someone else is stopping or removing.
+const SETTLING_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Agent {
     state_dir: PathBuf,
     registry: Mutex<Registry>,
@@ -321,6 +324,26 @@ impl Agent {
         }
     }
 
+    /// What `service` has, once nothing of it is half-way (a stop or removal someone else
+    /// started): deciding on a `stopping` container would start it while it stops. Waits at
+    /// most [`SETTLING_LIMIT`]; then what the runtime says is taken as it is.
+    fn list_settled(&self, service: &str, progress: ProgressFn) -> Result<Vec<Observed>, RpcError> {
+        let end = std::time::Instant::now() + SETTLING_LIMIT;
+        let mut said = false;
+        loop {
+            let found = self.runtime.list(Some(service))?;
+            let Some(o) = found.iter().find(|o| o.settling()) else { return Ok(found) };
+            if std::time::Instant::now() >= end {
+                return Ok(found);
+            }
+            if !said {
+                note(&mut *progress, &o.component, format!("waiting for {} ({})", o.name, o.state));
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+
     fn apply_inner(
         &self,
         record: &ServiceRecord,
@@ -336,7 +359,7 @@ impl Agent {
         let mut observed = match registered {
             None => Vec::new(),
             Some(components) => {
-                let mut found = self.runtime.list(Some(service))?;
+                let mut found = self.list_settled(service, progress)?;
                 if self.recover(service, components, &found, progress)? {
                     found = self.runtime.list(Some(service))?;
                 }

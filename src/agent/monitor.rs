@@ -52,6 +52,8 @@ const BUSY_RETRY: Duration = Duration::from_millis(500);
 const MAX_UNRECORDED: usize = 1000;
 /// A component that stayed up this long after its last repair starts a fresh backoff.
 const STREAK_RESET: Duration = Duration::from_secs(60);
+/// When something was half-way (stopping, being removed) at a sweep: the next look.
+const SETTLING_RELOOK: Duration = Duration::from_secs(1);
 
 /// What the runtime last showed, kept current by the event stream: `status` and `ps` are
 /// answered from it without a runtime call while nothing changed. Any event, any change made
@@ -368,6 +370,10 @@ impl Monitor {
     pub fn sweep(&mut self) -> Result<(), crate::proto::RpcError> {
         self.flush_unrecorded();
         let all = self.cache.refresh(self.agent.runtime())?;
+        if all.iter().any(|o| o.settling()) {
+            // Not drift yet (see status::drift): looked at again once it got where it goes.
+            self.defer(Instant::now() + SETTLING_RELOOK);
+        }
         let records = self.agent.registry().services()?;
         let found = findings(&records, &all);
         let old = self.agent.registry().drift()?;

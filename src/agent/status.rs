@@ -66,6 +66,9 @@ pub fn drift(want: &ComponentRecord, observed: Option<&Observed>) -> Option<Drif
                 ))
             } else if let Some(what) = made_differently(want, o) {
                 Some(Drift::new(DriftKind::Spec, format!("spec changed outside mcp: {what}")))
+            } else if o.settling() {
+                // Stopping or being removed: not drift until it gets where it goes.
+                None
             } else if desired == Desired::Running && !o.running() {
                 let code = o.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default();
                 Some(Drift::new(DriftKind::Stopped, format!("not running ({}{code}) but desired running", o.state)))
@@ -479,6 +482,10 @@ mod tests {
         assert_eq!(drift(&s, None), None);
         assert_eq!(drift(&s, Some(&obs(&s.hash, "exited"))), None);
         assert_eq!(kind(drift(&s, Some(&obs(&s.hash, "running")))), Some(DriftKind::Running));
+        // Half-way (a stop or removal in progress) is not yet stopped: no drift until it is.
+        assert_eq!(drift(&r, Some(&obs(&r.hash, "stopping"))), None);
+        assert_eq!(drift(&r, Some(&obs(&r.hash, "removing"))), None);
+        assert_eq!(kind(drift(&r, Some(&obs("other", "stopping")))), Some(DriftKind::Spec), "a wrong spec is drift in any state");
     }
 
     #[test]

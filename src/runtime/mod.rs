@@ -99,6 +99,12 @@ impl Observed {
         self.state == "running"
     }
 
+    /// On its way to another state (a stop or a removal in progress): neither running nor
+    /// stopped yet, so nothing is decided about it until it gets there.
+    pub fn settling(&self) -> bool {
+        matches!(self.state.as_str(), "stopping" | "removing")
+    }
+
     /// Does this object run the spec `hash`? Adopted objects carry no mcp label: their
     /// registry hash is `adopted:<id prefix>` and matches by id.
     pub fn runs_spec(&self, hash: &str) -> bool {
