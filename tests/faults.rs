@@ -363,3 +363,21 @@ fn a_deploy_waits_for_a_container_someone_else_is_stopping() {
     assert!(r.stderr.contains(&format!("waiting for {name} (stopping)")), "{}", r.stderr);
     assert_eq!(env.container_state(&name).as_deref(), Some("running"), "started once it had stopped");
 }
+
+/// #17 (class): the CLI says why the agent could not open its registry, by cause: a damaged
+/// file is to be moved aside, not "set --state-dir to a writable dir" (what every cause used to
+/// be told).
+#[test]
+fn a_damaged_registry_is_named_as_such() {
+    let env = Env::new();
+    env.ok(&["status"]);
+    let db = env.state.join("registry.db");
+    for f in ["registry.db-wal", "registry.db-shm"] {
+        let _ = std::fs::remove_file(env.state.join(f));
+    }
+    std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+    let r = mcp_within(&env, &["status"], Duration::from_secs(60));
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("is damaged") && r.stderr.contains("move it aside"), "{}", r.stderr);
+    assert!(!r.stderr.contains("writable dir"), "{}", r.stderr);
+}

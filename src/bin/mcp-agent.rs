@@ -162,9 +162,13 @@ fn open_agent(config: &AgentConfig, state_dir: &std::path::Path) -> Result<Agent
         containers: Box::new(Podman::new(config.podman.clone(), state_dir.join("scratch"))),
         vms: Qemu::new(config.qemu.clone(), config.nanos.clone(), state_dir, settle).map_err(anyhow::Error::msg)?,
     };
-    Agent::open(state_dir, Box::new(runtime))
-        .map(|a| a.with_policy(config.policy.clone()))
-        .with_context(|| format!("opening the agent (state dir {}; set --state-dir or MCP_AGENT_STATE to a writable dir)", state_dir.display()))
+    match Agent::open(state_dir, Box::new(runtime)) {
+        Ok(agent) => Ok(agent.with_policy(config.policy.clone())),
+        Err(e) => {
+            let remedy = e.remedy(&state_dir.join(mcp::agent::REGISTRY_FILE));
+            Err(anyhow::Error::new(e).context(format!("opening the agent's registry (state dir {}): {remedy}", state_dir.display())))
+        }
+    }
 }
 
 fn load_config(opts: &AgentOpts, state_dir: &std::path::Path) -> Result<AgentConfig> {

@@ -3,6 +3,7 @@
 
 mod addresses;
 mod schema;
+pub mod remedy;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
