@@ -360,13 +360,23 @@ impl Registry {
 
     /// Keep at most `max_count` events and none older than `max_age_ms`; returns how many
     /// were deleted.
+    /// Drop events older than `max_age_ms`, then keep at most `max_count` in all, shared
+    /// fairly: each service keeps its newest events up to one quota ([`fair_quota`]), so a
+    /// component that flaps for days cannot evict another service's history.
     pub fn prune_events(&mut self, max_count: u64, max_age_ms: i64) -> Result<usize, RegistryError> {
         let tx = self.conn.transaction()?;
         let mut n = tx.execute("DELETE FROM events WHERE time < ?1", [now_ms() - max_age_ms])?;
-        n += tx.execute(
-            "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1)",
-            [max_count as i64],
-        )?;
+        let counts: Vec<u64> = {
+            let mut st = tx.prepare("SELECT count(*) FROM events GROUP BY service")?;
+            let rows = st.query_map([], |r| r.get::<_, i64>(0))?;
+            rows.map(|c| c.map(|c| c as u64)).collect::<Result<_, _>>()?
+        };
+        if let Some(quota) = fair_quota(&counts, max_count) {
+            n += tx.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY service ORDER BY id DESC) AS nth FROM events) WHERE nth > ?1)",
+                [quota as i64],
+            )?;
+        }
         tx.commit()?;
         Ok(n)
     }
@@ -430,6 +440,27 @@ impl Registry {
             components: s.components.into_iter().map(|c| c.spec).collect(),
         }))
     }
+}
+
+/// How many events each service may keep when they hold `counts` and at most `max` may stay
+/// in all: the largest quota whose sum over services (each keeping min(count, quota)) fits.
+/// `None` when everything fits.
+pub fn fair_quota(counts: &[u64], max: u64) -> Option<u64> {
+    if counts.iter().sum::<u64>() <= max {
+        return None;
+    }
+    let fits = |q: u64| counts.iter().map(|c| (*c).min(q)).sum::<u64>() <= max;
+    // fits(0) always holds; the quota lies below the largest count (else all would fit).
+    let (mut lo, mut hi) = (0, counts.iter().copied().max().unwrap_or(0));
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Some(lo)
 }
 
 fn insert_events(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Event>, RegistryError> {
@@ -497,6 +528,31 @@ mod tests {
         let reg = Registry::open(&path).unwrap();
         assert_eq!(reg.services().unwrap().len(), 1);
         assert_eq!(reg.plan("s").unwrap().unwrap().components.len(), 2);
+    }
+
+    #[test]
+    fn fair_quota_shares_the_bound() {
+        assert_eq!(fair_quota(&[5, 5], 10), None);
+        assert_eq!(fair_quota(&[50, 5], 20), Some(15), "the quiet service keeps all 5");
+        assert_eq!(fair_quota(&[30, 30, 30], 30), Some(10));
+        assert_eq!(fair_quota(&[100], 7), Some(7));
+        assert_eq!(fair_quota(&[3, 3, 3], 2), Some(0), "fewer slots than services: none each");
+    }
+
+    #[test]
+    fn a_flapping_service_does_not_evict_another_services_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(&dir.path().join("r.db")).unwrap();
+        let quiet: Vec<NewEvent> = (0..5).map(|_| NewEvent { service: "quiet".into(), ..ev("deployed") }).collect();
+        reg.record_events(&quiet).unwrap();
+        let flapping: Vec<NewEvent> = (0..50).map(|_| NewEvent { service: "flappy".into(), ..ev("repair") }).collect();
+        reg.record_events(&flapping).unwrap();
+        reg.prune_events(20, i64::MAX / 2).unwrap();
+        assert_eq!(reg.events(Some("quiet"), 100).unwrap().len(), 5, "older, but its own: kept");
+        let kept = reg.events(Some("flappy"), 100).unwrap();
+        assert_eq!(kept.len(), 15);
+        assert_eq!(kept.last().unwrap().id, reg.events(None, 1).unwrap()[0].id, "the newest stay");
+        assert_eq!(reg.count_events().unwrap(), 20);
     }
 
     #[test]
