@@ -381,3 +381,45 @@ fn a_damaged_registry_is_named_as_such() {
     assert!(r.stderr.contains("is damaged") && r.stderr.contains("move it aside"), "{}", r.stderr);
     assert!(!r.stderr.contains("writable dir"), "{}", r.stderr);
 }
+
+/// #17 (class): one transient error does not fail a deploy's settle check. The first
+/// `podman inspect` of the new container while it is watched (the replace's second inspect:
+/// the first asks the old one's stop timeout) fails once: the check asks again, and the
+/// deploy goes through (before: the deploy failed and was rolled back).
+#[test]
+fn one_transient_error_does_not_fail_the_settle_check() {
+    let env = Env::new();
+    let (svc, port, name, id) = deployed_then_redefined(&env, "transient");
+    env.clear_podman_log();
+    env.fail_nth("inspect", 2);
+    let r = mcp_within(&env, &["deploy", &svc], Duration::from_secs(120));
+    let inspects: Vec<String> = env.podman_calls().into_iter().filter(|c| c.starts_with("inspect")).collect();
+    assert!(inspects.len() >= 3 && inspects[1].contains("--format json"), "the failed call was the settle check's: {inspects:?}");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_ne!(env.container_id(&name).as_deref(), Some(id.as_str()), "replaced");
+    assert_eq!(http_get(port, Duration::from_secs(20)).as_deref(), Some("hello from the test image\n"));
+}
+
+/// #17 (class): a rollback step a transient error stopped is tried again. A replacement that
+/// exits at once is rolled back, and the rollback's `podman start` of the previous container
+/// fails once: the next pass starts it, and the error says the previous version is back
+/// (before: "ROLLBACK ALSO FAILED", the previous container left stopped).
+#[test]
+fn a_rollback_step_that_failed_once_is_tried_again() {
+    let env = Env::new();
+    let (svc, port, name, id) = deployed_then_redefined(&env, "retried");
+    env.define(
+        &svc,
+        &format!(
+            "name = \"{svc}\"\nnode = \"local\"\n[[components]]\nname = \"web\"\nimage = \"{IMAGE}\"\nports = [\"127.0.0.1:{port}:8080\"]\n\
+             cmd = [\"sh\", \"-c\", \"exit 3\"]\nstop_timeout = 1\n"
+        ),
+    );
+    env.fail_nth("start", 1);
+    let r = mcp_within(&env, &["deploy", &svc], Duration::from_secs(120));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("did not stay up") && r.stderr.contains("the previous version was restored"), "{}", r.stderr);
+    assert!(env.podman_calls().iter().filter(|c| c.starts_with("start")).count() >= 2, "the start was tried again");
+    assert_eq!(env.container_id(&name).as_deref(), Some(id.as_str()));
+    assert_eq!(http_get(port, Duration::from_secs(20)).as_deref(), Some("hello from the test image\n"));
+}

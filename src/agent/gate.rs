@@ -14,6 +14,8 @@ use crate::registry::ServiceRecord;
 /// How often the gate looks (a probe can answer sooner than its interval: the gate is waiting
 /// for the first success, not watching a running service).
 const POLL: Duration = Duration::from_millis(250);
+/// How often a state lookup is tried before its error counts.
+const TRIES: u32 = 3;
 
 struct Fresh<'a> {
     component: &'a str,
@@ -98,10 +100,26 @@ impl Agent {
         }
     }
 
+    /// The state of `id`, which one transient runtime error does not decide: asked up to
+    /// [`TRIES`] times, [`POLL`] apart (a call that hung is not asked again).
+    pub(super) fn state_steady(&self, id: &str) -> Result<Option<crate::runtime::Observed>, crate::runtime::RuntimeError> {
+        let mut tries = 1;
+        loop {
+            match self.runtime.state(id) {
+                Err(e) if tries < TRIES && !matches!(e, crate::runtime::RuntimeError::Hung { .. }) => {
+                    tracing::debug!(id, error = %e, "state lookup failed; asking again");
+                    tries += 1;
+                    std::thread::sleep(POLL);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// A fresh instance that exited, vanished or was restarted by the runtime (a crash loop looks
     /// "running" between crashes) fails the deploy, with its last output.
     fn still_running(&self, service: &str, component: &str, id: &str) -> Result<(), ExecError> {
-        let state = self.runtime.state(id).map_err(ExecError::from)?;
+        let state = self.state_steady(id).map_err(ExecError::from)?;
         if state.as_ref().is_some_and(|s| s.running() && s.restarts == 0) {
             return Ok(());
         }

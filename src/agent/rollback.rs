@@ -6,6 +6,10 @@
 use super::{short, Agent};
 use crate::runtime::{Observed, RuntimeError};
 
+/// Passes over the undo steps before a rollback counts as failed, and the pause between them.
+const PASSES: u32 = 3;
+const PASS_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What to undo if a later step fails.
 pub(super) enum Undo {
     RemoveNew { id: String },
@@ -28,6 +32,27 @@ impl Agent {
     /// Undo `undo` (last step first); returns what is not as it was before the deploy, after
     /// looking (empty: everything restored).
     pub(super) fn rollback(&self, undo: Vec<Undo>) -> Vec<String> {
+        // Every step acts on what the runtime shows now, so a pass can be run again: a step
+        // a transient error stopped gets [`PASSES`] chances before the rollback counts as failed.
+        let mut wrong = Vec::new();
+        for pass in 1..=PASSES {
+            let reported = self.undo_pass(&undo);
+            wrong = self.verify(&undo);
+            if !reported.is_empty() {
+                tracing::info!(pass, reported = %reported.join("; "), still_wrong = wrong.len(), "rollback: some steps reported errors");
+            }
+            if wrong.is_empty() {
+                break;
+            }
+            if pass < PASSES {
+                std::thread::sleep(PASS_PAUSE);
+            }
+        }
+        wrong
+    }
+
+    /// One pass over the undo steps, last step first; returns the errors they reported.
+    fn undo_pass(&self, undo: &[Undo]) -> Vec<String> {
         let mut reported = Vec::new();
         let mut check = |r: Result<(), RuntimeError>| {
             if let Err(e) = r {
@@ -36,10 +61,16 @@ impl Agent {
         };
         for u in undo.iter().rev() {
             match u {
-                Undo::RemoveNew { id } => check(self.runtime.remove(id)),
+                Undo::RemoveNew { id } => {
+                    if !matches!(self.runtime.state(id), Ok(None)) {
+                        check(self.runtime.remove(id));
+                    }
+                }
                 Undo::RestoreOld { old_id, name, was_running, new_id } => {
                     if let Some(id) = new_id {
-                        check(self.runtime.remove(id));
+                        if !matches!(self.runtime.state(id), Ok(None)) {
+                            check(self.runtime.remove(id));
+                        }
                     }
                     // A failed create may have left a container under the name.
                     if let Ok(Some(o)) = self.runtime.by_name(name) {
@@ -59,11 +90,7 @@ impl Agent {
                 Undo::Start { id } => check(self.runtime.start(id)),
             }
         }
-        let wrong = self.verify(&undo);
-        if !reported.is_empty() {
-            tracing::info!(reported = %reported.join("; "), still_wrong = wrong.len(), "rollback: some steps reported errors");
-        }
-        wrong
+        reported
     }
 
     /// What the runtime shows against what the undo steps meant to leave.

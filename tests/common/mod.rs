@@ -133,6 +133,8 @@ impl Env {
                 "#!/bin/sh\necho \"$*\" >> '{}'\nif [ -e '{d}/hang-'\"$1\" ]; then setpriv --pdeathsig KILL sleep {hang_marker} & wait; exit 1; fi\n\
                  if [ -e '{d}/slow-'\"$1\" ]; then sleep 5; fi\n\
                  if [ -e '{d}/fail-after-'\"$1\" ]; then podman \"$@\"; echo 'Error: injected failure' >&2; exit 125; fi\n\
+                 if [ -e '{d}/fail-nth-'\"$1\" ]; then k=$(( $(cat '{d}/count-'\"$1\" 2>/dev/null || echo 0) + 1 )); echo $k > '{d}/count-'\"$1\"; \
+                 if [ $k -eq $(cat '{d}/fail-nth-'\"$1\") ]; then echo 'Error: injected transient failure' >&2; exit 125; fi; fi\n\
                  if [ -e '{d}/flaky' ] && [ \"$1\" != events ]; then read pct seed < '{d}/flaky'; n=$(( $(cat '{d}/flaky.n' 2>/dev/null || echo 0) + 1 )); echo $n > '{d}/flaky.n'; \
                  r=$(( (n * 2654435761 + seed) % 100 )); if [ $r -lt $pct ]; then if [ $((r % 2)) -eq 1 ]; then podman \"$@\"; fi; echo \"Error: injected flaky failure $n\" >&2; exit 125; fi; fi\n\
                  exec podman \"$@\"\n",
@@ -254,6 +256,13 @@ impl Env {
     /// anything, half after doing their work. [`Env::steady`] ends it.
     pub fn flaky(&self, pct: u32, seed: u64) {
         std::fs::write(self.dir.path().join("flaky"), format!("{pct} {seed}\n")).unwrap();
+    }
+
+    /// From now on the `n`th call of `podman <subcommand>` (counted from here) fails without
+    /// doing anything; the others work.
+    pub fn fail_nth(&self, subcommand: &str, n: u32) {
+        let _ = std::fs::remove_file(self.dir.path().join(format!("count-{subcommand}")));
+        std::fs::write(self.dir.path().join(format!("fail-nth-{subcommand}")), n.to_string()).unwrap();
     }
 
     pub fn steady(&self) {
