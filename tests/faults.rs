@@ -423,3 +423,29 @@ fn a_rollback_step_that_failed_once_is_tried_again() {
     assert_eq!(env.container_id(&name).as_deref(), Some(id.as_str()));
     assert_eq!(http_get(port, Duration::from_secs(20)).as_deref(), Some("hello from the test image\n"));
 }
+
+/// #17 (class): a registry that comes up empty beside containers mcp deployed says so (an
+/// event per service, alerted like any other, and a warning in the log) instead of starting
+/// as if the node were new.
+#[test]
+fn a_lost_registry_is_noticed() {
+    let env = Env::new();
+    let svc = env.svc("lost");
+    env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
+    env.ok(&["deploy", &svc]);
+    for f in ["registry.db", "registry.db-wal", "registry.db-shm"] {
+        let _ = std::fs::remove_file(env.state.join(f));
+    }
+    // `mcp status` shows the service as an orphan, with the event that says why.
+    let shown = |env: &Env| -> Vec<String> {
+        let st = env.ok(&["status", "--json", "--events", "100"]).json();
+        let services = st["nodes"][0]["result"]["services"].as_array().cloned().unwrap_or_default();
+        let ours = services.into_iter().find(|s| s["name"] == svc.as_str()).unwrap_or_else(|| panic!("{svc} shown: {st}"));
+        let events = ours["events"].as_array().cloned().unwrap_or_default();
+        events.iter().filter(|e| e["kind"] == "registry.fresh").map(|e| e["message"].as_str().unwrap_or_default().to_string()).collect()
+    };
+    let fresh = shown(&env);
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert!(fresh[0].contains(&format!("{svc}-web")) && fresh[0].contains(&format!("mcp adopt {svc}")), "{}", fresh[0]);
+    assert_eq!(shown(&env).len(), 1, "said once, when the registry was made");
+}

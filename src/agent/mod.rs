@@ -86,8 +86,49 @@ struct Applied {
 impl Agent {
     /// Open the registry in `state_dir` (created 0700) with the given runtime.
     pub fn open(state_dir: &Path, runtime: Box<dyn Runtime>) -> Result<Agent, RegistryError> {
-        let registry = Mutex::new(Registry::open(&state_dir.join(REGISTRY_FILE))?);
-        Ok(Agent { state_dir: state_dir.to_path_buf(), registry, runtime, cache: None, policy: policy::Policy::default(), health: Default::default() })
+        let registry = Registry::open(&state_dir.join(REGISTRY_FILE))?;
+        let fresh = registry.is_fresh();
+        let agent = Agent {
+            state_dir: state_dir.to_path_buf(),
+            registry: Mutex::new(registry),
+            runtime,
+            cache: None,
+            policy: policy::Policy::default(),
+            health: Default::default(),
+        };
+        if fresh {
+            agent.note_strangers();
+        }
+        Ok(agent)
+    }
+
+    /// A registry made just now beside what mcp deployed earlier (its registry lost, moved,
+    /// or another state dir) must not start as if the node were empty without a word: each
+    /// such service gets an event (alerted like any other) and a warning in the log.
+    fn note_strangers(&self) {
+        let all = match self.runtime.list_all() {
+            Ok(all) => all,
+            Err(e) => return tracing::warn!(error = %e, "a new registry: cannot look for what mcp deployed before"),
+        };
+        let mut by_service: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for o in all.iter().filter(|o| o.managed && !o.service.is_empty()) {
+            by_service.entry(&o.service).or_default().push(&o.name);
+        }
+        let events: Vec<NewEvent> = by_service
+            .iter()
+            .map(|(service, names)| {
+                let message = format!(
+                    "this node's registry was created just now, but mcp deployed {} of {service} here before (with a registry that is gone: \
+                     lost, moved, or another state dir); `mcp adopt {service}` takes it over",
+                    names.join(", ")
+                );
+                tracing::warn!(service, "{message}");
+                NewEvent { service: service.to_string(), component: None, kind: "registry.fresh".into(), message }
+            })
+            .collect();
+        if let Err(e) = self.registry().record_events(&events) {
+            tracing::warn!(error = %e, "cannot record what a new registry found");
+        }
     }
 
     /// Refuse plans that ask for more than `policy` allows.

@@ -132,6 +132,8 @@ pub type EventSink = Box<dyn Fn(&[Event]) + Send>;
 pub struct Registry {
     conn: Connection,
     sink: Option<EventSink>,
+    /// Made by this open (it did not exist, or held no schema).
+    fresh: bool,
 }
 
 impl Registry {
@@ -162,9 +164,15 @@ impl Registry {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut reg = Registry { conn, sink: None };
-        schema::migrate(&mut reg.conn)?;
+        let mut reg = Registry { conn, sink: None, fresh: false };
+        reg.fresh = schema::migrate(&mut reg.conn)?;
         Ok(reg)
+    }
+
+    /// Was the registry made by this open? (Everything mcp deployed on this node before is
+    /// then unknown to it.)
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
     }
 
     /// Hand every committed event to `sink` from now on.

@@ -70,13 +70,15 @@ const MIGRATIONS: &[&str] = &[
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
 
-pub fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
+/// Bring the schema to [`LATEST`]; true when this call made it from nothing (a new registry).
+pub fn migrate(conn: &mut Connection) -> Result<bool, RegistryError> {
     // Current (the usual case): nothing to write, so no write lock to wait for (another writer
     // holding it must not keep a reader from opening the registry).
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if current == LATEST {
-        return Ok(());
+        return Ok(false);
     }
+    let mut created = false;
     loop {
         // IMMEDIATE takes the write lock before reading the version, so two agents opening a
         // fresh registry at once cannot both apply the same migration.
@@ -86,8 +88,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), RegistryError> {
             return Err(RegistryError::TooNew { found, known: LATEST });
         }
         if found == LATEST {
-            return Ok(());
+            return Ok(created);
         }
+        created |= found == 0;
         let version = found + 1;
         let err = |source| RegistryError::Migrate { version, source };
         tx.execute_batch(MIGRATIONS[found as usize]).map_err(err)?;
