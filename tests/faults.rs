@@ -449,3 +449,28 @@ fn a_lost_registry_is_noticed() {
     assert!(fresh[0].contains(&format!("{svc}-web")) && fresh[0].contains(&format!("mcp adopt {svc}")), "{}", fresh[0]);
     assert_eq!(shown(&env).len(), 1, "said once, when the registry was made");
 }
+
+/// #17 (class): `status` does not answer from an old snapshot while the event follower is
+/// alive but silent (podman's event stream stuck: here `podman events` hangs). A container
+/// killed behind the daemon's back shows as exited within the snapshot's 5 s bound (before:
+/// "running" until the next full sweep, 10 minutes here).
+#[test]
+fn a_silent_event_follower_does_not_keep_status_stale() {
+    let env = Env::new();
+    let svc = env.svc("silent");
+    env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
+    env.ok(&["deploy", &svc]);
+    env.hang("events");
+    let daemon = env.start_daemon(&["--sweep-secs", "600"]);
+    assert!(wait_for(Duration::from_secs(30), || daemon.follower()).is_some());
+    let observed = || {
+        let st = env.ok(&["status", &svc, "--json"]).json();
+        st["nodes"][0]["result"]["services"][0]["components"][0]["observed"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(observed(), "running");
+    assert_eq!(observed(), "running", "answered from the snapshot");
+    podman_ok(&["kill", &format!("{svc}-web")]);
+    let seen = wait_for(Duration::from_secs(20), || (observed() != "running").then(observed));
+    env.release("events");
+    assert_eq!(seen.as_deref(), Some("exited"), "status sees the kill without an event");
+}

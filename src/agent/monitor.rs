@@ -77,8 +77,13 @@ pub struct Listing {
 #[derive(Debug)]
 struct Snapshot {
     taken: Listing,
+    at: Instant,
     all: Arc<Vec<Observed>>,
 }
+
+/// The oldest snapshot trusted: an event follower that is alive but silent (podman's event
+/// stream stuck) must not keep `status` on an old picture for longer than this.
+const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(5);
 
 impl ObservedCache {
     pub fn invalidate(&self) {
@@ -97,14 +102,18 @@ impl ObservedCache {
         Listing { generation, order: self.started.fetch_add(1, Ordering::SeqCst) }
     }
 
-    /// The snapshot, if nothing changed since it was taken.
+    /// The snapshot, if nothing changed since it was taken and it is recent.
     pub fn current(&self) -> Option<Arc<Vec<Observed>>> {
+        self.current_at(Instant::now())
+    }
+
+    fn current_at(&self, now: Instant) -> Option<Arc<Vec<Observed>>> {
         if !self.following.load(Ordering::SeqCst) {
             return None;
         }
         let g = self.generation.load(Ordering::SeqCst);
         let snap = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-        snap.as_ref().filter(|s| s.taken.generation == g).map(|s| s.all.clone())
+        snap.as_ref().filter(|s| s.taken.generation == g && now.saturating_duration_since(s.at) < SNAPSHOT_MAX_AGE).map(|s| s.all.clone())
     }
 
     /// List everything now and keep it (trusted only if nothing changed meanwhile).
@@ -120,7 +129,7 @@ impl ObservedCache {
         let all = Arc::new(all);
         let mut snap = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
         if snap.as_ref().is_none_or(|s| s.taken.order < taken.order) {
-            *snap = Some(Snapshot { taken, all: all.clone() });
+            *snap = Some(Snapshot { taken, at: Instant::now(), all: all.clone() });
         }
         all
     }
@@ -687,6 +696,10 @@ mod tests {
         c.invalidate();
         c.store(taken, vec![]);
         assert!(c.current().is_none());
+        // A follower alive but silent: an old snapshot is not trusted however quiet it was.
+        c.store(c.begin(), vec![]);
+        assert!(c.current().is_some());
+        assert!(c.current_at(Instant::now() + SNAPSHOT_MAX_AGE).is_none(), "too old");
     }
 
     #[test]
