@@ -474,3 +474,35 @@ fn a_silent_event_follower_does_not_keep_status_stale() {
     env.release("events");
     assert_eq!(seen.as_deref(), Some("exited"), "status sees the kill without an event");
 }
+
+/// #17 (class): reads never queue behind a write's busy timeout. Another process holds the
+/// registry's write lock; the daemon's next write (recording the drift of a killed container)
+/// waits its 10 s busy timeout, holding its registry connection, and then gives up (a warning
+/// in its log). `mcp status`, asked over and over meanwhile, keeps answering from the read-only
+/// connection: many answers within the wait (before: one, blocked until the write gave up).
+#[test]
+fn status_does_not_wait_behind_a_blocked_write() {
+    let env = Env::new();
+    let svc = env.svc("reader");
+    env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
+    env.ok(&["deploy", &svc]);
+    let daemon = env.start_daemon(&[]);
+    assert!(wait_for(Duration::from_secs(30), || daemon.follower()).is_some());
+    let db = rusqlite::Connection::open(env.state.join("registry.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    podman_ok(&["kill", &format!("{svc}-web")]);
+    let mut answered = Vec::new();
+    let gave_up = loop {
+        let r = mcp_within(&env, &["status", &svc, "--json"], Duration::from_secs(60));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        answered.push(Instant::now());
+        if daemon.log_text().contains("database is locked") {
+            break Instant::now();
+        }
+        assert!(answered.len() < 10_000, "the daemon's write never gave up: {}", daemon.log_text());
+    };
+    db.execute_batch("COMMIT").unwrap();
+    // The write waited 10 s before it gave up: answers in the last 8 s of that wait.
+    let during = answered.iter().filter(|t| gave_up.duration_since(**t) < Duration::from_secs(8)).count();
+    assert!(during >= 5, "status kept answering while the write waited: {during} answers");
+}

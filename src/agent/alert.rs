@@ -103,7 +103,7 @@ impl Alerter {
         };
         loop {
             loop {
-                let batch = match agent.registry().events_after(done, 100) {
+                let batch = match agent.reader().events_after(done, 100) {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the events to alert on; trying again");

@@ -186,7 +186,7 @@ pub fn watch(agent: Arc<Agent>, monitor: Sender<Trigger>, stop: Receiver<()>) {
 /// next round should look again.
 fn start_due(agent: &Arc<Agent>, tx: &Sender<Done>) -> Result<Instant, crate::proto::RpcError> {
     let board = agent.health();
-    let records = agent.registry().services()?;
+    let records = agent.reader().services()?;
     let observed = agent.observe(None)?;
     let now = Instant::now();
     let mut next = now + ROUND;

@@ -63,6 +63,8 @@ const SETTLING_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct Agent {
     state_dir: PathBuf,
     registry: Mutex<Registry>,
+    /// A read-only connection: reads do not wait behind a write holding `registry`.
+    reader: Mutex<Registry>,
     runtime: Box<dyn Runtime>,
     /// What the monitor last observed, when a daemon keeps it current.
     cache: Option<std::sync::Arc<monitor::ObservedCache>>,
@@ -87,10 +89,12 @@ impl Agent {
     /// Open the registry in `state_dir` (created 0700) with the given runtime.
     pub fn open(state_dir: &Path, runtime: Box<dyn Runtime>) -> Result<Agent, RegistryError> {
         let registry = Registry::open(&state_dir.join(REGISTRY_FILE))?;
+        let reader = Registry::open_reader(&state_dir.join(REGISTRY_FILE))?;
         let fresh = registry.is_fresh();
         let agent = Agent {
             state_dir: state_dir.to_path_buf(),
             registry: Mutex::new(registry),
+            reader: Mutex::new(reader),
             runtime,
             cache: None,
             policy: policy::Policy::default(),
@@ -159,6 +163,11 @@ impl Agent {
     /// The registry, for one query or transaction.
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The registry for reading only (what was last committed): never waits behind a write.
+    pub fn reader(&self) -> MutexGuard<'_, Registry> {
+        self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Wait for the service's lock (serializes changes to one service across threads and
@@ -683,16 +692,16 @@ impl Agent {
 
     pub fn status(&self, params: &StatusParams) -> Result<StatusResult, RpcError> {
         let records = match &params.service {
-            Some(name) => vec![self.registry().service(name)?.ok_or_else(|| {
+            Some(name) => vec![self.reader().service(name)?.ok_or_else(|| {
                 RpcError::new(ErrorCode::NotFound, format!("service {name:?} is not deployed on this node"))
             })?],
-            None => self.registry().services()?,
+            None => self.reader().services()?,
         };
         let observed = self.observe(params.service.as_deref())?;
-        let repairs = |service: &str| self.registry().repairs(service).unwrap_or_default();
+        let repairs = |service: &str| self.reader().repairs(service).unwrap_or_default();
         let mut services = status::service_statuses(&records, &observed, &repairs, now_ms() / 1000);
         for s in &mut services {
-            s.events = self.registry().events(Some(&s.name), params.events)?;
+            s.events = self.reader().events(Some(&s.name), params.events)?;
             for c in &mut s.components.iter_mut().filter(|c| c.observed == "running" && c.desired == "running") {
                 let name = instance_name(&s.name, &c.name);
                 let Some(id) = observed.iter().find(|o| o.name == name).map(|o| o.id.as_str()) else { continue };

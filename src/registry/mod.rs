@@ -169,6 +169,16 @@ impl Registry {
         Ok(reg)
     }
 
+    /// A second, read-only connection to an existing registry: in WAL mode it reads the last
+    /// commit while a writer waits for or holds the write lock, so reads (`status`, the
+    /// daemon's looks) never queue behind a write's busy timeout.
+    pub fn open_reader(path: &Path) -> Result<Registry, RegistryError> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| RegistryError::Sqlite { path: path.to_path_buf(), source })?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Registry { conn, sink: None, fresh: false })
+    }
+
     /// Was the registry made by this open? (Everything mcp deployed on this node before is
     /// then unknown to it.)
     pub fn is_fresh(&self) -> bool {
