@@ -77,9 +77,7 @@ fn short_call_limit(env: &Env, secs: u64) {
 fn a_hung_podman_call_is_given_up_and_killed() {
     let env = Env::new();
     short_call_limit(&env, 2);
-    let svc = env.svc("hung");
-    env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
-    env.ok(&["deploy", &svc]);
+    let svc = deployed(&env, "hung");
     env.hang("stop");
     let r = mcp_within(&env, &["stop", &svc], Duration::from_secs(60));
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
@@ -155,6 +153,14 @@ fn a_registry_that_cannot_be_written_does_not_stop_repairs() {
     drop(db);
     let repair = env.wait_event(&svc, "repair", Duration::from_secs(90)).expect("the repair is recorded once the registry takes writes");
     assert!(repair.contains("restarted"), "{repair}");
+}
+
+/// A one-container HTTP service `base`, deployed.
+fn deployed(env: &Env, base: &str) -> String {
+    let svc = env.svc(base);
+    env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
+    env.ok(&["deploy", &svc]);
+    svc
 }
 
 /// A service `base` deployed (its container's name and id), then defined anew (a replace
@@ -273,9 +279,7 @@ fn queued_alerts_survive_a_killed_daemon() {
 #[test]
 fn a_client_that_gives_up_does_not_cut_the_local_agent_short() {
     let env = Env::new();
-    let svc = env.svc("patient");
-    env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
-    env.ok(&["deploy", &svc]);
+    let svc = deployed(&env, "patient");
     env.slow("stop");
     let r = mcp_within(&env, &["--timeout", "2", "stop", &svc], Duration::from_secs(60));
     assert_eq!(r.code, 3, "mcp gave up waiting: {}\n{}", r.stdout, r.stderr);
@@ -430,9 +434,7 @@ fn a_rollback_step_that_failed_once_is_tried_again() {
 #[test]
 fn a_lost_registry_is_noticed() {
     let env = Env::new();
-    let svc = env.svc("lost");
-    env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
-    env.ok(&["deploy", &svc]);
+    let svc = deployed(&env, "lost");
     for f in ["registry.db", "registry.db-wal", "registry.db-shm"] {
         let _ = std::fs::remove_file(env.state.join(f));
     }
@@ -457,9 +459,7 @@ fn a_lost_registry_is_noticed() {
 #[test]
 fn a_silent_event_follower_does_not_keep_status_stale() {
     let env = Env::new();
-    let svc = env.svc("silent");
-    env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
-    env.ok(&["deploy", &svc]);
+    let svc = deployed(&env, "silent");
     env.hang("events");
     let daemon = env.start_daemon(&["--sweep-secs", "600"]);
     assert!(wait_for(Duration::from_secs(30), || daemon.follower()).is_some());
@@ -483,9 +483,7 @@ fn a_silent_event_follower_does_not_keep_status_stale() {
 #[test]
 fn status_does_not_wait_behind_a_blocked_write() {
     let env = Env::new();
-    let svc = env.svc("reader");
-    env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
-    env.ok(&["deploy", &svc]);
+    let svc = deployed(&env, "reader");
     let daemon = env.start_daemon(&[]);
     assert!(wait_for(Duration::from_secs(30), || daemon.follower()).is_some());
     let db = rusqlite::Connection::open(env.state.join("registry.db")).unwrap();
