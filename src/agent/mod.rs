@@ -12,6 +12,7 @@ pub mod logs;
 pub mod monitor;
 pub mod policy;
 mod preview;
+mod recovery;
 mod probe;
 mod rollback;
 pub mod reconcile;

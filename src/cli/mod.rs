@@ -14,6 +14,7 @@ pub mod plan;
 pub mod ps;
 pub mod pull;
 pub mod push;
+pub mod recover;
 pub mod registry;
 pub mod service;
 pub mod status;
@@ -101,6 +102,9 @@ pub enum Command {
     Service(service::Cmd),
     /// Take over running containers named <service>-* that mcp did not create.
     Adopt(adopt::Opts),
+    /// Bring every service back as the node's registry holds it (after the node lost its
+    /// containers): missing ones recreated, exited ones started, whatever the restart policy.
+    Recover(recover::Opts),
     /// Copy a file into a service's volume dir on its node.
     Push(push::Opts),
     /// Copy a file out of a service's volume dir on its node.
@@ -156,6 +160,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Sync(o) => sync::run(&ctx, o).await,
         Command::Service(c) => service::run(&ctx, c).await,
         Command::Adopt(o) => adopt::run(&ctx, o).await,
+        Command::Recover(o) => recover::run(&ctx, o).await,
         Command::Push(o) => push::run(&ctx, o).await,
         Command::Pull(o) => pull::run(&ctx, o).await,
         Command::Registry(c) => registry::run(&ctx, c).await,

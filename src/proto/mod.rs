@@ -127,6 +127,11 @@ pub const SHOW: &str = "show";
 pub const REMOVE: &str = "remove";
 /// Take over containers named `<service>-*` that mcp did not create, without restarting them.
 pub const ADOPT: &str = "adopt";
+/// Bring every service back as the registry holds it (after a lost podman database, a reboot
+/// that lost containers): missing components recreated, exited ones started, whatever their
+/// restart policy; nothing else changes. Added in protocol 1 like `login`: an older agent
+/// answers "unknown method".
+pub const RECOVER: &str = "recover";
 /// push: begin, chunks, end (atomic rename after the hash checks).
 pub const PUT_BEGIN: &str = "put_begin";
 pub const PUT_CHUNK: &str = "put_chunk";
@@ -385,6 +390,21 @@ impl ApplyResult {
     pub fn changed(&self) -> bool {
         self.changes.iter().any(|c| c.change != ChangeKind::Unchanged)
     }
+}
+
+/// What `recover` did on a node, service by service (registry order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverResult {
+    pub services: Vec<RecoveredService>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveredService {
+    pub service: String,
+    pub changes: Vec<Change>,
+    /// Why this service could not be brought back (the others still were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 pub type TargetParams = Target;
