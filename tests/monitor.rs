@@ -389,10 +389,10 @@ fn events_are_pruned_to_the_configured_bound() {
     let conf = env.dir.path().join("agent.toml");
     std::fs::write(&conf, "[events]\nmax_count = 5\n").unwrap();
     let db = rusqlite::Connection::open_with_flags(env.state.join("registry.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let first: i64 = db.query_row("SELECT min(id) FROM events", [], |r| r.get(0)).unwrap();
+    let first: i64 = db.query_row("SELECT min(id) FROM events WHERE service = ?1", [&svc], |r| r.get(0)).unwrap();
     let _daemon = env.start_daemon(&["--config", conf.to_str().unwrap()]);
     // The whole registry is bounded (other tests' containers are orphans here and add events
-    // of their own): at most 5 rows, the oldest gone first.
+    // of their own): at most 5 rows, shared among services, this service's oldest gone.
     let pruned = wait_for(DEADLINE, || {
         let n: i64 = db.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
         let oldest_kept: i64 = db.query_row("SELECT coalesce(min(id), 0) FROM events WHERE id = ?1", [first], |r| r.get(0)).unwrap();

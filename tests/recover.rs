@@ -61,3 +61,35 @@ fn recover_brings_back_every_service_from_the_registry_alone() {
     assert!(again.stdout.contains(&format!("{lost}: created app")) && again.stdout.contains(&format!("{web}: as registered already")), "{}", again.stdout);
     assert_eq!(env.container_state(&format!("{lost}-app")).as_deref(), Some("running"));
 }
+
+/// #16.1: a reboot's effect. The daemon is down while every container of the node's services
+/// goes; when it starts, its first look brings each desired-running component back whatever
+/// its restart policy (here none), records why, and leaves a desired-stopped one alone.
+#[test]
+fn a_starting_daemon_recovers_what_the_node_lost() {
+    let env = Env::new();
+    let (web, pair) = (env.svc("boot"), env.svc("bootpair"));
+    let port = free_port();
+    env.define(&web, &http_service(&web, port, "stop_timeout = 1"));
+    let sleeper = |name: &str| format!("[[components]]\nname = \"{name}\"\nimage = \"{IMAGE}\"\ncmd = [\"sleep\", \"600\"]\nstop_timeout = 0\n");
+    env.define(&pair, &format!("name = \"{pair}\"\nnode = \"local\"\n{}{}", sleeper("a"), sleeper("b")));
+    env.ok(&["deploy", &web]);
+    env.ok(&["deploy", &pair]);
+    env.ok(&["stop", &format!("{pair}/b")]);
+    // One removed, one merely exited (as after a reboot with podman's database kept).
+    podman_ok(&["rm", "-f", "-t", "0", &format!("{web}-web"), &format!("{pair}-b")]);
+    podman_ok(&["stop", "-t", "0", &format!("{pair}-a")]);
+    let _daemon = env.start_daemon(&[]);
+    let back = |svc: &str| env.wait_event(svc, "repair", Duration::from_secs(60));
+    let web_back = back(&web).expect("web recovered");
+    assert!(web_back.contains("at the daemon's start") && web_back.contains("restart policy no"), "{web_back}");
+    assert!(back(&pair).is_some_and(|m| m.contains(&format!("{pair}-a"))));
+    assert_eq!(http_get(port, Duration::from_secs(20)).as_deref(), Some("hello from the test image\n"));
+    assert_eq!(env.container_state(&format!("{pair}-a")).as_deref(), Some("running"));
+    assert_eq!(env.container_state(&format!("{pair}-b")), None, "desired stopped: left alone");
+    // Later drift is the restart policy's again: a kill now stays down (policy none).
+    podman_ok(&["kill", &format!("{web}-web")]);
+    env.wait_event(&web, "drift.stopped", Duration::from_secs(60)).expect("the kill is seen");
+    assert_eq!(env.count_events(&web, "repair"), 1, "{:?}", env.events(&web));
+    assert_eq!(env.container_state(&format!("{web}-web")).as_deref(), Some("exited"));
+}

@@ -54,9 +54,6 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove stale socket", &socket)(e)),
         _ => {}
     }
-    let listener = UnixListener::bind(&socket).map_err(io("listen on", &socket))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).map_err(io("set the mode of", &socket))?;
-
     let alerts = Alerter::new(&daemon.alert).map(|a| {
         let (tx, handle) = a.start(agent.clone());
         agent.registry().set_event_sink(Box::new(move |events| {
@@ -67,9 +64,24 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
         handle
     });
 
+    // The monitor's first look recovers what the node lost while no daemon ran (a reboot, a
+    // lost podman database: see monitor::repair_for). The socket answers once it is done (or
+    // after BOOT_WAIT, if podman is slow or hung): a change made through the daemon is then
+    // never taken for a loss. Requests meanwhile are served by `mcp-agent rpc` alone.
     let (tx, rx) = mpsc::channel::<Trigger>();
+    let (booted, boot_done) = mpsc::channel::<()>();
     let monitor = Monitor::new(agent.clone(), cache.clone(), &daemon.monitor, &daemon.retention);
-    let monitor = std::thread::Builder::new().name("monitor".into()).spawn(move || monitor.run(rx)).map_err(io("start the monitor for", &state_dir))?;
+    let monitor = std::thread::Builder::new()
+        .name("monitor".into())
+        .spawn(move || monitor.run(rx, Some(booted)))
+        .map_err(io("start the monitor for", &state_dir))?;
+    let waited = tokio::task::spawn_blocking(move || boot_done.recv_timeout(BOOT_WAIT).is_ok()).await.unwrap_or(false);
+    if !waited {
+        tracing::warn!("the first look at every service takes more than {}s; serving meanwhile", BOOT_WAIT.as_secs());
+    }
+    let listener = UnixListener::bind(&socket).map_err(io("listen on", &socket))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).map_err(io("set the mode of", &socket))?;
+
     let current: monitor::StopSlot = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let follower = {
@@ -127,6 +139,9 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
     drop(lock);
     Ok(())
 }
+
+/// How long a starting daemon waits for its first look (recovery) before it serves anyway.
+const BOOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a stopping daemon waits for its monitor, event follower and health watch.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
