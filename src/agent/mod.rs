@@ -66,6 +66,8 @@ pub struct Agent {
     registry: Mutex<Registry>,
     /// A read-only connection: reads do not wait behind a write holding `registry`.
     reader: Mutex<Registry>,
+    /// The registry was made by this open and nobody has looked at the runtime since.
+    fresh: std::sync::atomic::AtomicBool,
     runtime: Box<dyn Runtime>,
     /// What the monitor last observed, when a daemon keeps it current.
     cache: Option<std::sync::Arc<monitor::ObservedCache>>,
@@ -91,7 +93,7 @@ impl Agent {
     pub fn open(state_dir: &Path, runtime: Box<dyn Runtime>) -> Result<Agent, RegistryError> {
         let registry = Registry::open(&state_dir.join(REGISTRY_FILE))?;
         let reader = Registry::open_reader(&state_dir.join(REGISTRY_FILE))?;
-        let fresh = registry.is_fresh();
+        let fresh = std::sync::atomic::AtomicBool::new(registry.is_fresh());
         let agent = Agent {
             state_dir: state_dir.to_path_buf(),
             registry: Mutex::new(registry),
@@ -100,11 +102,18 @@ impl Agent {
             cache: None,
             policy: policy::Policy::default(),
             health: Default::default(),
+            fresh,
         };
-        if fresh {
-            agent.note_strangers();
-        }
         Ok(agent)
+    }
+
+    /// The first look at the runtime of an agent whose registry was made just now says what
+    /// mcp deployed here before ([`Agent::note_strangers`]); not at open: an invalid plan is
+    /// refused before the runtime is touched at all.
+    pub fn note_strangers_once(&self) {
+        if self.fresh.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.note_strangers();
+        }
     }
 
     /// A registry made just now beside what mcp deployed earlier (its registry lost, moved,
@@ -660,6 +669,7 @@ impl Agent {
     /// What the runtime shows for `service` (all mcp objects when None): from the monitor's
     /// cache while it is current, else from the runtime.
     pub fn observe(&self, service: Option<&str>) -> Result<Vec<Observed>, RpcError> {
+        self.note_strangers_once();
         let Some(cache) = &self.cache else { return Ok(self.runtime.list(service)?) };
         let all = match cache.current() {
             Some(all) => all,

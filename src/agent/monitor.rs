@@ -392,6 +392,7 @@ impl Monitor {
     /// One look at everything: record drift transitions, repair, prune old events.
     pub fn sweep(&mut self) -> Result<(), crate::proto::RpcError> {
         self.flush_unrecorded();
+        self.agent.note_strangers_once();
         let all = self.cache.refresh(self.agent.runtime())?;
         if all.iter().any(|o| o.settling()) {
             // Not drift yet (see status::drift): looked at again once it got where it goes.
