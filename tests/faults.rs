@@ -253,6 +253,9 @@ fn queued_alerts_survive_a_killed_daemon() {
     kill.extend(names.iter().map(String::as_str));
     podman_ok(&kill);
     assert!(wait_for(Duration::from_secs(30), || (!lines("start ").is_empty()).then_some(())).is_some(), "the hook runs");
+    // All six recorded (a sweep may catch the kills in two looks), the hook still at work.
+    let recorded = wait_for(Duration::from_secs(30), || (env.count_events(&svc, "drift.stopped") == 6).then_some(()));
+    assert!(recorded.is_some(), "{:?}", env.events(&svc));
     signal(daemon.pid(), libc::SIGKILL);
     drop(daemon);
     assert!(wait_for(Duration::from_secs(10), || (!process_running(hook.to_str().unwrap())).then_some(())).is_some());
