@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,16 +99,11 @@ fn connect(target: &Target, timeout: Duration) -> Result<TcpStream, String> {
     let Some(netns) = &target.netns else {
         return TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connecting to {addr}: {e}"));
     };
-    let netns = netns.try_clone().map_err(|e| format!("the probe namespace: {e}"))?;
-    // A socket stays in the namespace it was made in: a short-lived thread enters the probe
-    // namespace, connects and hands the connection back; no other thread changes namespace.
-    let connector = move || {
-        rustix::thread::move_into_link_name_space(netns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-            .map_err(|e| format!("entering the probe namespace: {e}"))?;
+    // A socket stays in the namespace it was made in: connected from inside the probe
+    // namespace, used from here.
+    crate::runtime::netns::in_netns(netns, "probe-netns", move || {
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connecting to {addr}: {e}"))
-    };
-    let thread = std::thread::Builder::new().name("probe-netns".into()).spawn(connector).map_err(|e| format!("starting a probe thread: {e}"))?;
-    thread.join().unwrap_or_else(|_| Err("the probe thread panicked".into()))
+    })
 }
 
 fn server_name(host: &Host, target: &Target) -> rustls::pki_types::ServerName<'static> {

@@ -61,16 +61,10 @@ impl Agent {
         };
         for u in undo.iter().rev() {
             match u {
-                Undo::RemoveNew { id } => {
-                    if !matches!(self.runtime.state(id), Ok(None)) {
-                        check(self.runtime.remove(id));
-                    }
-                }
+                Undo::RemoveNew { id } => check(self.remove_unless_gone(id)),
                 Undo::RestoreOld { old_id, name, was_running, new_id } => {
                     if let Some(id) = new_id {
-                        if !matches!(self.runtime.state(id), Ok(None)) {
-                            check(self.runtime.remove(id));
-                        }
+                        check(self.remove_unless_gone(id));
                     }
                     // A failed create may have left a container under the name.
                     if let Ok(Some(o)) = self.runtime.by_name(name) {
@@ -91,6 +85,14 @@ impl Agent {
             }
         }
         reported
+    }
+
+    /// Remove `id` unless the runtime shows it gone already (a pass run again).
+    fn remove_unless_gone(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.runtime.state(id) {
+            Ok(None) => Ok(()),
+            _ => self.runtime.remove(id),
+        }
     }
 
     /// What the runtime shows against what the undo steps meant to leave.

@@ -7,6 +7,7 @@ pub mod bake;
 pub mod child;
 pub mod multi;
 pub mod podman;
+pub mod netns;
 pub mod qemu;
 pub mod registries;
 pub mod registry_client;

@@ -46,9 +46,14 @@ pub fn isolated_net(rec: &VmRecord) -> IsolatedNet {
     }
 }
 
+/// One `ip` command line.
+pub(super) fn ip_argv(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
 /// The `ip` commands that create the bridge (if missing) and the tap on it, in order.
 pub fn net_up_argv(net: &IsolatedNet, bridge_exists: bool, tap_exists: bool) -> Vec<Vec<String>> {
-    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let v = ip_argv;
     let mut out = Vec::new();
     if !bridge_exists {
         out.push(v(&["link", "add", &net.bridge, "type", "bridge"]));
@@ -113,8 +118,7 @@ impl Qemu {
 
     /// The ports of `bridge` (`None` when that cannot be told: then nothing is removed).
     fn bridge_ports(&self, bridge: &str) -> Option<Vec<String>> {
-        let argv: Vec<String> = ["-j", "link", "show", "master", bridge].iter().map(|s| s.to_string()).collect();
-        port_names(&self.ip(&argv).ok()?)
+        port_names(&self.ip(&ip_argv(&["-j", "link", "show", "master", bridge])).ok()?)
     }
 
     /// Held while bridges, taps and probe namespaces are made or removed: a deploy's gate and
@@ -155,7 +159,7 @@ impl Qemu {
         }
         let net = isolated_net(rec);
         if self.link_exists(&net.tap) {
-            let _ = self.ip(&["link".into(), "del".into(), net.tap.clone()]);
+            let _ = self.ip(&ip_argv(&["link", "del", &net.tap]));
         }
         let Ok(_lock) = self.net_lock() else { return };
         if !self.link_exists(&net.bridge) {
@@ -164,9 +168,12 @@ impl Qemu {
         }
         // The bridge goes once no VM is on it (its probe namespace's veth does not count).
         let Some(ports) = self.bridge_ports(&net.bridge) else { return };
-        if ports.iter().all(|p| self.is_probe_port(&net, p)) {
-            self.probe_down_of(&net);
-            let _ = self.ip(&["link".into(), "del".into(), net.bridge.clone()]);
+        let probe = self.probe_net_of(&net).ok();
+        if ports.iter().all(|port| probe.as_ref().is_some_and(|p| &p.veth == port)) {
+            if let Some(p) = &probe {
+                self.probe_down(p);
+            }
+            let _ = self.ip(&ip_argv(&["link", "del", &net.bridge]));
         }
     }
 }

@@ -10,11 +10,11 @@
 //! says it was made to the end); removed with the bridge. Making and entering it takes root
 //! (CAP_SYS_ADMIN and a writable /run/netns).
 
-use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::net::{isolated, isolated_net, static_ip, IsolatedNet};
+use crate::runtime::netns::in_netns;
+use super::net::{ip_argv, isolated, isolated_net, static_ip, IsolatedNet};
 use super::record::VmRecord;
 use super::Qemu;
 use crate::runtime::address::Pool;
@@ -59,7 +59,7 @@ pub fn probe_net(net: &IsolatedNet, pool: Pool, netns_id: u64) -> ProbeNet {
 
 /// The `ip` commands that make it, in order (the bridge exists; nothing of this does).
 pub fn probe_up_argv(p: &ProbeNet) -> Vec<Vec<String>> {
-    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let v = ip_argv;
     vec![
         v(&["netns", "add", &p.netns]),
         v(&["link", "add", &p.veth, "type", "veth", "peer", "name", PEER, "netns", &p.netns]),
@@ -74,13 +74,12 @@ pub fn probe_up_argv(p: &ProbeNet) -> Vec<Vec<String>> {
 
 /// The `ip` command that pins a VM's MAC for its address in the namespace.
 pub fn pin_argv(p: &ProbeNet, address: std::net::Ipv4Addr, mac: &str) -> Vec<String> {
-    let address = address.to_string();
-    ["-n", &p.netns, "neigh", "replace", &address, "lladdr", mac, "dev", PEER, "nud", "permanent"].iter().map(|s| s.to_string()).collect()
+    ip_argv(&["-n", &p.netns, "neigh", "replace", &address.to_string(), "lladdr", mac, "dev", PEER, "nud", "permanent"])
 }
 
 /// The `ip` commands that remove it (each may find its part gone already).
 pub fn probe_down_argv(p: &ProbeNet) -> Vec<Vec<String>> {
-    vec![vec!["link".into(), "del".into(), p.veth.clone()], vec!["netns".into(), "del".into(), p.netns.clone()]]
+    vec![ip_argv(&["link", "del", &p.veth]), ip_argv(&["netns", "del", &p.netns])]
 }
 
 /// The id (inode) of the calling thread's network namespace.
@@ -115,10 +114,7 @@ fn neutralize(ns: &std::fs::File) -> Result<(), RuntimeError> {
         ("ipv6/conf/all/disable_ipv6", "1"),
         ("ipv6/conf/default/disable_ipv6", "1"),
     ];
-    let ns = ns.try_clone().map_err(crate::runtime::io_err("the probe namespace"))?;
-    let inside = move || -> Result<(), String> {
-        rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-            .map_err(|e| format!("entering the probe namespace: {e}"))?;
+    in_netns(ns, "probe-ns-setup", || {
         for (key, value) in SETTINGS {
             let path = format!("/proc/sys/net/{key}");
             match std::fs::write(&path, value) {
@@ -128,13 +124,17 @@ fn neutralize(ns: &std::fs::File) -> Result<(), RuntimeError> {
             }
         }
         Ok(())
-    };
-    let thread = std::thread::Builder::new().name("probe-ns-setup".into()).spawn(inside).map_err(crate::runtime::io_err("a thread"))?;
-    thread.join().unwrap_or_else(|_| Err("the setup thread panicked".into())).map_err(RuntimeError::Unsupported)
+    })
+    .map_err(RuntimeError::Unsupported)
+}
+
+/// The namespace file of `p`, when it is one.
+fn open_namespace(p: &ProbeNet) -> Option<std::fs::File> {
+    std::fs::File::open(Path::new(NETNS_DIR).join(&p.netns)).ok().filter(is_namespace)
 }
 
 impl Qemu {
-    fn probe_net_of(&self, net: &IsolatedNet) -> Result<ProbeNet, RuntimeError> {
+    pub(super) fn probe_net_of(&self, net: &IsolatedNet) -> Result<ProbeNet, RuntimeError> {
         Ok(probe_net(net, self.pool, own_netns_id()?))
     }
 
@@ -145,7 +145,7 @@ impl Qemu {
     /// The namespace when it was made to the end (its marker says so) and is still joined to
     /// the bridge: no lock, no `ip` call on this path, which every probe takes.
     fn ready(&self, p: &ProbeNet) -> Option<std::fs::File> {
-        let ns = std::fs::File::open(Path::new(NETNS_DIR).join(&p.netns)).ok().filter(is_namespace)?;
+        let ns = open_namespace(p)?;
         let made = std::fs::read_to_string(self.marker(p)).ok()?;
         (Some(made) == marker_text(&ns, p) && self.link_exists(&p.veth)).then_some(ns)
     }
@@ -186,10 +186,7 @@ impl Qemu {
         let made = (|| {
             let mut steps = probe_up_argv(p).into_iter();
             self.ip(&steps.next().unwrap_or_default())?;
-            let ns = std::fs::File::open(Path::new(NETNS_DIR).join(&p.netns))
-                .ok()
-                .filter(is_namespace)
-                .ok_or_else(|| RuntimeError::Unsupported(format!("`ip netns add {}` made no namespace", p.netns)))?;
+            let ns = open_namespace(p).ok_or_else(|| RuntimeError::Unsupported(format!("`ip netns add {}` made no namespace", p.netns)))?;
             neutralize(&ns)?;
             for argv in steps {
                 self.ip(&argv)?;
@@ -232,12 +229,7 @@ impl Qemu {
         }
     }
 
-    /// Is `name` the node's end of `net`'s probe veth?
-    pub(super) fn is_probe_port(&self, net: &IsolatedNet, name: &str) -> bool {
-        self.probe_net_of(net).is_ok_and(|p| p.veth == name)
-    }
-
-    fn probe_down(&self, p: &ProbeNet) {
+    pub(super) fn probe_down(&self, p: &ProbeNet) {
         let _ = std::fs::remove_file(self.marker(p));
         for argv in probe_down_argv(p) {
             let part = argv.last().cloned().unwrap_or_default();
