@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::registry::Registry;
 use common::*;
 
 #[test]
@@ -62,6 +63,124 @@ fn recover_brings_back_every_service_from_the_registry_alone() {
     assert_eq!(env.container_state(&format!("{lost}-app")).as_deref(), Some("running"));
 }
 
+fn sleeper_service(name: &str, image: &str) -> String {
+    format!("name = \"{name}\"\nnode = \"local\"\n[[components]]\nname = \"app\"\nimage = \"{image}\"\ncmd = [\"sleep\", \"600\"]\nstop_timeout = 0\n")
+}
+
+/// Every container of this test's services, removed behind the agent's back.
+fn lose_containers(env: &Env) {
+    let ours = podman_ok(&["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("name=^{}-", env.prefix)]);
+    let mut rm = vec!["rm", "-f", "-t", "0"];
+    rm.extend(ours.lines());
+    if rm.len() > 4 {
+        podman_ok(&rm);
+    }
+}
+
+/// The events of `service` with their ids (which order events across services).
+fn events_with_ids(env: &Env, service: &str) -> Vec<(i64, String, String)> {
+    let st = env.ok(&["status", service, "--json", "--events", "1000"]).json();
+    let events = st["nodes"][0]["result"]["services"][0]["events"].as_array().cloned().unwrap_or_default();
+    events.iter().map(|e| (e["id"].as_i64().unwrap(), e["kind"].as_str().unwrap().to_string(), e["message"].as_str().unwrap().to_string())).collect()
+}
+
+/// The id of the first event of `kind` of `service`.
+fn event_id(env: &Env, service: &str, kind: &str) -> i64 {
+    let all = events_with_ids(env, service);
+    all.iter().find(|(_, k, _)| k == kind).map(|(id, _, _)| *id).unwrap_or_else(|| panic!("{service}: no {kind} event in {all:?}"))
+}
+
+/// #16.2: boot order. A daemon starting after the node lost everything brings the services
+/// back stage by stage (the event ids prove the order); then, with the first stage's image
+/// gone, `mcp recover` fails that required stage, says why, and starts nothing after it.
+#[test]
+fn recovery_follows_the_boot_stages_and_a_failed_required_stage_stops_the_rest() {
+    let env = Env::new();
+    let (dns, db, web) = (env.svc("dns"), env.svc("db"), env.svc("web"));
+    let dns_image = format!("localhost/mcp-boot-{}:1", env.prefix);
+    podman_ok(&["tag", IMAGE, &dns_image]);
+    let port = free_port();
+    env.define(&dns, &sleeper_service(&dns, &dns_image));
+    env.define(&db, &sleeper_service(&db, IMAGE));
+    env.define(&web, &http_service(&web, port, "stop_timeout = 1"));
+    for svc in [&web, &db, &dns] {
+        env.ok(&["deploy", svc]);
+    }
+    std::fs::write(
+        env.state.join("agent.toml"),
+        format!(
+            "[[boot.sequence]]\nname = \"foundation\"\nservices = [\"{dns}\", \"not-on-this-node\"]\nrequired = true\ntimeout = \"60s\"\n\n\
+             [[boot.sequence]]\nname = \"core\"\nservices = [\"{db}\"]\n"
+        ),
+    )
+    .unwrap();
+    lose_containers(&env);
+
+    let mut daemon = env.start_daemon(&[]);
+    env.wait_event(&web, "recovered", Duration::from_secs(90)).unwrap_or_else(|| panic!("web not recovered; log:\n{}", daemon.log_text()));
+    let dns_up = event_id(&env, &dns, "stage.up");
+    assert!(event_id(&env, &dns, "stage.started") < event_id(&env, &dns, "recovered") && event_id(&env, &dns, "recovered") < dns_up);
+    assert!(dns_up < event_id(&env, &db, "stage.started"), "core starts once foundation is up");
+    assert!(event_id(&env, &db, "stage.up") < event_id(&env, &web, "recovered"), "the rest comes last");
+    assert_eq!(env.count_events(&web, "stage.started"), 0, "the rest has no stage events");
+    assert_eq!(http_get(port, Duration::from_secs(20)).as_deref(), Some("hello from the test image\n"));
+    for svc in [&dns, &db] {
+        assert_eq!(env.container_state(&format!("{svc}-app")).as_deref(), Some("running"));
+    }
+    daemon.stop();
+
+    // The foundation cannot come back (its image is gone): nothing after it is started.
+    lose_containers(&env);
+    podman_ok(&["rmi", &dns_image]);
+    let r = env.mcp(&["recover", "--json"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    let out = r.json();
+    let stages: Vec<(String, String)> = out["nodes"][0]["result"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s["state"].as_str().unwrap().to_string()))
+        .collect();
+    let expect = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    assert_eq!(stages, expect(&[("foundation", "failed"), ("core", "blocked"), ("rest", "blocked")]), "{out}");
+    let why = out["nodes"][0]["result"]["stages"][0]["message"].as_str().unwrap();
+    assert!(why.contains(&dns_image), "{why}");
+    assert!(events_with_ids(&env, &db).iter().any(|(_, k, m)| k == "stage.blocked" && m.contains("required boot stage foundation did not come up")));
+    assert_eq!(env.container_state(&format!("{db}-app")), None);
+    assert_eq!(env.container_state(&format!("{web}-web")), None);
+    // In words too.
+    let r = env.mcp(&["recover"]);
+    assert!(r.stdout.contains("stage foundation (required): failed") && r.stdout.contains("stage core (optional): blocked"), "{}", r.stdout);
+}
+
+/// #16.1: recovery with the image registry down uses the images the node has (also for
+/// `pull = "always"`, which a deploy would pull).
+#[test]
+fn recovery_uses_cached_images_when_the_registry_is_down() {
+    let env = Env::new();
+    let mut reg = Registry::start(&env.dir.path().join("registry"));
+    let tag = reg.push(IMAGE, &format!("mcp/{}:1", env.prefix));
+    let r = env.mcp_stdin(&["registry", "login", &reg.address(), "--ca-file", reg.ca.to_str().unwrap(), "-u", &reg.user, "--password-stdin"], &reg.password);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (always, missing) = (env.svc("always"), env.svc("missing"));
+    let (pa, pm) = (free_port(), free_port());
+    env.define(&always, &http_service(&always, pa, "stop_timeout = 0\npull = \"always\"").replace(IMAGE, &tag));
+    env.define(&missing, &http_service(&missing, pm, "stop_timeout = 0").replace(IMAGE, &tag));
+    env.ok(&["deploy", &always]);
+    env.ok(&["deploy", &missing]);
+    reg.stop();
+    lose_containers(&env);
+    let r = env.mcp(&["recover"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    for port in [pa, pm] {
+        assert_eq!(http_get(port, Duration::from_secs(20)).as_deref(), Some("hello from the test image\n"));
+    }
+    for svc in [&always, &missing] {
+        let _ = env.mcp(&["stop", svc]);
+    }
+    let _ = podman(&["rmi", "-f", &tag]);
+}
+
 /// #16.1: a reboot's effect. The daemon is down while every container of the node's services
 /// goes; when it starts, its first look brings each desired-running component back whatever
 /// its restart policy (here none), records why, and leaves a desired-stopped one alone.
@@ -80,16 +199,16 @@ fn a_starting_daemon_recovers_what_the_node_lost() {
     podman_ok(&["rm", "-f", "-t", "0", &format!("{web}-web"), &format!("{pair}-b")]);
     podman_ok(&["stop", "-t", "0", &format!("{pair}-a")]);
     let _daemon = env.start_daemon(&[]);
-    let back = |svc: &str| env.wait_event(svc, "repair", Duration::from_secs(60));
+    let back = |svc: &str| env.wait_event(svc, "recovered", Duration::from_secs(60));
     let web_back = back(&web).expect("web recovered");
-    assert!(web_back.contains("at the daemon's start") && web_back.contains("restart policy no"), "{web_back}");
-    assert!(back(&pair).is_some_and(|m| m.contains(&format!("{pair}-a"))));
+    assert!(web_back.contains("at the daemon's start") && web_back.contains("created web"), "{web_back}");
+    assert!(back(&pair).is_some_and(|m| m.contains("started a") && !m.contains(" b")), "{:?}", env.events(&pair));
     assert_eq!(http_get(port, Duration::from_secs(20)).as_deref(), Some("hello from the test image\n"));
     assert_eq!(env.container_state(&format!("{pair}-a")).as_deref(), Some("running"));
     assert_eq!(env.container_state(&format!("{pair}-b")), None, "desired stopped: left alone");
     // Later drift is the restart policy's again: a kill now stays down (policy none).
     podman_ok(&["kill", &format!("{web}-web")]);
     env.wait_event(&web, "drift.stopped", Duration::from_secs(60)).expect("the kill is seen");
-    assert_eq!(env.count_events(&web, "repair"), 1, "{:?}", env.events(&web));
+    assert_eq!((env.count_events(&web, "repair"), env.count_events(&web, "recovered")), (0, 1), "{:?}", env.events(&web));
     assert_eq!(env.container_state(&format!("{web}-web")).as_deref(), Some("exited"));
 }

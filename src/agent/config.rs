@@ -34,6 +34,9 @@ pub struct AgentConfig {
     /// What a deploy may ask of this node (default: everything valid).
     #[serde(default)]
     pub policy: super::policy::Policy,
+    /// The order services come back in when the node recovers.
+    #[serde(default)]
+    pub boot: super::boot::BootConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +51,12 @@ impl AgentConfig {
     /// Load `path`; a missing file is the default config unless `required`.
     pub fn load(path: &Path, required: bool) -> Result<AgentConfig, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() }),
+            Ok(text) => {
+                let parse = |message: String| ConfigError::Parse { path: path.to_path_buf(), message };
+                let config: AgentConfig = toml::from_str(&text).map_err(|e| parse(e.to_string().trim_end().to_string()))?;
+                config.boot.check().map_err(parse)?;
+                Ok(config)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(AgentConfig::default()),
             Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
         }
@@ -90,6 +97,11 @@ mod tests {
         std::fs::write(&p, "[nanos]\ndir = \"/opt/nanos\"\n[qemu]\nsubnet = \"10.5.0.0/16\"\n").unwrap();
         let c = AgentConfig::load(&p, true).unwrap();
         assert_eq!((c.nanos.dir.as_deref(), c.qemu.subnet.as_deref()), (Some(Path::new("/opt/nanos")), Some("10.5.0.0/16")));
+        std::fs::write(&p, "[[boot.sequence]]\nname = \"base\"\nservices = [\"dns\"]\nrequired = true\ntimeout = \"1m\"\n").unwrap();
+        assert_eq!(AgentConfig::load(&p, true).unwrap().boot.sequence[0].services, vec!["dns"]);
+        std::fs::write(&p, "[[boot.sequence]]\nname = \"base\"\ntimeout = \"later\"\n").unwrap();
+        let e = AgentConfig::load(&p, true).unwrap_err().to_string();
+        assert!(e.contains("agent.toml") && e.contains("\"later\""), "{e}");
         std::fs::write(&p, "[podman]\nargz = []\n").unwrap();
         let e = AgentConfig::load(&p, true).unwrap_err().to_string();
         assert!(e.contains("agent.toml") && e.contains("argz"), "{e}");

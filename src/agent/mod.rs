@@ -3,6 +3,7 @@
 
 mod adopt;
 pub mod alert;
+pub mod boot;
 mod gate;
 pub mod health;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod monitor;
 pub mod policy;
 mod preview;
 mod recovery;
+pub use recovery::Occasion;
 mod probe;
 mod rollback;
 pub mod reconcile;
@@ -75,6 +77,8 @@ pub struct Agent {
     policy: policy::Policy,
     /// What the health watch (and the deploy's gate) last saw.
     health: std::sync::Arc<health::Board>,
+    /// The order services come back in (see [`boot`]).
+    boot: boot::BootConfig,
 }
 
 /// What a successful run of actions leaves to do once nothing can fail any more.
@@ -102,6 +106,7 @@ impl Agent {
             cache: None,
             policy: policy::Policy::default(),
             health: Default::default(),
+            boot: Default::default(),
             fresh,
         };
         Ok(agent)
@@ -110,6 +115,12 @@ impl Agent {
     /// Refuse plans that ask for more than `policy` allows.
     pub fn with_policy(mut self, policy: policy::Policy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Recover in these stages (agent.toml `[[boot.sequence]]`).
+    pub fn with_boot(mut self, boot: boot::BootConfig) -> Self {
+        self.boot = boot;
         self
     }
 

@@ -224,11 +224,11 @@ pub enum Repair {
     Restart { id: String },
 }
 
-/// Whether the component's restart policy asks for a repair of this drift. At `boot` (the
-/// daemon's first look at a service) every desired-running component missing or exited is
-/// brought back whatever its policy: the node lost it (a reboot, a lost podman database).
-pub fn repair_for(f: &Finding, want: &ComponentRecord, boot: bool) -> Option<Repair> {
-    let policy = if boot { RestartPolicy::Always } else { RestartPolicy::parse(want.spec.restart.as_deref()) };
+/// Whether the component's restart policy asks for a repair of this drift. (What the node
+/// lost while no daemon ran is recovered whatever the policy when the daemon starts: see
+/// [`Agent::recover_node`].)
+pub fn repair_for(f: &Finding, want: &ComponentRecord) -> Option<Repair> {
+    let policy = RestartPolicy::parse(want.spec.restart.as_deref());
     if !f.registered || policy == RestartPolicy::No {
         return None;
     }
@@ -290,9 +290,6 @@ pub struct Monitor {
     unhealthy: Vec<(String, String, String)>,
     /// Events of repairs done while the registry could not be written.
     unrecorded: Vec<NewEvent>,
-    /// Services the daemon has not looked at since it started (`None` before its first
-    /// sweep): their first look recovers them (see [`repair_for`]).
-    boot: Option<BTreeSet<String>>,
 }
 
 impl Monitor {
@@ -307,20 +304,20 @@ impl Monitor {
             wake_at: None,
             unhealthy: Vec::new(),
             unrecorded: Vec::new(),
-            boot: None,
         }
     }
 
-    /// Sweep now (the daemon's first look: what the node lost is brought back, see
-    /// [`repair_for`]; `booted` hears when it is done), then whenever triggered, a deferred
-    /// repair is due, or the interval passed; returns on [`Trigger::Stop`] or when every
-    /// sender is gone.
+    /// With `booted` (the daemon's start): first recover what the node lost while no daemon
+    /// ran, in boot order ([`Agent::recover_node`]), and say so to `booted`. Then sweep now,
+    /// and whenever triggered, a deferred repair is due, or the interval passed; returns on
+    /// [`Trigger::Stop`] or when every sender is gone.
     pub fn run(mut self, rx: Receiver<Trigger>, booted: Option<std::sync::mpsc::Sender<()>>) {
+        if let Some(booted) = booted {
+            self.recover_at_start();
+            let _ = booted.send(());
+        }
         if let Err(e) = self.sweep() {
             tracing::warn!(error = %e, "the first look failed; the next sweep tries again");
-        }
-        if let Some(booted) = booted {
-            let _ = booted.send(());
         }
         let mut next_sweep = Instant::now() + self.interval;
         loop {
@@ -360,6 +357,23 @@ impl Monitor {
         }
     }
 
+    /// What the node lost while no daemon ran (a reboot, a lost podman database) comes back
+    /// as registered, whatever the restart policies, in boot order; said in the log and events.
+    fn recover_at_start(&mut self) {
+        self.agent.note_strangers_once();
+        let mut log = |p: crate::proto::Progress| tracing::info!("recovery: {}", p.message);
+        match self.agent.recover_node(super::Occasion::DaemonStart, &mut log) {
+            Ok(r) => {
+                let failed = r.services.iter().filter(|s| s.error.is_some()).count();
+                if failed > 0 {
+                    tracing::warn!(failed, "recovery at the daemon's start left services down; the restart policies take over");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot recover at the daemon's start"),
+        }
+        self.cache.invalidate();
+    }
+
     fn note(&mut self, trigger: Trigger) {
         if let Trigger::Unhealthy { service, component, id } = trigger {
             if !self.unhealthy.iter().any(|u| u.2 == id) {
@@ -386,7 +400,7 @@ impl Monitor {
         if !current.is_some_and(|o| o.running() && o.name == instance_name(service, component)) {
             return Ok(true);
         }
-        Ok(self.repair(service, want, Repair::Restart { id: id.to_string() }, false))
+        Ok(self.repair(service, want, Repair::Restart { id: id.to_string() }))
     }
 
     /// One look at everything: record drift transitions, repair, prune old events.
@@ -416,15 +430,12 @@ impl Monitor {
         let changed = transitions(&old, &found, &|s| registered.contains(s), now);
         let mut visit: BTreeSet<String> = changed.upsert.iter().map(|d| d.service.clone()).collect();
         visit.extend(changed.resolved.iter().map(|(s, _)| s.clone()));
-        let boot = self.boot.get_or_insert_with(|| registered.iter().map(|s| s.to_string()).collect());
         for f in &found {
             let want = records.iter().find(|r| r.name == f.service).and_then(|r| r.component(&f.component));
-            if want.is_some_and(|w| repair_for(f, w, boot.contains(&f.service)).is_some()) {
+            if want.is_some_and(|w| repair_for(f, w).is_some()) {
                 visit.insert(f.service.clone());
             }
         }
-        // Nothing to recover in the rest: their first look is done.
-        boot.retain(|s| visit.contains(s));
         for service in visit {
             // One service's trouble (a hung call, a locked registry) does not stop the others.
             if let Err(e) = self.visit(&service) {
@@ -466,11 +477,10 @@ impl Monitor {
                 tracing::warn!(service, error = %e, "cannot record drift; repairing anyway");
             }
         }
-        let boot = self.boot.as_mut().is_some_and(|b| b.remove(service));
         for f in &found {
             let Some(want) = record.component(&f.component) else { continue };
-            if let Some(repair) = repair_for(f, want, boot) {
-                let _ = self.repair(service, want, repair, boot);
+            if let Some(repair) = repair_for(f, want) {
+                let _ = self.repair(service, want, repair);
             }
         }
         Ok(())
@@ -481,7 +491,7 @@ impl Monitor {
     }
 
     /// Carry out a repair unless backoff says to wait (false) or the policy allows no more.
-    fn repair(&mut self, service: &str, want: &ComponentRecord, repair: Repair, boot: bool) -> bool {
+    fn repair(&mut self, service: &str, want: &ComponentRecord, repair: Repair) -> bool {
         let component = want.spec.name.clone();
         let name = instance_name(service, &component);
         let policy = want.spec.restart.clone().unwrap_or_else(|| "no".into());
@@ -531,11 +541,7 @@ impl Monitor {
         let recorded = match result {
             Ok(()) => {
                 tracing::info!(service, component = %component, what, attempt, "repaired");
-                let message = if boot {
-                    format!("{what} {name} at the daemon's start: recovered as registered (restart policy {policy})")
-                } else {
-                    format!("{what} {name} (restart policy {policy}, repair {attempt} in a row)")
-                };
+                let message = format!("{what} {name} (restart policy {policy}, repair {attempt} in a row)");
                 let event = NewEvent { service: service.into(), component: Some(component.clone()), kind: "repair".into(), message };
                 self.agent.registry().record_repair(service, &component, &event).map_err(|e| (e, event))
             }
@@ -683,23 +689,19 @@ mod tests {
         assert_eq!(RestartPolicy::parse(Some("on-failure:3")), RestartPolicy::OnFailure { max: Some(3) });
         assert_eq!(RestartPolicy::parse(Some("on-failure")), RestartPolicy::OnFailure { max: None });
         let missing = finding("s", "s-a", DriftKind::Missing);
-        assert_eq!(repair_for(&missing, &want(None), false), None);
-        // At the daemon's start, whatever the policy.
-        assert_eq!(repair_for(&missing, &want(None), true), Some(Repair::Recreate));
-        assert_eq!(repair_for(&stopped(0, "exited"), &want(Some("on-failure")), true), Some(Repair::Start { id: "id1".into() }));
-        assert_eq!(repair_for(&stopped(1, "paused"), &want(None), true), None, "paused: left to the operator");
-        assert_eq!(repair_for(&missing, &want(Some("always")), false), Some(Repair::Recreate));
-        assert_eq!(repair_for(&missing, &want(Some("on-failure")), false), Some(Repair::Recreate));
+        assert_eq!(repair_for(&missing, &want(None)), None);
+        assert_eq!(repair_for(&missing, &want(Some("always"))), Some(Repair::Recreate));
+        assert_eq!(repair_for(&missing, &want(Some("on-failure"))), Some(Repair::Recreate));
         let start = Some(Repair::Start { id: "id1".into() });
-        assert_eq!(repair_for(&stopped(137, "exited"), &want(Some("unless-stopped")), false), start);
-        assert_eq!(repair_for(&stopped(0, "exited"), &want(Some("always")), false), start);
-        assert_eq!(repair_for(&stopped(0, "exited"), &want(Some("on-failure")), false), None);
-        assert_eq!(repair_for(&stopped(1, "exited"), &want(Some("on-failure")), false), start);
-        assert_eq!(repair_for(&stopped(1, "paused"), &want(Some("always")), false), None);
-        assert_eq!(repair_for(&finding("s", "s-a", DriftKind::Spec), &want(Some("always")), false), None);
+        assert_eq!(repair_for(&stopped(137, "exited"), &want(Some("unless-stopped"))), start);
+        assert_eq!(repair_for(&stopped(0, "exited"), &want(Some("always"))), start);
+        assert_eq!(repair_for(&stopped(0, "exited"), &want(Some("on-failure"))), None);
+        assert_eq!(repair_for(&stopped(1, "exited"), &want(Some("on-failure"))), start);
+        assert_eq!(repair_for(&stopped(1, "paused"), &want(Some("always"))), None);
+        assert_eq!(repair_for(&finding("s", "s-a", DriftKind::Spec), &want(Some("always"))), None);
         let mut orphan = finding("s", "s-a", DriftKind::Missing);
         orphan.registered = false;
-        assert_eq!(repair_for(&orphan, &want(Some("always")), false), None);
+        assert_eq!(repair_for(&orphan, &want(Some("always"))), None);
     }
 
     #[test]

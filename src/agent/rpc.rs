@@ -214,7 +214,7 @@ fn dispatch(
             let p: proto::ServiceParams = params_of(&req.params)?;
             to_value(agent.remove(&p.service, progress)?)
         }
-        proto::RECOVER => to_value(agent.recover_node(progress)?),
+        proto::RECOVER => to_value(agent.recover_node(super::Occasion::Request, progress)?),
         proto::ADOPT => {
             let p: proto::ServiceParams = params_of(&req.params)?;
             to_value(agent.adopt(&p.service, progress)?)

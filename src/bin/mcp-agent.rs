@@ -163,7 +163,7 @@ fn open_agent(config: &AgentConfig, state_dir: &std::path::Path) -> Result<Agent
         vms: Qemu::new(config.qemu.clone(), config.nanos.clone(), state_dir, settle).map_err(anyhow::Error::msg)?,
     };
     match Agent::open(state_dir, Box::new(runtime)) {
-        Ok(agent) => Ok(agent.with_policy(config.policy.clone())),
+        Ok(agent) => Ok(agent.with_policy(config.policy.clone()).with_boot(config.boot.clone())),
         Err(e) => {
             let remedy = e.remedy(&state_dir.join(mcp::agent::REGISTRY_FILE));
             Err(anyhow::Error::new(e).context(format!("opening the agent's registry (state dir {}): {remedy}", state_dir.display())))

@@ -103,7 +103,8 @@ pub enum Command {
     /// Take over running containers named <service>-* that mcp did not create.
     Adopt(adopt::Opts),
     /// Bring every service back as the node's registry holds it (after the node lost its
-    /// containers): missing ones recreated, exited ones started, whatever the restart policy.
+    /// containers): missing ones recreated, exited ones started, whatever the restart policy,
+    /// in the boot order of the node's agent.toml ([[boot.sequence]]).
     Recover(recover::Opts),
     /// Copy a file into a service's volume dir on its node.
     Push(push::Opts),
@@ -182,20 +183,7 @@ impl Ctx {
 
     /// Prints progress on stderr unless `--quiet`.
     pub fn progress(&self) -> impl FnMut(Progress) + Send + 'static {
-        let quiet = self.quiet;
-        let tty = std::io::stderr().is_terminal();
-        move |p: Progress| {
-            if quiet {
-                return;
-            }
-            let who = p.component.map(|c| format!("[{c}] ")).unwrap_or_default();
-            let line = output::printable(&format!("{who}{}", p.message), false).into_owned();
-            if tty {
-                eprintln!("\x1b[2m  {line}\x1b[0m");
-            } else {
-                eprintln!("  {line}");
-            }
-        }
+        progress_printer(self.quiet)
     }
 
     /// A definition file for `arg`: a path to a file, or a name in the services dir.
@@ -319,6 +307,23 @@ impl Ctx {
         let mut out: Vec<(usize, NodeResult<T>)> = set.join_all().await;
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// Prints progress on stderr unless `quiet`.
+pub fn progress_printer(quiet: bool) -> impl FnMut(Progress) + Send + 'static {
+    let tty = std::io::stderr().is_terminal();
+    move |p: Progress| {
+        if quiet {
+            return;
+        }
+        let who = p.component.map(|c| format!("[{c}] ")).unwrap_or_default();
+        let line = output::printable(&format!("{who}{}", p.message), false).into_owned();
+        if tty {
+            eprintln!("\x1b[2m  {line}\x1b[0m");
+        } else {
+            eprintln!("  {line}");
+        }
     }
 }
 

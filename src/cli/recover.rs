@@ -19,8 +19,10 @@ pub struct Opts {
 }
 
 pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
-    let call = |mut s: crate::transport::Session| async move {
-        s.call::<_, RecoverResult>(proto::RECOVER, &serde_json::json!({}), &mut |_| {}).await
+    let quiet = ctx.quiet;
+    let call = move |mut s: crate::transport::Session| {
+        let mut progress = super::progress_printer(quiet);
+        async move { s.call::<_, RecoverResult>(proto::RECOVER, &serde_json::json!({}), &mut progress).await }
     };
     let results: Vec<NodeResult<RecoverResult>> = match &opts.node.node {
         Some(name) => ctx.each_of(vec![ctx.node(name)?], call).await,
@@ -31,6 +33,14 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         print_json(&serde_json::json!({ "nodes": results }))?;
     } else {
         for r in &results {
+            // Stages are worth a line each only when agent.toml names some.
+            let staged = r.result.iter().flat_map(|r| &r.stages).any(|s| s.name != proto::REST_STAGE);
+            for stage in r.result.iter().flat_map(|r| &r.stages).filter(|_| staged) {
+                let why = stage.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+                let required = if stage.required { "required" } else { "optional" };
+                let took = stage.elapsed_ms as f64 / 1000.0;
+                println!("{}: stage {} ({required}): {} after {took:.1}s{why}", r.node, stage.name, stage.state.as_str());
+            }
             for s in r.result.iter().flat_map(|r| &r.services) {
                 let done: Vec<String> = s
                     .changes

@@ -392,15 +392,56 @@ impl ApplyResult {
     }
 }
 
-/// What `recover` did on a node, service by service (registry order).
+/// The boot stage of services agent.toml puts in no stage (always the last).
+pub const REST_STAGE: &str = "rest";
+
+/// What `recover` did on a node: its boot stages in the order they ran, and service by
+/// service (in stage order) what was done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoverResult {
+    #[serde(default)]
+    pub stages: Vec<RecoveredStage>,
     pub services: Vec<RecoveredService>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveredStage {
+    pub name: String,
+    pub required: bool,
+    pub state: StageState,
+    /// Why it failed or did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub services: Vec<String>,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageState {
+    /// Every service of it came back (or was as registered already) within its timeout.
+    Up,
+    Failed,
+    /// Not run: a required stage before it failed.
+    Blocked,
+}
+
+impl StageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageState::Up => "up",
+            StageState::Failed => "failed",
+            StageState::Blocked => "blocked",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoveredService {
     pub service: String,
+    /// The boot stage it came back in.
+    #[serde(default)]
+    pub stage: String,
     pub changes: Vec<Change>,
     /// Why this service could not be brought back (the others still were).
     #[serde(default, skip_serializing_if = "Option::is_none")]
