@@ -13,7 +13,13 @@ pub const LOCAL_ADDRESS: &str = "local";
 pub struct NodeConfig {
     pub name: String,
     /// `local` (the embedded node: the agent runs as a child process) or `host[:port]`.
+    #[serde(default)]
     pub address: String,
+    /// More ways to the same node (`host[:port]` each), tried in order after `address`
+    /// (e.g. its Tailscale address, then its LAN address); its host key must be the same at
+    /// every one.
+    #[serde(default)]
+    pub addresses: Vec<String>,
     /// SSH user (remote nodes).
     #[serde(default)]
     pub user: Option<String>,
@@ -28,6 +34,22 @@ pub struct NodeConfig {
 impl NodeConfig {
     pub fn is_local(&self) -> bool {
         self.address == LOCAL_ADDRESS
+    }
+
+    /// Every address to try, in order: `address` (if given), then `addresses`, each once.
+    pub fn ssh_addresses(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = Vec::new();
+        for a in std::iter::once(&self.address).chain(&self.addresses).filter(|a| !a.is_empty()) {
+            if !all.contains(&a.as_str()) {
+                all.push(a);
+            }
+        }
+        all
+    }
+
+    /// How the node is shown: its addresses, comma-separated.
+    pub fn shown_address(&self) -> String {
+        self.ssh_addresses().join(",")
     }
 }
 

@@ -475,7 +475,8 @@ fn a_silent_event_follower_does_not_keep_status_stale() {
     podman_ok(&["kill", &format!("{svc}-web")]);
     let seen = wait_for(Duration::from_secs(20), || (observed() != "running").then(observed));
     env.release("events");
-    assert_eq!(seen.as_deref(), Some("exited"), "status sees the kill without an event");
+    // podman shows "stopped" for a moment before "exited" (its cleanup after the kill).
+    assert!(matches!(seen.as_deref(), Some("exited" | "stopped")), "status sees the kill without an event: {seen:?}");
 }
 
 /// #17 (class): reads never queue behind a write's busy timeout. Another process holds the

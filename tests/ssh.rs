@@ -156,6 +156,52 @@ fn changed_host_key_is_refused_loudly() {
     drop(a);
 }
 
+/// #16.3: a node with several addresses (its Tailscale one down, say) is reached at the next
+/// one that answers, within the connect timeout, and shows which; the node's host key must be
+/// the same whichever address answers: another sshd (another key) at an address with no record
+/// of its own is refused, never passed over for the next address.
+#[test]
+fn a_node_is_reached_at_its_next_address_and_must_show_the_same_key() {
+    let env = Env::new();
+    let auth = client_key(&env);
+    let a = Sshd::start(&node_dir(&env, "a"), std::slice::from_ref(&auth));
+    let impostor = Sshd::start(&node_dir(&env, "impostor"), &[auth]);
+    // Nothing listens there: connection refused.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let node = |addresses: &[String]| {
+        let list: Vec<String> = addresses.iter().map(|a| format!("{a:?}")).collect();
+        Node { name: "a", address: dead.clone(), agent: agent_command(&a.state), extra: format!("addresses = [{}]\n", list.join(", ")) }
+    };
+    write_nodes(&env, &[node(&[a.address()])]);
+    let r = env.ok(&["login", "--yes", "--json"]).json();
+    assert_eq!((r[0]["trust"].as_str(), r[0]["address"].as_str()), (Some("recorded"), Some(a.address().as_str())), "{r}");
+    let known = std::fs::read_to_string(env.home.join(".config/mcp/known_hosts")).unwrap();
+    assert_eq!(known.lines().count(), 1, "recorded for the address that answered: {known}");
+    let r = env.mcp(&["-v", "node", "list", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let list = r.json();
+    assert_eq!(list[0]["answered"], a.address().as_str(), "{list}");
+    assert_eq!(list[0]["address"], format!("{dead},{}", a.address()).as_str());
+    assert!(r.stderr.contains(&format!("address={dead}")) && r.stderr.contains("trying the next"), "{}", r.stderr);
+    assert!(env.ok(&["node", "list"]).stdout.contains(&format!("{dead},{}*", a.address())));
+
+    // The impostor (another host key) before the real address: refused as a changed key.
+    write_nodes(&env, &[node(&[impostor.address(), a.address()])]);
+    let r = env.mcp(&["list"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("HAS CHANGED") && r.stderr.contains(&impostor.address()), "{}", r.stderr);
+    let r = env.mcp(&["login", "--yes"]);
+    assert_ne!(r.code, 0);
+    assert_eq!(std::fs::read_to_string(env.home.join(".config/mcp/known_hosts")).unwrap(), known, "nothing recorded");
+
+    // No address answers: each is named with its cause.
+    let dead2 = format!("127.0.0.1:{}", free_port());
+    write_nodes(&env, &[node(&[dead2.clone()])]);
+    let r = env.mcp(&["list"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("at any of its addresses") && r.stderr.contains(&dead) && r.stderr.contains(&dead2), "{}", r.stderr);
+}
+
 /// A known host that now offers a key of another type is a changed host (as OpenSSH says):
 /// refused, never recorded by `login --yes`. A host that has a key of the recorded type among
 /// others is asked for that type first, so it connects.

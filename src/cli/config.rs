@@ -54,7 +54,7 @@ impl Config {
         Config {
             path: None,
             services_dir: PathBuf::from("services"),
-            nodes: vec![NodeConfig { name: "local".into(), address: LOCAL_ADDRESS.into(), user: None, identity: None, agent: None }],
+            nodes: vec![NodeConfig { name: "local".into(), address: LOCAL_ADDRESS.into(), addresses: Vec::new(), user: None, identity: None, agent: None }],
             warnings: Vec::new(),
         }
     }
@@ -97,8 +97,17 @@ impl Config {
             nodes = Config::embedded().nodes;
         }
         for (i, n) in nodes.iter().enumerate() {
-            if n.name.is_empty() || n.address.is_empty() {
-                return Err(ConfigError::Invalid { path: path.into(), message: format!("nodes[{i}] needs a name and an address") });
+            if n.name.is_empty() || n.ssh_addresses().is_empty() {
+                return Err(ConfigError::Invalid { path: path.into(), message: format!("nodes[{i}] needs a name and an address (or addresses)") });
+            }
+            if n.addresses.iter().any(|a| a == LOCAL_ADDRESS) || (n.is_local() && !n.addresses.is_empty()) {
+                let message = format!("node {:?}: `local` is a node of its own, not one of several addresses", n.name);
+                return Err(ConfigError::Invalid { path: path.into(), message });
+            }
+            for a in n.ssh_addresses().into_iter().filter(|a| *a != LOCAL_ADDRESS) {
+                if let Err(why) = crate::transport::ssh::parse_address(a) {
+                    return Err(ConfigError::Invalid { path: path.into(), message: format!("node {:?}: {why}", n.name) });
+                }
             }
             if nodes[..i].iter().any(|m| m.name == n.name) {
                 return Err(ConfigError::Invalid { path: path.into(), message: format!("node {:?} is defined twice", n.name) });

@@ -78,7 +78,7 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
 async fn login_one(ctx: &Ctx, node: &NodeConfig, opts: &Opts) -> Report {
     let mut report = Report {
         node: node.name.clone(),
-        address: node.address.clone(),
+        address: node.shown_address(),
         host_key: None,
         trust: "local".into(),
         agent: None,
@@ -108,7 +108,12 @@ async fn login_one(ctx: &Ctx, node: &NodeConfig, opts: &Opts) -> Report {
         }
     }
     match ctx.connect(node).await {
-        Ok(session) => report.agent = Some(session.agent_version().to_string()),
+        Ok(session) => {
+            report.agent = Some(session.agent_version().to_string());
+            if let Some(a) = session.address() {
+                report.address = a.to_string();
+            }
+        }
         Err(e) => return fail(report, e.into()),
     }
     report
@@ -118,7 +123,7 @@ type TrustError = (Option<String>, String, anyhow::Error);
 
 /// Probe the host key; record it if it is new and the operator accepts.
 async fn trust_host(ssh: &SshTransport, node: &NodeConfig, opts: &Opts) -> Result<(String, String), TrustError> {
-    let (key, status) = ssh.probe_host_key().await.map_err(|e| (None, "unreachable".into(), e.into()))?;
+    let (key, status, at) = ssh.probe_host_key().await.map_err(|e| (None, "unreachable".into(), e.into()))?;
     let fp = fingerprint(&key);
     let algorithm = key.algorithm().to_string();
     match status {
@@ -139,7 +144,7 @@ async fn trust_host(ssh: &SshTransport, node: &NodeConfig, opts: &Opts) -> Resul
             anyhow::anyhow!("host key is revoked (line {line} of {})", file.display()),
         )),
         HostKeyStatus::Unknown => {
-            let accepted = opts.yes || ask(&format!("node {} ({}) shows host key {algorithm} {fp}. Trust it? [y/N] ", node.name, ssh.address()));
+            let accepted = opts.yes || ask(&format!("node {} ({host}:{port}) shows host key {algorithm} {fp}. Trust it? [y/N] ", node.name, host = ssh.host_port(at).0, port = ssh.host_port(at).1));
             if !accepted {
                 return Err((
                     Some(fp),
@@ -147,7 +152,7 @@ async fn trust_host(ssh: &SshTransport, node: &NodeConfig, opts: &Opts) -> Resul
                     anyhow::anyhow!("host key not accepted; run `mcp login {} --yes` to accept it", node.name),
                 ));
             }
-            let (host, port) = ssh.host_port();
+            let (host, port) = ssh.host_port(at);
             if let Err(e) = ssh.known_hosts().record(host, port, &key) {
                 return Err((Some(fp), "unknown".into(), anyhow::anyhow!("cannot record the key in {}: {e}", ssh.known_hosts().own.display())));
             }

@@ -45,7 +45,11 @@ pub struct AddOpts {
 #[derive(Debug, Serialize)]
 struct NodeInfo {
     name: String,
+    /// Every address configured, comma-separated.
     address: String,
+    /// The one that answered (SSH nodes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answered: Option<String>,
     reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     agent: Option<String>,
@@ -64,10 +68,10 @@ pub async fn run(ctx: &Ctx, cmd: Cmd) -> Result<()> {
 }
 
 async fn list(ctx: &Ctx, out: OutputOpts) -> Result<()> {
-    let results: Vec<NodeResult<(String, usize)>> = ctx
+    let results: Vec<NodeResult<(String, usize, Option<String>)>> = ctx
         .each_node(|mut s| async move {
             let l: ListResult = s.call(proto::LIST, &serde_json::json!({}), &mut |_| {}).await?;
-            Ok((s.agent_version().to_string(), l.services.len()))
+            Ok((s.agent_version().to_string(), l.services.len(), s.address().map(str::to_string)))
         })
         .await;
     let infos: Vec<NodeInfo> = ctx
@@ -77,10 +81,11 @@ async fn list(ctx: &Ctx, out: OutputOpts) -> Result<()> {
         .zip(&results)
         .map(|(n, r)| NodeInfo {
             name: n.name.clone(),
-            address: n.address.clone(),
+            address: n.shown_address(),
+            answered: r.result.as_ref().and_then(|(_, _, a)| a.clone()),
             reachable: r.result.is_some(),
-            agent: r.result.as_ref().map(|(v, _)| v.clone()),
-            services: r.result.as_ref().map(|(_, c)| *c),
+            agent: r.result.as_ref().map(|(v, _, _)| v.clone()),
+            services: r.result.as_ref().map(|(_, c, _)| *c),
             error: r.error.clone(),
         })
         .collect();
@@ -92,7 +97,11 @@ async fn list(ctx: &Ctx, out: OutputOpts) -> Result<()> {
             .map(|i| {
                 vec![
                     i.name.clone(),
-                    i.address.clone(),
+                    match &i.answered {
+                        // Several addresses: the one that answered is marked.
+                        Some(a) if i.address.contains(',') => i.address.split(',').map(|x| if answered_is(x, a) { format!("{x}*") } else { x.to_string() }).collect::<Vec<_>>().join(","),
+                        _ => i.address.clone(),
+                    },
                     if i.reachable { "yes".into() } else { "no".into() },
                     i.agent.clone().unwrap_or_else(|| "-".into()),
                     i.services.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
@@ -102,6 +111,11 @@ async fn list(ctx: &Ctx, out: OutputOpts) -> Result<()> {
         print!("{}", table(&["NODE", "ADDRESS", "REACHABLE", "AGENT", "SERVICES"], &rows));
     }
     report_failures(&results)
+}
+
+/// Whether `configured` (as written in mcp.toml: port optional) is the `host:port` that answered.
+fn answered_is(configured: &str, answered: &str) -> bool {
+    parse_address(configured).is_ok_and(|(h, p)| parse_address(answered).is_ok_and(|a| a == (h, p)))
 }
 
 /// The file node add/remove edit: the loaded one, else the default location.

@@ -151,6 +151,25 @@ impl KnownHosts {
         verdict
     }
 
+    /// The verdict for a node reached at `addresses[answered]`, one of several ways to the
+    /// same host: that address's own records decide; one with none takes the verdict of the
+    /// node's other addresses (the same key there is known; another key there, or a revoked
+    /// one, is refused): the node's host key is the same whichever address answers.
+    pub fn check_node(&self, addresses: &[(String, u16)], answered: usize, key: &PublicKey) -> HostKeyStatus {
+        let (host, port) = &addresses[answered];
+        let own = self.check(host, *port, key);
+        if own != HostKeyStatus::Unknown {
+            return own;
+        }
+        let others: Vec<HostKeyStatus> =
+            addresses.iter().enumerate().filter(|(i, _)| *i != answered).map(|(_, (h, p))| self.check(h, *p, key)).collect();
+        let worst = |pick: fn(&HostKeyStatus) -> bool| others.iter().find(|s| pick(s)).cloned();
+        worst(|s| matches!(s, HostKeyStatus::Revoked { .. }))
+            .or_else(|| worst(|s| matches!(s, HostKeyStatus::Changed { .. })))
+            .or_else(|| worst(|s| *s == HostKeyStatus::Known))
+            .unwrap_or(HostKeyStatus::Unknown)
+    }
+
     /// The key types recorded for `host:port` (not revoked), in file order: the host key
     /// algorithms to ask the server for first.
     pub fn recorded_algorithms(&self, host: &str, port: u16) -> Vec<russh::keys::Algorithm> {
@@ -233,5 +252,22 @@ mod tests {
         assert!(matches!(kh.check("127.0.0.1", 22, &key(ED)), HostKeyStatus::Unknown));
         assert_eq!(std::fs::metadata(&kh.own).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(fingerprint(&key(ED)).starts_with("SHA256:"));
+    }
+
+    #[test]
+    fn a_node_has_one_key_whichever_address_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = KnownHosts { files: vec![dir.path().join("kh")], own: dir.path().join("kh") };
+        let addrs: Vec<(String, u16)> = vec![("100.95.0.1".into(), 9444), ("192.168.1.5".into(), 22), ("rift.lan".into(), 22)];
+        assert_eq!(kh.check_node(&addrs, 1, &key(ED)), HostKeyStatus::Unknown);
+        kh.record("100.95.0.1", 9444, &key(ED)).unwrap();
+        // Recorded for the first address: the same key at another is known, another key refused.
+        assert_eq!(kh.check_node(&addrs, 1, &key(ED)), HostKeyStatus::Known);
+        assert!(matches!(kh.check_node(&addrs, 2, &key(ED2)), HostKeyStatus::Changed { line: 1, .. }));
+        // An address's own record decides for it.
+        kh.record("rift.lan", 22, &key(ED2)).unwrap();
+        assert_eq!(kh.check_node(&addrs, 2, &key(ED2)), HostKeyStatus::Known);
+        // Two keys recorded for one node: an address without a record of its own is refused.
+        assert!(matches!(kh.check_node(&addrs, 1, &key(ED)), HostKeyStatus::Changed { .. }));
     }
 }

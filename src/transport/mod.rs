@@ -33,6 +33,8 @@ pub enum TransportError {
     Config { node: String, message: String },
     #[error("cannot reach node {node} at {address}: {source}")]
     Connect { node: String, address: String, source: std::io::Error },
+    #[error("cannot reach node {node} at any of its addresses: {}", tried.join("; "))]
+    Unreachable { node: String, tried: Vec<String> },
     #[error("node {node}: timed out after {secs}s {what}")]
     Timeout { node: String, what: String, secs: u64 },
     #[error("node {node}: SSH failed: {message}")]
@@ -120,6 +122,8 @@ pub struct Session {
     hello: Option<HelloResult>,
     /// Longest silence accepted from the agent within one request.
     idle_timeout: Option<Duration>,
+    /// The address that answered (SSH nodes).
+    address: Option<String>,
 }
 
 impl Session {
@@ -133,6 +137,7 @@ impl Session {
             next_id: 1,
             hello: None,
             idle_timeout: None,
+            address: None,
         };
         let params = HelloParams { protocol: PROTOCOL_VERSION, client: format!("mcp {}", env!("CARGO_PKG_VERSION")) };
         let hello: HelloResult = s.call(proto::HELLO, &params, &mut |_| {}).await?;
@@ -144,6 +149,16 @@ impl Session {
     pub fn with_idle_timeout(mut self, t: Duration) -> Self {
         self.idle_timeout = Some(t);
         self
+    }
+
+    pub fn with_address(mut self, address: String) -> Self {
+        self.address = Some(address);
+        self
+    }
+
+    /// The address that answered, for nodes reached over the network.
+    pub fn address(&self) -> Option<&str> {
+        self.address.as_deref()
     }
 
     /// Change the longest accepted silence (None: wait forever, e.g. for a followed log).

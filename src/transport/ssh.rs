@@ -1,4 +1,5 @@
-//! Remote nodes: russh to `host[:port]`, host key verified against known_hosts, key auth
+//! Remote nodes: russh to `host[:port]` (a node's addresses tried in order, the same host key
+//! required at each), host key verified against known_hosts, key auth
 //! (ssh-agent, then identity files), then exec of the node's agent command, whose stdio carries
 //! the protocol. Works unchanged under an authorized_keys `command="mcp-agent rpc",restrict`.
 
@@ -44,8 +45,8 @@ impl SshOptions {
 
 pub struct SshTransport {
     node: String,
-    host: String,
-    port: u16,
+    /// The node's addresses, in the order they are tried.
+    targets: Vec<(String, u16)>,
     user: String,
     identities: Vec<PathBuf>,
     explicit_identity: bool,
@@ -71,6 +72,16 @@ pub fn parse_address(addr: &str) -> Result<(String, u16), String> {
     }
 }
 
+/// What went wrong at one address, without the node's name (said once, before the list).
+fn cause_of(e: &TransportError) -> String {
+    match e {
+        TransportError::Connect { source, .. } => source.to_string(),
+        TransportError::Timeout { secs, .. } => format!("no answer within {secs}s"),
+        TransportError::Ssh { message, .. } => format!("SSH failed: {message}"),
+        other => other.to_string(),
+    }
+}
+
 fn local_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
@@ -82,8 +93,9 @@ type Seen = Arc<Mutex<Option<(PublicKey, HostKeyStatus)>>>;
 
 struct Client {
     known: KnownHosts,
-    host: String,
-    port: u16,
+    targets: Vec<(String, u16)>,
+    /// Which of `targets` this connection goes to.
+    at: usize,
     seen: Seen,
     /// Only look at the key (for `mcp login`): never continue.
     capture_only: bool,
@@ -93,7 +105,7 @@ impl client::Handler for Client {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, key: &PublicKey) -> Result<bool, Self::Error> {
-        let status = self.known.check(&self.host, self.port, key);
+        let status = self.known.check_node(&self.targets, self.at, key);
         let ok = status == HostKeyStatus::Known && !self.capture_only;
         *self.seen.lock().expect("not poisoned") = Some((key.clone(), status));
         Ok(ok)
@@ -102,8 +114,15 @@ impl client::Handler for Client {
 
 impl SshTransport {
     pub fn new(node: &NodeConfig, opts: SshOptions) -> Result<SshTransport, TransportError> {
-        let (host, port) = parse_address(&node.address)
+        let targets = node
+            .ssh_addresses()
+            .into_iter()
+            .map(parse_address)
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|why| TransportError::Config { node: node.name.clone(), message: why })?;
+        if targets.is_empty() {
+            return Err(TransportError::Config { node: node.name.clone(), message: "no address to reach it at".into() });
+        }
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
         let (identities, explicit_identity) = match &node.identity {
             Some(p) => (vec![p.clone()], true),
@@ -111,8 +130,7 @@ impl SshTransport {
         };
         Ok(SshTransport {
             node: node.name.clone(),
-            host,
-            port,
+            targets,
             user: node.user.clone().unwrap_or_else(local_user),
             identities,
             explicit_identity,
@@ -121,22 +139,41 @@ impl SshTransport {
         })
     }
 
+    /// The node's first address, `host:port`.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        self.address_at(0)
+    }
+
+    fn address_at(&self, at: usize) -> String {
+        let (host, port) = &self.targets[at];
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
     }
 
     pub fn known_hosts(&self) -> &KnownHosts {
         &self.opts.known_hosts
     }
 
-    pub fn host_port(&self) -> (&str, u16) {
-        (&self.host, self.port)
+    /// The `at`th address as (host, port).
+    pub fn host_port(&self, at: usize) -> (&str, u16) {
+        (&self.targets[at].0, self.targets[at].1)
     }
 
-    /// The client config for this host: the host key types known_hosts records for it are
-    /// asked for first (as OpenSSH does), so a host with several keys shows the recorded one.
+    /// The client config for this host: the host key types known_hosts records for it (at
+    /// any of its addresses) are asked for first (as OpenSSH does), so a host with several
+    /// keys shows the recorded one.
     fn config(&self) -> Arc<client::Config> {
-        let recorded = self.opts.known_hosts.recorded_algorithms(&self.host, self.port);
+        let mut recorded = Vec::new();
+        for (host, port) in &self.targets {
+            for a in self.opts.known_hosts.recorded_algorithms(host, *port) {
+                if !recorded.contains(&a) {
+                    recorded.push(a);
+                }
+            }
+        }
         let mut preferred = russh::Preferred::default();
         preferred.key = host_key_order(&preferred.key, &recorded).into();
         Arc::new(client::Config {
@@ -147,65 +184,87 @@ impl SshTransport {
         })
     }
 
-    /// TCP + SSH handshake. The server key the handler saw is returned either way.
-    async fn connect_raw(&self, capture_only: bool) -> (Result<Handle<Client>, TransportError>, Seen) {
+    /// TCP + SSH handshake with the `at`th address, within `budget`. The server key the
+    /// handler saw is returned either way.
+    async fn connect_raw(&self, at: usize, capture_only: bool, budget: Duration) -> (Result<Handle<Client>, TransportError>, Seen) {
         let seen: Seen = Arc::new(Mutex::new(None));
-        let handler = Client {
-            known: self.opts.known_hosts.clone(),
-            host: self.host.clone(),
-            port: self.port,
-            seen: seen.clone(),
-            capture_only,
-        };
+        let handler = Client { known: self.opts.known_hosts.clone(), targets: self.targets.clone(), at, seen: seen.clone(), capture_only };
+        let (host, port) = self.host_port(at);
         let connect = async {
-            let stream = QuickAck::connect(&self.host, self.port).await.map_err(russh::Error::IO)?;
+            let stream = QuickAck::connect(host, port).await.map_err(russh::Error::IO)?;
             client::connect_stream(self.config(), stream, handler).await
         };
-        let res = match tokio::time::timeout(self.opts.connect_timeout, connect).await {
+        let res = match tokio::time::timeout(budget, connect).await {
             Err(_) => Err(TransportError::Timeout {
                 node: self.node.clone(),
-                what: format!("connecting to {}", self.address()),
-                secs: self.opts.connect_timeout.as_secs(),
+                what: format!("connecting to {}", self.address_at(at)),
+                secs: budget.as_secs_f64().ceil() as u64,
             }),
             Ok(Ok(handle)) => Ok(handle),
             Ok(Err(russh::Error::IO(source))) => {
-                Err(TransportError::Connect { node: self.node.clone(), address: self.address(), source })
+                Err(TransportError::Connect { node: self.node.clone(), address: self.address_at(at), source })
             }
             Ok(Err(other)) => Err(TransportError::Ssh { node: self.node.clone(), message: other.to_string() }),
         };
         (res, seen)
     }
 
-    /// Connect with the host key verified.
-    async fn handshake(&self) -> Result<Handle<Client>, TransportError> {
-        let (res, seen) = self.connect_raw(false).await;
-        let verdict = seen.lock().expect("not poisoned").clone();
-        match (res, verdict) {
-            (Ok(handle), _) => Ok(handle),
-            // The key was refused by us: say why, in detail.
-            (Err(_), Some((key, status))) if status != HostKeyStatus::Known => Err(self.key_error(&key, &status)),
-            (Err(e), _) => Err(e),
+    /// Try the node's addresses in order, all within the connect timeout (each gets an even
+    /// share of what is left, so a dead first address leaves time for the next): the first
+    /// that completes the SSH handshake answers. A host key that is refused ends the search:
+    /// it is never "solved" by another address. Returns the handle (None when `capture_only`)
+    /// with the key the server showed, its verdict, and which address answered.
+    async fn reach(&self, capture_only: bool) -> Result<(Option<Handle<Client>>, PublicKey, HostKeyStatus, usize), TransportError> {
+        let deadline = tokio::time::Instant::now() + self.opts.connect_timeout;
+        let mut failures: Vec<(usize, TransportError)> = Vec::new();
+        for at in 0..self.targets.len() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let budget = left / (self.targets.len() - at) as u32;
+            let (res, seen) = self.connect_raw(at, capture_only, budget).await;
+            let verdict = seen.lock().expect("not poisoned").clone();
+            match (res, verdict) {
+                (Ok(handle), Some((key, status))) => return Ok((Some(handle), key, status, at)),
+                (_, Some((key, status))) if capture_only => return Ok((None, key, status, at)),
+                // The key was refused by us: say why, in detail.
+                (Err(_), Some((key, status))) if status != HostKeyStatus::Known => return Err(self.key_error(&key, &status, at)),
+                (Ok(_), None) => {
+                    failures.push((at, TransportError::Ssh { node: self.node.clone(), message: "the server showed no host key".into() }))
+                }
+                (Err(e), _) => failures.push((at, e)),
+            }
+            if at + 1 < self.targets.len() {
+                let (_, e) = failures.last().expect("just pushed");
+                tracing::info!(node = %self.node, address = %self.address_at(at), error = %e, "cannot reach this address; trying the next");
+            }
         }
+        if failures.len() == 1 {
+            return Err(failures.pop().expect("one").1);
+        }
+        let tried = failures.iter().map(|(at, e)| format!("{}: {}", self.address_at(*at), cause_of(e))).collect();
+        Err(TransportError::Unreachable { node: self.node.clone(), tried })
     }
 
-    /// The server's host key and what the known-hosts files say of it, without logging in.
-    pub async fn probe_host_key(&self) -> Result<(PublicKey, HostKeyStatus), TransportError> {
-        let (res, seen) = self.connect_raw(true).await;
-        let verdict = seen.lock().expect("not poisoned").clone();
-        match (res, verdict) {
-            (_, Some(v)) => Ok(v),
-            (Err(e), None) => Err(e),
-            (Ok(_), None) => Err(TransportError::Ssh { node: self.node.clone(), message: "the server showed no host key".into() }),
-        }
+    /// Connect with the host key verified; which address answered.
+    async fn handshake(&self) -> Result<(Handle<Client>, usize), TransportError> {
+        let (handle, _, _, at) = self.reach(false).await?;
+        tracing::info!(node = %self.node, address = %self.address_at(at), "connected");
+        Ok((handle.expect("a handle unless capture_only"), at))
     }
 
-    fn key_error(&self, key: &PublicKey, status: &HostKeyStatus) -> TransportError {
+    /// The server's host key, what the known-hosts files say of it (at any of the node's
+    /// addresses), and which address answered, without logging in.
+    pub async fn probe_host_key(&self) -> Result<(PublicKey, HostKeyStatus, usize), TransportError> {
+        let (_, key, status, at) = self.reach(true).await?;
+        Ok((key, status, at))
+    }
+
+    fn key_error(&self, key: &PublicKey, status: &HostKeyStatus, at: usize) -> TransportError {
         let fp = fingerprint(key);
         let algorithm = key.algorithm().to_string();
         match status {
             HostKeyStatus::Changed { file, line } => TransportError::HostKeyChanged {
                 node: self.node.clone(),
-                address: self.address(),
+                address: self.address_at(at),
                 algorithm,
                 fingerprint: fp,
                 file: file.clone(),
@@ -213,21 +272,21 @@ impl SshTransport {
             },
             HostKeyStatus::Revoked { file, line } => TransportError::HostKeyRevoked {
                 node: self.node.clone(),
-                address: self.address(),
+                address: self.address_at(at),
                 fingerprint: fp,
                 file: file.clone(),
                 line: *line,
             },
             HostKeyStatus::Unknown | HostKeyStatus::Known => TransportError::HostKeyUnknown {
                 node: self.node.clone(),
-                address: self.address(),
+                address: self.address_at(at),
                 algorithm,
                 fingerprint: fp,
             },
         }
     }
 
-    async fn authenticate(&self, handle: &mut Handle<Client>) -> Result<(), TransportError> {
+    async fn authenticate(&self, handle: &mut Handle<Client>, at: usize) -> Result<(), TransportError> {
         let ssh_err = |e: russh::Error| TransportError::Ssh { node: self.node.clone(), message: e.to_string() };
         let rsa_hash = handle.best_supported_rsa_hash().await.map_err(ssh_err)?.flatten();
         let mut tried = Vec::new();
@@ -275,16 +334,16 @@ impl SshTransport {
             }
             tried.push(path.display().to_string());
         }
-        Err(TransportError::AuthRefused { node: self.node.clone(), user: self.user.clone(), address: self.address(), tried })
+        Err(TransportError::AuthRefused { node: self.node.clone(), user: self.user.clone(), address: self.address_at(at), tried })
     }
 
     async fn open_session(&self) -> Result<Session, TransportError> {
-        let mut handle = self.handshake().await?;
-        tokio::time::timeout(self.opts.connect_timeout, self.authenticate(&mut handle))
+        let (mut handle, at) = self.handshake().await?;
+        tokio::time::timeout(self.opts.connect_timeout, self.authenticate(&mut handle, at))
             .await
             .map_err(|_| TransportError::Timeout {
                 node: self.node.clone(),
-                what: format!("authenticating to {}", self.address()),
+                what: format!("authenticating to {}", self.address_at(at)),
                 secs: self.opts.connect_timeout.as_secs(),
             })??;
         let ssh_err = |e: russh::Error| TransportError::Ssh { node: self.node.clone(), message: e.to_string() };
@@ -324,7 +383,7 @@ impl SshTransport {
                 CallError::Transport(t) => t,
                 CallError::Agent(error) => TransportError::Handshake { node: self.node.clone(), error },
             })?;
-        Ok(session.with_idle_timeout(self.opts.request_timeout))
+        Ok(session.with_idle_timeout(self.opts.request_timeout).with_address(self.address_at(at)))
     }
 }
 
