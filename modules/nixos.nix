@@ -43,8 +43,17 @@ in
     group = mkOption { type = types.str; default = "mcp"; description = "Group of the agent's socket (mode 0660)."; };
     uid = mkOption {
       type = types.ints.between 1000 60000;
-      default = 2947;
-      description = "The user's uid, fixed because the unit needs /run/user/<uid> (its XDG_RUNTIME_DIR) at evaluation time. NixOS never changes an existing user's uid: on a node where the user already exists, set this to its uid (`id -u mcp`).";
+      # Outside 1000-29999, where NixOS picks uids for normal users on its own (and past the
+      # nixbld users at 30000-30032): a user added later never takes it first.
+      default = 34947;
+      description = ''
+        The agent user's uid, pinned: the unit needs /run/user/<uid> (its XDG_RUNTIME_DIR) at
+        evaluation time, and rootless podman's storage, subordinate id mapping and every file
+        under the state dir belong to it. NEVER change it once podman has run as this user: a
+        uid change leaves podman's database and storage owned by the old uid (an outage of the
+        system mcp descends from began that way). On a node where the user already exists, set
+        this to its uid (`id -u mcp`); NixOS never changes an existing user's uid.
+      '';
     };
     stateDir = mkOption {
       type = types.strMatching "/[A-Za-z0-9._/+@-]*";
@@ -112,7 +121,8 @@ in
       home = cfg.stateDir;
       createHome = true;
       linger = true;
-      extraGroups = lib.optional cfg.qemu "kvm";
+      # systemd-journal: `podman logs` of containers logging to journald; kvm: /dev/kvm.
+      extraGroups = [ "systemd-journal" ] ++ lib.optional cfg.qemu "kvm";
       openssh.authorizedKeys.keys = map (contract.authorizedKey (contract.rpcCommand paths)) cfg.authorizedKeys;
     };
     virtualisation.podman.enable = true;

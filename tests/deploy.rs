@@ -206,6 +206,13 @@ fn stop_start_restart_ps_and_status() {
 
     let table = env.ok(&["ps"]).stdout;
     assert!(table.starts_with("NAME") && table.contains(&name), "{table}");
+    // #16.5: the version each instance runs (its image's tag), and a warning for a floating tag.
+    let cols: Vec<&str> = table.lines().find(|l| l.starts_with(&name)).unwrap().split_whitespace().collect();
+    let at = cols.iter().position(|c| *c == IMAGE).unwrap();
+    assert!(table.contains(" VERSION ") && cols[at + 1] == "latest", "{table}");
+    let r = env.mcp(&["deploy", &svc]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("warning: {svc}/web: image {IMAGE} is :latest")), "{}", r.stderr);
     let status = env.ok(&["status", &svc]).stdout;
     for kind in ["created", "stopped", "started", "restarted"] {
         assert!(status.contains(kind), "{kind} event missing:\n{status}");

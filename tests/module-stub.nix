@@ -49,6 +49,6 @@ in
   wants = unit.wants;
   ambientCapabilities = unit.serviceConfig.AmbientCapabilities;
   authorizedKeys = user.openssh.authorizedKeys.keys;
-  inherit (user) uid home linger;
+  inherit (user) uid home linger extraGroups;
   assertions = map (a: { inherit (a) assertion message; }) out.assertions;
 }

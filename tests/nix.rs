@@ -289,6 +289,10 @@ fn module_contract_runs_the_real_agent_and_sshd() {
     assert_eq!(out["environment"]["XDG_RUNTIME_DIR"], format!("/run/user/{}", out["uid"]), "{out}");
     assert!(out["wants"].as_array().unwrap().contains(&serde_json::json!(format!("user@{}.service", out["uid"]))), "{out}");
     assert_eq!(out["environment"]["HOME"], state.to_str().unwrap(), "podman's storage is under the state dir");
+    // #16.6: a uid NixOS never hands out on its own, and the groups podman's logs and KVM need.
+    let uid = out["uid"].as_u64().unwrap();
+    assert!(!(1000..30000).contains(&uid), "NixOS assigns 1000-29999 to normal users itself: {uid}");
+    assert_eq!(out["extraGroups"], serde_json::json!(["systemd-journal", "kvm"]), "{out}");
     assert_eq!(out["ambientCapabilities"], serde_json::json!(["CAP_NET_ADMIN"]), "bridges and taps, nothing more (every child inherits it)");
 
     // agent.toml: the real agent takes it (the VM tests' monitor setting, the toolchain).
@@ -296,6 +300,7 @@ fn module_contract_runs_the_real_agent_and_sshd() {
     let shown = agent_config(&config);
     assert_eq!(shown.code, 0, "{}", shown.stderr);
     assert!(shown.stdout.contains("sweep_secs = 5"), "{}", shown.stdout);
+    assert!(shown.stdout.contains("[[boot.sequence]]") && shown.stdout.contains("name = \"foundation\""), "the boot order reaches the agent: {}", shown.stdout);
     assert!(shown.stdout.contains("[policy]") && shown.stdout.contains("volume_roots = [\"/srv\"]") && shown.stdout.contains("host_network = false"), "the module's policy reaches the agent: {}", shown.stdout);
     assert!(shown.stdout.contains(&common::nanos::toolchain().display().to_string()), "{}", shown.stdout);
 

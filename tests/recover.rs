@@ -202,6 +202,10 @@ fn a_starting_daemon_recovers_what_the_node_lost() {
     let back = |svc: &str| env.wait_event(svc, "recovered", Duration::from_secs(60));
     let web_back = back(&web).expect("web recovered");
     assert!(web_back.contains("at the daemon's start") && web_back.contains("created web"), "{web_back}");
+    // What was found is recorded first: the history says what the node lost.
+    let kinds: Vec<String> = env.events(&web).into_iter().map(|(k, _)| k).collect();
+    let at = |kind: &str| kinds.iter().position(|k| k == kind).unwrap_or_else(|| panic!("no {kind} in {kinds:?}"));
+    assert!(at("drift.missing") < at("recovered"), "{kinds:?}");
     assert!(back(&pair).is_some_and(|m| m.contains("started a") && !m.contains(" b")), "{:?}", env.events(&pair));
     assert_eq!(http_get(port, Duration::from_secs(20)).as_deref(), Some("hello from the test image\n"));
     assert_eq!(env.container_state(&format!("{pair}-a")).as_deref(), Some("running"));

@@ -290,6 +290,8 @@ pub struct Monitor {
     unhealthy: Vec<(String, String, String)>,
     /// Events of repairs done while the registry could not be written.
     unrecorded: Vec<NewEvent>,
+    /// Record drift, repair nothing (the daemon's first look, before it recovers).
+    record_only: bool,
 }
 
 impl Monitor {
@@ -304,6 +306,7 @@ impl Monitor {
             wake_at: None,
             unhealthy: Vec::new(),
             unrecorded: Vec::new(),
+            record_only: false,
         }
     }
 
@@ -360,7 +363,12 @@ impl Monitor {
     /// What the node lost while no daemon ran (a reboot, a lost podman database) comes back
     /// as registered, whatever the restart policies, in boot order; said in the log and events.
     fn recover_at_start(&mut self) {
-        self.agent.note_strangers_once();
+        // What the node lost is recorded first, as drift, so its history says what was found.
+        self.record_only = true;
+        if let Err(e) = self.sweep() {
+            tracing::warn!(error = %e, "the first look failed; recovering anyway");
+        }
+        self.record_only = false;
         let mut log = |p: crate::proto::Progress| tracing::info!("recovery: {}", p.message);
         match self.agent.recover_node(super::Occasion::DaemonStart, &mut log) {
             Ok(r) => {
@@ -477,7 +485,8 @@ impl Monitor {
                 tracing::warn!(service, error = %e, "cannot record drift; repairing anyway");
             }
         }
-        for f in &found {
+        let repairing = !self.record_only;
+        for f in found.iter().filter(|_| repairing) {
             let Some(want) = record.component(&f.component) else { continue };
             if let Some(repair) = repair_for(f, want) {
                 let _ = self.repair(service, want, repair);

@@ -31,6 +31,9 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         }
     }
     let node = ctx.plan_node(&plan)?;
+    for warning in crate::plan::version::floating_images(&plan) {
+        eprintln!("warning: {warning}");
+    }
     let mut session = ctx.connect(node).await?;
     let params = DeployParams { plan, component };
     let result: ApplyResult = session

@@ -33,6 +33,7 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                 },
                 c.uptime_secs.map(duration).unwrap_or_else(|| "-".into()),
                 c.image.clone(),
+                crate::plan::version::shown_version(&c.image),
                 c.id.chars().take(12).collect(),
                 c.ports.join(","),
                 c.address.clone().unwrap_or_else(|| "-".into()),
@@ -40,6 +41,6 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
             ]);
         }
     }
-    print!("{}", table(&["NAME", "NODE", "STATE", "UPTIME", "IMAGE", "ID", "PORTS", "ADDRESS", "DIGEST"], &rows));
+    print!("{}", table(&["NAME", "NODE", "STATE", "UPTIME", "IMAGE", "VERSION", "ID", "PORTS", "ADDRESS", "DIGEST"], &rows));
     report_failures(&results)
 }

@@ -9,6 +9,7 @@ mod hash;
 pub mod health;
 pub mod nix;
 mod validate;
+pub mod version;
 
 use std::collections::BTreeMap;
 

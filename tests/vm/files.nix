@@ -69,5 +69,12 @@ in
     '';
     uk-stranger = probe "uk-stranger" "";
   };
-  agentSettings = { monitor.sweep_secs = 5; };
+  # After a reboot the container comes back first (a required stage), the VMs after it.
+  agentSettings = {
+    monitor.sweep_secs = 5;
+    boot.sequence = [
+      { name = "foundation"; services = [ "hello" ]; required = true; timeout = "2m"; }
+      { name = "guests"; services = [ "uk" "uk-web" ]; }
+    ];
+  };
 }
