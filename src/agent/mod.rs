@@ -17,6 +17,7 @@ mod recovery;
 pub use recovery::Occasion;
 mod probe;
 mod rollback;
+mod routes;
 pub mod reconcile;
 pub mod rpc;
 pub mod serve;
@@ -198,8 +199,9 @@ impl Agent {
         let mut wanted = Vec::with_capacity(plan.components.len());
         for c in plan.components.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
             self.resolve_image(&plan.name, c, progress)?;
-            let hash = self.runtime.spec_hash(c)?;
-            wanted.push(ComponentRecord { spec: c.clone(), hash, desired });
+            let run = self.with_routes(&plan.name, c, true)?;
+            let hash = self.runtime.spec_hash(&run)?;
+            wanted.push(ComponentRecord { spec: run, hash, desired });
         }
 
         let record = record_of(plan, prev.as_ref(), wanted, only);
@@ -267,6 +269,7 @@ impl Agent {
         // Whatever happened, what the monitor last saw may be out of date now.
         self.changed();
         self.release_unused_addresses(&record.name);
+        self.release_unused_ports(&record.name);
         result
     }
 
@@ -591,6 +594,7 @@ impl Agent {
         self.changed();
         self.registry().delete_service(service, &events)?;
         self.release_unused_addresses(service);
+        self.release_unused_ports(service);
         Ok(ApplyResult { service: service.to_string(), changes })
     }
 
@@ -653,10 +657,16 @@ impl Agent {
 
     pub fn ps(&self) -> Result<PsResult, RpcError> {
         let now = now_ms() / 1000;
+        let records = self.reader().services()?;
+        let routes_of = |service: &str, component: &str| {
+            let spec = records.iter().find(|r| r.name == service).and_then(|r| r.component(component)).map(|c| &c.spec);
+            spec.map(crate::plan::routes::shown).unwrap_or_default()
+        };
         let containers = self
             .observe(None)?
             .into_iter()
             .map(|o| PsEntry {
+                routes: routes_of(&o.service, &o.component),
                 uptime_secs: o.started_at.map(|t| (now - t).max(0) as u64),
                 id: o.id.clone(),
                 name: o.name,

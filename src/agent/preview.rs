@@ -54,7 +54,8 @@ impl Agent {
         let desired = Desired::from_active(plan.active);
         let mut wanted = Vec::new();
         for c in plan.components.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
-            wanted.push(ComponentRecord { spec: c.clone(), hash: self.runtime.spec_hash(c)?, desired });
+            let run = self.with_routes(service, c, false)?;
+            wanted.push(ComponentRecord { hash: self.runtime.spec_hash(&run)?, spec: run, desired });
         }
         let record = record_of(plan, prev.as_ref(), wanted, only);
         let mut observed = match all {

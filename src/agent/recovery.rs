@@ -17,7 +17,7 @@ use crate::proto::{ChangeKind, Progress, RecoverResult, RecoveredService, Recove
 use crate::registry::NewEvent;
 
 /// How many services of a stage come back at once.
-const PARALLEL: usize = 4;
+const PARALLEL: usize = 8;
 
 impl Agent {
     /// The first look at the runtime of an agent whose registry was made just now says what

@@ -319,6 +319,7 @@ pub fn service_statuses(
                         address: s.mine.and_then(|o| o.address.clone()),
                         digest: s.mine.and_then(|o| o.digest.clone()),
                         tag: None,
+                        routes: crate::plan::routes::shown(&s.want.spec),
                         health: None,
                         health_detail: None,
                     }
@@ -355,6 +356,7 @@ fn extra_status(o: &Observed, uptime_secs: Option<u64>) -> ComponentStatus {
         address: o.address.clone(),
         digest: o.digest.clone(),
         tag: None,
+        routes: Vec::new(),
         health: None,
         health_detail: None,
     }

@@ -15,6 +15,8 @@ struct ConfigFile {
     services: Option<ServicesSection>,
     #[serde(default)]
     nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    build: Option<BuildSection>,
     /// Seed-era sections: accepted (with a warning) so old files load.
     #[serde(default)]
     mcias: Option<toml::Value>,
@@ -28,12 +30,21 @@ struct ServicesSection {
     dir: PathBuf,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildSection {
+    /// Where the services' sources are (a service file's `path` is relative to it).
+    workspace: PathBuf,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it came from, if any.
     pub path: Option<PathBuf>,
     pub services_dir: PathBuf,
     pub nodes: Vec<NodeConfig>,
+    /// `[build] workspace`: where `mcp build` finds the services' sources.
+    pub workspace: Option<PathBuf>,
     /// Things the operator should know (deprecated sections...).
     pub warnings: Vec<String>,
 }
@@ -55,6 +66,7 @@ impl Config {
             path: None,
             services_dir: PathBuf::from("services"),
             nodes: vec![NodeConfig { name: "local".into(), address: LOCAL_ADDRESS.into(), addresses: Vec::new(), user: None, identity: None, agent: None }],
+            workspace: None,
             warnings: Vec::new(),
         }
     }
@@ -116,7 +128,8 @@ impl Config {
         for n in &mut nodes {
             n.identity = n.identity.as_deref().map(|p| resolve(base, p));
         }
-        Ok(Config { path: Some(path.to_path_buf()), services_dir, nodes, warnings })
+        let workspace = file.build.map(|b| resolve(base, &b.workspace));
+        Ok(Config { path: Some(path.to_path_buf()), services_dir, nodes, workspace, warnings })
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {

@@ -2,6 +2,7 @@
 //! `run(ctx, opts)`; option groups shared by several commands are flattened in.
 
 pub mod adopt;
+pub mod build;
 pub mod config;
 pub mod deploy;
 pub mod lifecycle;
@@ -19,6 +20,7 @@ pub mod registry;
 pub mod service;
 pub mod status;
 pub mod sync;
+pub mod undeploy;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -74,6 +76,12 @@ pub struct GlobalOpts {
 pub enum Command {
     /// Deploy a service (or one component) from its definition.
     Deploy(deploy::Opts),
+    /// Tear a service down on its node (containers, VMs, assigned ports, registry entry);
+    /// its data dirs are kept.
+    Undeploy(undeploy::Opts),
+    /// Build the service's [build.images] with podman from the [build] workspace, and push
+    /// them where its components pull from.
+    Build(build::Opts),
     /// What a deploy would do on the node (exit 5 when changes are pending); --offline: the plan JSON.
     Plan(plan::Opts),
     /// Stop all components of a service (or one); the definition is kept.
@@ -162,6 +170,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Service(c) => service::run(&ctx, c).await,
         Command::Adopt(o) => adopt::run(&ctx, o).await,
         Command::Recover(o) => recover::run(&ctx, o).await,
+        Command::Undeploy(o) => undeploy::run(&ctx, o).await,
+        Command::Build(o) => build::run(&ctx, o).await,
         Command::Push(o) => push::run(&ctx, o).await,
         Command::Pull(o) => pull::run(&ctx, o).await,
         Command::Registry(c) => registry::run(&ctx, c).await,

@@ -38,9 +38,10 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                 c.ports.join(","),
                 c.address.clone().unwrap_or_else(|| "-".into()),
                 short_digest(c.digest.as_deref()),
+                if c.routes.is_empty() { "-".into() } else { c.routes.join("; ") },
             ]);
         }
     }
-    print!("{}", table(&["NAME", "NODE", "STATE", "UPTIME", "IMAGE", "VERSION", "ID", "PORTS", "ADDRESS", "DIGEST"], &rows));
+    print!("{}", table(&["NAME", "NODE", "STATE", "UPTIME", "IMAGE", "VERSION", "ID", "PORTS", "ADDRESS", "DIGEST", "ROUTES"], &rows));
     report_failures(&results)
 }

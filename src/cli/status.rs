@@ -121,6 +121,18 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
         header.insert(2, "ADDRESS");
     }
     print!("{}", table(&header, &rows));
+    let routes: Vec<String> = results
+        .iter()
+        .flat_map(|r| r.result.iter())
+        .flat_map(|st| &st.services)
+        .flat_map(|s| s.components.iter().flat_map(move |c| c.routes.iter().map(move |route| format!("{}/{}: {route}", s.name, c.name))))
+        .collect();
+    if !routes.is_empty() {
+        println!("\nRoutes (port on the node -> what a proxy should serve):");
+        for line in routes {
+            println!("  {}", printable(&line, false));
+        }
+    }
     if !events.is_empty() {
         events.sort_by_key(|(t, _)| *t);
         println!("\nRecent events (UTC):");

@@ -36,6 +36,48 @@ struct ServiceFile {
     active: bool,
     #[serde(default)]
     components: Vec<Component>,
+    /// The service's source dir under `[build] workspace` (mcp.toml): for `mcp build`.
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    build: Option<BuildSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildSection {
+    /// Image name -> Dockerfile (relative to the service's `path`).
+    #[serde(default)]
+    images: std::collections::BTreeMap<String, String>,
+}
+
+/// What `mcp build` needs of a service file (not part of the plan: the node never sees it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInfo {
+    pub path: Option<String>,
+    pub images: Vec<(String, String)>,
+}
+
+/// The `path` and `[build.images]` of a TOML service file, checked: relative paths that stay
+/// below the workspace (no `..`).
+pub fn build_info(text: &str, source: &Path) -> Result<BuildInfo, LoadError> {
+    let file: ServiceFile =
+        toml::from_str(text).map_err(|e| LoadError::Parse { path: source.to_path_buf(), message: toml_error(text, &e) })?;
+    let below = |what: &str, p: &str| -> Result<(), LoadError> {
+        let bad = p.is_empty() || Path::new(p).is_absolute() || Path::new(p).components().any(|c| matches!(c, std::path::Component::ParentDir));
+        if bad {
+            return Err(LoadError::Parse { path: source.to_path_buf(), message: format!("{what} {p:?} must be a relative path without '..'") });
+        }
+        Ok(())
+    };
+    if let Some(p) = &file.path {
+        below("path", p)?;
+    }
+    let images: Vec<(String, String)> = file.build.unwrap_or_default().images.into_iter().collect();
+    for (name, dockerfile) in &images {
+        below(&format!("[build.images] {name}"), dockerfile)?;
+    }
+    Ok(BuildInfo { path: file.path, images })
 }
 
 /// The service file as written out (`service export`): the plan minus `version`.

@@ -8,6 +8,7 @@ mod file;
 mod hash;
 pub mod health;
 pub mod nix;
+pub mod routes;
 mod validate;
 pub mod version;
 
@@ -15,7 +16,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use file::{load_service_file, load_service_files, parse_service_toml, to_toml, LoadError};
+pub use file::{build_info, load_service_file, load_service_files, parse_service_toml, to_toml, BuildInfo, LoadError};
+pub use routes::{Route, RouteMode};
 pub use hash::{hex_prefix, pulled_spec_hash, spec_hash};
 pub use health::{Health, HealthCheck, Probe};
 pub use validate::{binds, check_name, parse_port, validate, Bind, FieldError, PlanErrors, PortSpec};
@@ -91,8 +93,13 @@ pub struct Component {
     pub volumes: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cmd: Vec<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// A table, or the seed's list of `"KEY=VALUE"` strings (the same content is the same spec).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "env_either_form")]
     pub env: BTreeMap<String, String>,
+    /// Ports the agent assigns and publishes, named to the program as `$PORT`/`$PORT_<NAME>`
+    /// (see [`routes`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
     /// Seconds `stop` waits for the process before it is killed (podman's default is 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<u32>,
@@ -122,6 +129,32 @@ pub struct Component {
     /// watches it. Not part of the spec hash: changing a check does not replace anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+}
+
+/// `env` as a table or as a list of `"KEY=VALUE"` (split at the first `=`; a key twice is an
+/// error, as in a table).
+fn env_either_form<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Table(BTreeMap<String, String>),
+        List(Vec<String>),
+    }
+    let list = match Either::deserialize(d)? {
+        Either::Table(t) => return Ok(t),
+        Either::List(l) => l,
+    };
+    let mut env = BTreeMap::new();
+    for (i, entry) in list.iter().enumerate() {
+        // Never the value in an error: it may be a secret.
+        let Some((k, v)) = entry.split_once('=') else {
+            return Err(serde::de::Error::custom(format!("env[{i}] is not \"KEY=VALUE\"")));
+        };
+        if env.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(serde::de::Error::custom(format!("env sets {k:?} twice")));
+        }
+    }
+    Ok(env)
 }
 
 impl Component {

@@ -83,6 +83,9 @@ pub fn validate(plan: &Plan, source: &str) -> Result<(), PlanErrors> {
             c.push(format!("{at}.name"), format!("duplicate component name {:?}; names must be unique within a service", comp.name));
         }
         check_component(&mut c, &at, comp, &mut published);
+        for (field, message) in super::routes::check(comp) {
+            c.push(format!("{at}.{field}"), message);
+        }
     }
     if c.errors.is_empty() {
         Ok(())

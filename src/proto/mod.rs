@@ -527,6 +527,9 @@ pub struct PsEntry {
     /// The registry digest of the image it runs (`sha256:...`), when the agent knew it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Its routes with their assigned ports (`rest 127.0.0.1:10001 -> api.example:8443 (l7)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
     /// `starting`, `healthy` or `unhealthy`, when it has a health check the daemon probes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
@@ -581,6 +584,9 @@ pub struct ComponentStatus {
     /// With `check_registry`: what its tag points at now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<TagCheck>,
+    /// Its routes with their assigned ports, as in [`PsEntry::routes`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
     /// `starting`, `healthy` or `unhealthy`, when it has a health check the daemon probes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,

@@ -2,6 +2,7 @@
 //! (desired specs), what was last seen, and the events that happened.
 
 mod addresses;
+mod ports;
 mod schema;
 pub mod remedy;
 
@@ -455,7 +456,8 @@ impl Registry {
             name: s.name,
             node: s.node,
             active: s.active,
-            components: s.components.into_iter().map(|c| c.spec).collect(),
+            // As the operator wrote it: the ports the agent assigned to routes taken out.
+            components: s.components.iter().map(|c| crate::plan::routes::strip(&c.spec)).collect(),
         }))
     }
 }

@@ -66,6 +66,15 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         value INTEGER NOT NULL
      );",
+    // 5: host ports the agent assigned to routes (`[[components.routes]]`): kept across
+    // redeploys, never two alike on the node, released when the route goes.
+    "CREATE TABLE route_ports (
+        service TEXT NOT NULL,
+        component TEXT NOT NULL,
+        route TEXT NOT NULL,
+        port INTEGER NOT NULL UNIQUE,
+        PRIMARY KEY (service, component, route)
+     );",
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

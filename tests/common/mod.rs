@@ -64,11 +64,16 @@ pub fn free_port() -> u16 {
 
 /// GET / on 127.0.0.1:port until it answers 200 or the deadline passes; the body.
 pub fn http_get(port: u16, deadline: Duration) -> Option<String> {
+    http_get_path(port, "/", deadline)
+}
+
+/// GET `path` on 127.0.0.1:port until it answers 200 or the deadline passes; the body.
+pub fn http_get_path(port: u16, path: &str, deadline: Duration) -> Option<String> {
     let end = Instant::now() + deadline;
     while Instant::now() < end {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            if s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").is_ok() {
+            if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).is_ok() {
                 let mut buf = String::new();
                 let _ = s.read_to_string(&mut buf);
                 if buf.starts_with("HTTP/1.") && buf.contains(" 200 ") {
