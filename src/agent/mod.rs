@@ -3,6 +3,7 @@
 
 mod adopt;
 pub mod alert;
+mod batch;
 pub mod boot;
 mod gate;
 pub mod health;
@@ -12,6 +13,7 @@ mod images;
 pub mod logs;
 pub mod monitor;
 pub mod policy;
+mod parallel;
 mod preview;
 mod recovery;
 pub use recovery::Occasion;

@@ -8,16 +8,12 @@
 //! Used by `mcp recover` and by the daemon when it starts. And a registry
 //! made anew beside what mcp deployed before says so ([`Agent::note_strangers`]).
 
-use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 
-use super::{boot, note, Agent, ProgressFn};
+use super::{boot, note, parallel, Agent, ProgressFn};
 use crate::plan::health::show_duration;
-use crate::proto::{ChangeKind, Progress, RecoverResult, RecoveredService, RecoveredStage, RpcError, StageState};
+use crate::proto::{ChangeKind, RecoverResult, RecoveredService, RecoveredStage, RpcError, StageState};
 use crate::registry::NewEvent;
-
-/// How many services of a stage come back at once.
-const PARALLEL: usize = 8;
 
 impl Agent {
     /// The first look at the runtime of an agent whose registry was made just now says what
@@ -59,7 +55,7 @@ impl Agent {
     }
 
     /// Bring the node's services back as registered, stage by stage ([`boot`]): within a
-    /// stage up to [`PARALLEL`] services at once; a stage is up when every service of it came
+    /// stage several services at once ([`parallel`]); a stage is up when every service of it came
     /// back within its timeout; a required stage that is not stops the stages after it.
     pub fn recover_node(&self, occasion: Occasion, progress: ProgressFn) -> Result<RecoverResult, RpcError> {
         let names: Vec<String> = self.registry().services()?.into_iter().map(|r| r.name).collect();
@@ -119,45 +115,17 @@ impl Agent {
         Ok(result)
     }
 
-    /// The services of one stage, up to [`PARALLEL`] at once (their progress forwarded here);
-    /// one not begun by `deadline` is not begun at all. In the stage's order.
+    /// The services of one stage, several at once ([`parallel`]); one not begun by
+    /// `deadline` is not begun at all. In the stage's order.
     fn recover_services(&self, stage: &boot::Stage, occasion: Occasion, deadline: Instant, progress: ProgressFn) -> Vec<RecoveredService> {
-        enum Msg {
-            Progress(Progress),
-            Done(usize, Option<RecoveredService>),
-        }
-        let next = Mutex::new(stage.services.iter().enumerate());
-        let mut done: Vec<(usize, RecoveredService)> = Vec::new();
-        std::thread::scope(|scope| {
-            let (tx, rx) = mpsc::channel::<Msg>();
-            for _ in 0..PARALLEL.min(stage.services.len()) {
-                let (tx, next) = (tx.clone(), &next);
-                scope.spawn(move || loop {
-                    let Some((i, service)) = next.lock().unwrap_or_else(|e| e.into_inner()).next() else { return };
-                    let outcome = if Instant::now() >= deadline {
-                        let error = format!("not begun: the stage's timeout ({}) passed first", show_duration(stage.timeout));
-                        Some(RecoveredService { service: service.clone(), stage: stage.name.clone(), changes: Vec::new(), error: Some(error) })
-                    } else {
-                        let mut forward = |p: Progress| {
-                            let message = format!("{service}: {}", p.message);
-                            let _ = tx.send(Msg::Progress(Progress { message, ..p }));
-                        };
-                        self.recover_service(service, &stage.name, occasion, &mut forward)
-                    };
-                    let _ = tx.send(Msg::Done(i, outcome));
-                });
+        let work = |service: &String, progress: ProgressFn| {
+            if Instant::now() >= deadline {
+                let error = format!("not begun: the stage's timeout ({}) passed first", show_duration(stage.timeout));
+                return Some(RecoveredService { service: service.clone(), stage: stage.name.clone(), changes: Vec::new(), error: Some(error) });
             }
-            drop(tx);
-            for msg in rx {
-                match msg {
-                    Msg::Progress(p) => progress(p),
-                    Msg::Done(i, Some(r)) => done.push((i, r)),
-                    Msg::Done(_, None) => {}
-                }
-            }
-        });
-        done.sort_by_key(|(i, _)| *i);
-        done.into_iter().map(|(_, r)| r).collect()
+            self.recover_service(service, &stage.name, occasion, progress)
+        };
+        parallel::each(&stage.services, |s| s.clone(), work, progress).into_iter().flatten().collect()
     }
 
     /// One service, under its lock, as the registry holds it now (None: removed meanwhile).

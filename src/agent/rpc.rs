@@ -196,6 +196,10 @@ fn dispatch(
             let p: proto::DeployParams = params_of(&req.params).map_err(|e| RpcError { code: ErrorCode::InvalidPlan, ..e })?;
             to_value(agent.preview(&p.plan, p.component.as_deref())?)
         }
+        proto::DEPLOY_MANY => {
+            let p: proto::DeployManyParams = params_of(&req.params).map_err(|e| RpcError { code: ErrorCode::InvalidPlan, ..e })?;
+            to_value(agent.deploy_many(&p.plans, progress)?)
+        }
         proto::PLAN_MANY => {
             let p: proto::PlanManyParams = params_of(&req.params).map_err(|e| RpcError { code: ErrorCode::InvalidPlan, ..e })?;
             to_value(agent.preview_many(&p.plans)?)

@@ -14,7 +14,9 @@ use tokio::task::JoinSet;
 use super::output::table;
 use super::{print_json, Ctx, InvalidInput, OutputOpts};
 use crate::plan::{load_service_files, Plan};
-use crate::proto::{self, ApplyResult, DeployParams, ListResult, PlanManyItem, PlanManyParams, PlanResult, ServiceParams};
+use crate::proto::{
+    self, ApplyResult, Change, DeployManyItem, DeployManyParams, ErrorCode, ListResult, PlanManyItem, PlanManyParams, PlanResult, ServiceParams,
+};
 
 /// Nodes talked to at once.
 const PARALLEL_NODES: usize = 8;
@@ -39,6 +41,9 @@ pub struct Line {
     pub result: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Per component, what the deploy did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<Change>,
 }
 
 /// Every definition in the services dir, all valid, or an error listing every bad one.
@@ -69,6 +74,54 @@ pub fn load_all(ctx: &Ctx) -> Result<Vec<Plan>> {
         bail!(InvalidInput(format!("nothing was synced; fix these definitions first:\n{}", errors.join("\n"))));
     }
     Ok(plans)
+}
+
+impl Line {
+    pub fn failed(service: &str, node: &str, error: String) -> Line {
+        Line { service: service.to_string(), node: node.to_string(), result: "failed".into(), error: Some(error), changes: Vec::new() }
+    }
+}
+
+/// One service's answer in a batch: what changed, or `rejected` (invalid, or refused by the
+/// node's policy: nothing of it ran) or `failed` (rolled back) with why.
+pub fn line_of(i: DeployManyItem, node: &str) -> Line {
+    match (i.result, i.error) {
+        (Some(r), _) => Line { service: i.service, node: node.to_string(), result: summary(&r), error: None, changes: r.changes },
+        (None, e) => {
+            let rejected = e.as_ref().is_some_and(|e| matches!(e.code, ErrorCode::InvalidPlan | ErrorCode::BadRequest));
+            Line {
+                service: i.service,
+                node: node.to_string(),
+                result: if rejected { "rejected" } else { "failed" }.into(),
+                error: Some(e.map(|e| e.message).unwrap_or_else(|| "no answer".into())),
+                changes: Vec::new(),
+            }
+        }
+    }
+}
+
+/// The lines as a table (or JSON), sorted; an error when a service failed (exit 1) or, with
+/// none failed, was rejected (exit 2: nothing of it ran).
+pub fn report(lines: &mut [Line], json: bool, what: &str) -> Result<()> {
+    lines.sort_by(|a, b| (&a.node, &a.service).cmp(&(&b.node, &b.service)));
+    if json {
+        print_json(&lines)?;
+    } else {
+        let rows: Vec<Vec<String>> = lines
+            .iter()
+            .map(|l| vec![l.service.clone(), l.node.clone(), l.result.clone(), l.error.clone().unwrap_or_default()])
+            .collect();
+        print!("{}", table(&["SERVICE", "NODE", "RESULT", "ERROR"], &rows));
+    }
+    let rejected = lines.iter().filter(|l| l.result == "rejected").count();
+    let failed = lines.iter().filter(|l| l.error.is_some()).count() - rejected;
+    if failed > 0 {
+        bail!("{failed} of {} services failed to {what}{}", lines.len(), if rejected > 0 { format!(" ({rejected} rejected)") } else { String::new() });
+    }
+    if rejected > 0 {
+        bail!(InvalidInput(format!("{rejected} of {} services were rejected (nothing of them ran); the others went ahead", lines.len())));
+    }
+    Ok(())
 }
 
 fn summary(r: &ApplyResult) -> String {
@@ -109,13 +162,13 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
     for (node_name, plans) in by_node {
         let node = ctx.node(&node_name)?.clone();
         let transport = ctx.transport(&node);
-        let (limit, prune, plan_only) = (limit.clone(), opts.prune, opts.plan);
+        let (limit, prune, plan_only, quiet) = (limit.clone(), opts.prune, opts.plan, ctx.quiet || opts.output.json);
         set.spawn(async move {
             let _permit = limit.acquire_owned().await.expect("never closed");
             let fail_all = |e: String| -> Vec<Line> {
                 plans
                     .iter()
-                    .map(|p| Line { service: p.name.clone(), node: node_name.clone(), result: "failed".into(), error: Some(e.clone()) })
+                    .map(|p| Line::failed(&p.name, &node_name, e.clone()))
                     .collect()
             };
             let mut session = match transport {
@@ -135,24 +188,26 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                         error: i.error.map(|e| e.to_string()),
                         service: i.service,
                         node: node_name.clone(),
+                        changes: Vec::new(),
                     })),
                     Err(e) => return fail_all(e.to_string()),
                 }
             }
-            for plan in plans.iter().filter(|_| !plan_only) {
-                let params = DeployParams { plan: plan.clone(), component: None };
-                let line = match session.call::<_, ApplyResult>(proto::DEPLOY, &params, &mut |_| {}).await.map(|r| summary(&r)) {
-                    Ok(result) => Line { service: plan.name.clone(), node: node_name.clone(), result, error: None },
-                    Err(e) => Line { service: plan.name.clone(), node: node_name.clone(), result: "failed".into(), error: Some(e.to_string()) },
-                };
-                lines.push(line);
+            if !plan_only && !plans.is_empty() {
+                // One request for the node's services: one listing decides what is unchanged.
+                let params = DeployManyParams { plans: plans.clone() };
+                let mut progress = super::progress_printer(quiet);
+                match session.call::<_, Vec<DeployManyItem>>(proto::DEPLOY_MANY, &params, &mut progress).await {
+                    Ok(items) => lines.extend(items.into_iter().map(|i| line_of(i, &node_name))),
+                    Err(e) => return fail_all(e.to_string()),
+                }
             }
             if prune {
                 match session.call::<_, ListResult>(proto::LIST, &serde_json::json!({}), &mut |_| {}).await {
                     Ok(list) => {
                         for s in list.services.iter().filter(|s| !plans.iter().any(|p| p.name == s.name)) {
                             if plan_only {
-                                lines.push(Line { service: s.name.clone(), node: node_name.clone(), result: "would be pruned".into(), error: None });
+                                lines.push(Line { service: s.name.clone(), node: node_name.clone(), result: "would be pruned".into(), error: None, changes: Vec::new() });
                                 continue;
                             }
                             let params = ServiceParams { service: s.name.clone() };
@@ -162,30 +217,18 @@ pub async fn run(ctx: &Ctx, opts: Opts) -> Result<()> {
                                 node: node_name.clone(),
                                 result: if r.is_ok() { "pruned".into() } else { "failed".into() },
                                 error: r.err().map(|e| e.to_string()),
+                                changes: Vec::new(),
                             });
                         }
                     }
-                    Err(e) => lines.push(Line { service: "*".into(), node: node_name.clone(), result: "failed".into(), error: Some(e.to_string()) }),
+                    Err(e) => lines.push(Line { service: "*".into(), node: node_name.clone(), result: "failed".into(), error: Some(e.to_string()), changes: Vec::new() }),
                 }
             }
             lines
         });
     }
     let mut lines: Vec<Line> = set.join_all().await.into_iter().flatten().collect();
-    lines.sort_by(|a, b| (&a.node, &a.service).cmp(&(&b.node, &b.service)));
-    if opts.output.json {
-        print_json(&lines)?;
-    } else {
-        let rows: Vec<Vec<String>> = lines
-            .iter()
-            .map(|l| vec![l.service.clone(), l.node.clone(), l.result.clone(), l.error.clone().unwrap_or_default()])
-            .collect();
-        print!("{}", table(&["SERVICE", "NODE", "RESULT", "ERROR"], &rows));
-    }
-    let failed = lines.iter().filter(|l| l.error.is_some()).count();
-    if failed > 0 {
-        bail!("{failed} of {} services failed to sync", lines.len());
-    }
+    report(&mut lines, opts.output.json, "sync")?;
     let pending = lines.iter().filter(|l| l.result != "no changes").count();
     if opts.plan && pending > 0 {
         return Err(super::PendingChanges(pending).into());

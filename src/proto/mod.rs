@@ -289,6 +289,24 @@ pub struct DeployParams {
 
 /// `plan`: what a deploy of `DeployParams` would do, nothing done.
 pub const PLAN: &str = "plan";
+/// `deploy_many`: several services' plans for this node ([`DeployManyParams`]), one answer
+/// each ([`DeployManyItem`]); each service all-or-nothing on its own.
+pub const DEPLOY_MANY: &str = "deploy_many";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployManyParams {
+    pub plans: Vec<Plan>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployManyItem {
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ApplyResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError>,
+}
+
 /// `plan_many`: the same for several services ([`PlanManyParams`]), one answer each.
 pub const PLAN_MANY: &str = "plan_many";
 
