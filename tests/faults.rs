@@ -141,7 +141,7 @@ fn a_registry_that_cannot_be_written_does_not_stop_repairs() {
     let svc = env.svc("locked");
     env.define(&svc, &http_service(&svc, free_port(), "restart = \"always\"\nstop_timeout = 1"));
     env.ok(&["deploy", &svc]);
-    let _daemon = env.start_daemon(&[]);
+    let daemon = env.start_daemon(&[]);
     let name = format!("{svc}-web");
     let db = rusqlite::Connection::open(env.state.join("registry.db")).unwrap();
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
@@ -149,10 +149,20 @@ fn a_registry_that_cannot_be_written_does_not_stop_repairs() {
     // Every write waits out the registry's 10 s busy timeout and fails; the repair goes ahead.
     let back = wait_for(Duration::from_secs(120), || (env.container_state(&name).as_deref() == Some("running")).then_some(()));
     assert!(back.is_some(), "brought back while the registry was locked");
+    // Held until the daemon gave up writing the repair (its busy timeout): it is queued then.
+    let queued = wait_for(Duration::from_secs(60), || daemon.log_text().contains("cannot record the repair yet").then_some(()));
+    assert!(queued.is_some(), "{}", daemon.log_text());
+    let freed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     db.execute_batch("COMMIT").unwrap();
     drop(db);
     let repair = env.wait_event(&svc, "repair", Duration::from_secs(90)).expect("the repair is recorded once the registry takes writes");
     assert!(repair.contains("restarted"), "{repair}");
+    // Recorded with the time it happened (while the registry was locked), not when written.
+    let st = env.ok(&["status", &svc, "--json", "--events", "100"]).json();
+    let events = st["nodes"][0]["result"]["services"][0]["events"].as_array().unwrap().clone();
+    let at = events.iter().find(|e| e["kind"] == "repair").and_then(|e| e["time"].as_i64()).unwrap();
+    assert!(at < freed, "repair at {at}, the registry freed at {freed}");
+    assert_eq!(st["nodes"][0]["result"]["services"][0]["components"][0]["repairs"], 1, "counted: {st}");
 }
 
 /// A one-container HTTP service `base`, deployed.
@@ -507,4 +517,34 @@ fn status_does_not_wait_behind_a_blocked_write() {
     // The write waited 10 s before it gave up: answers in the last 8 s of that wait.
     let during = answered.iter().filter(|t| gave_up.duration_since(**t) < Duration::from_secs(8)).count();
     assert!(during >= 5, "status kept answering while the write waited: {during} answers");
+}
+
+/// #17 (class): a repair begun by a daemon that was killed before recording it (here in the
+/// middle of its `podman start`) is reported by the next daemon: a `repair.unrecorded` event
+/// naming the container, what was begun and what it is now; that daemon's start then brings it
+/// back. Before: nothing recorded the repair at all.
+#[test]
+fn a_repair_cut_short_by_a_killed_daemon_is_reported_by_the_next() {
+    let env = Env::new();
+    let svc = env.svc("cut");
+    env.define(&svc, &http_service(&svc, free_port(), "restart = \"always\"\nstop_timeout = 1"));
+    env.ok(&["deploy", &svc]);
+    let name = format!("{svc}-web");
+    let mut daemon = env.start_daemon(&[]);
+    env.hang("start");
+    podman_ok(&["kill", &name]);
+    assert!(wait_for(Duration::from_secs(60), || env.hung_podman().then_some(())).is_some(), "the repair's podman start hangs");
+    signal(daemon.pid(), libc::SIGKILL);
+    daemon.child.wait().unwrap();
+    env.release("start");
+    assert!(wait_for(Duration::from_secs(10), || (!env.hung_podman()).then_some(())).is_some(), "the hung start died with the daemon");
+    assert_eq!(env.count_events(&svc, "repair"), 0);
+
+    let _daemon = env.start_daemon(&[]);
+    let said = env.wait_event(&svc, "repair.unrecorded", Duration::from_secs(60)).expect("the cut-short repair is reported");
+    assert!(said.contains(&name) && said.contains("restarted") && said.contains("is exited now"), "{said}");
+    let back = env.wait_event(&svc, "recovered", Duration::from_secs(60));
+    assert!(back.is_some(), "the start's recovery brings it back: {:?}\n{}", env.events(&svc), _daemon.log_text());
+    assert_eq!(env.container_state(&name).as_deref(), Some("running"));
+    assert_eq!(env.count_events(&svc, "repair.unrecorded"), 1, "reported once");
 }

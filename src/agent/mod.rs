@@ -10,6 +10,7 @@ pub mod health;
 pub mod config;
 pub mod files;
 mod images;
+mod intents;
 pub mod logs;
 pub mod monitor;
 pub mod policy;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::status::{findings, DriftKind, Finding};
 use super::Agent;
 use crate::plan::instance_name;
-use crate::registry::{now_ms, ComponentRecord, DriftRow, NewEvent};
+use crate::registry::{now_ms, ComponentRecord, DriftRow, LateEvent, NewEvent};
 use crate::runtime::{Observed, RuntimeEvent};
 
 /// `[monitor]` in agent.toml.
@@ -289,7 +289,7 @@ pub struct Monitor {
     /// Unhealthy instances whose restart waits (backoff, a busy service).
     unhealthy: Vec<(String, String, String)>,
     /// Events of repairs done while the registry could not be written.
-    unrecorded: Vec<NewEvent>,
+    unrecorded: Vec<LateEvent>,
     /// Record drift, repair nothing (the daemon's first look, before it recovers).
     record_only: bool,
 }
@@ -363,6 +363,7 @@ impl Monitor {
     /// What the node lost while no daemon ran (a reboot, a lost podman database) comes back
     /// as registered, whatever the restart policies, in boot order; said in the log and events.
     fn recover_at_start(&mut self) {
+        self.agent.report_unrecorded_repairs();
         // What the node lost is recorded first, as drift, so its history says what was found.
         self.record_only = true;
         if let Err(e) = self.sweep() {
@@ -536,40 +537,54 @@ impl Monitor {
         streak.attempts += 1;
         streak.last = Instant::now();
         let attempt = streak.attempts;
-        let (what, result) = match &repair {
-            Repair::Recreate => ("recreated", self.agent.create_instance(service, want).map(|_| ())),
-            Repair::Start { id } => ("restarted", self.agent.runtime().start(id)),
+        let what = match &repair {
+            Repair::Recreate => "recreated",
+            Repair::Start { .. } => "restarted",
+            Repair::Restart { .. } => "restarted unhealthy",
+        };
+        // Written ahead: a daemon that dies before the record below is found out by the next.
+        self.agent.intend_repair(service, &component, what);
+        let result = match &repair {
+            Repair::Recreate => self.agent.create_instance(service, want).map(|_| ()),
+            Repair::Start { id } => self.agent.runtime().start(id),
             Repair::Restart { id } => {
                 let done = self.agent.runtime().restart(id);
                 // Probed afresh either way: a restart that failed is reported (and retried) again.
                 self.agent.health().restarted(service, &component, id);
-                ("restarted unhealthy", done)
+                done
             }
         };
         self.cache.invalidate();
+        // When it happened: a registry that cannot take the event now may take seconds to say so.
+        let at = now_ms();
         let recorded = match result {
             Ok(()) => {
                 tracing::info!(service, component = %component, what, attempt, "repaired");
                 let message = format!("{what} {name} (restart policy {policy}, repair {attempt} in a row)");
                 let event = NewEvent { service: service.into(), component: Some(component.clone()), kind: "repair".into(), message };
-                self.agent.registry().record_repair(service, &component, &event).map_err(|e| (e, event))
+                self.agent.registry().record_repair(service, &component, &event).map_err(|e| (e, event, true))
             }
             Err(e) => {
                 tracing::warn!(service, component = %component, error = %e, "repair failed");
                 let message = format!("could not bring back {name} (restart policy {policy}, try {attempt}): {e}");
-                let event = NewEvent { service: service.into(), component: Some(component), kind: "repair.failed".into(), message };
-                self.agent.registry().record_events(std::slice::from_ref(&event)).map_err(|e| (e, event))
+                let event = NewEvent { service: service.into(), component: Some(component.clone()), kind: "repair.failed".into(), message };
+                let recorded = self.agent.registry().record_events(std::slice::from_ref(&event));
+                if recorded.is_ok() {
+                    self.agent.finish_repair(service, &component);
+                }
+                recorded.map_err(|e| (e, event, false))
             }
         };
-        if let Err((e, event)) = recorded {
+        if let Err((e, event, repair)) = recorded {
             tracing::warn!(error = %e, "cannot record the repair yet; kept until the registry can be written");
-            self.keep_unrecorded(event);
+            self.keep_unrecorded(LateEvent { event, time: at, repair });
         }
         true
     }
 
-    /// An event the registry could not take: written at the next sweep that can.
-    fn keep_unrecorded(&mut self, event: NewEvent) {
+    /// An event the registry could not take: written at the next sweep that can, with the
+    /// time it happened (and a repair counted).
+    fn keep_unrecorded(&mut self, event: LateEvent) {
         if self.unrecorded.len() >= MAX_UNRECORDED {
             self.unrecorded.remove(0);
         }
@@ -580,7 +595,7 @@ impl Monitor {
         if self.unrecorded.is_empty() {
             return;
         }
-        match self.agent.registry().record_events(&self.unrecorded) {
+        match self.agent.registry().record_late(&self.unrecorded) {
             Ok(()) => self.unrecorded.clear(),
             Err(e) => tracing::warn!(error = %e, kept = self.unrecorded.len(), "the registry still cannot take events"),
         }

@@ -2,6 +2,7 @@
 //! (desired specs), what was last seen, and the events that happened.
 
 mod addresses;
+pub mod intents;
 mod ports;
 mod schema;
 pub mod remedy;
@@ -101,6 +102,19 @@ pub struct NewEvent {
     pub message: String,
 }
 
+/// An event that could not be written when it happened (see [`Registry::record_late`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateEvent {
+    pub event: NewEvent,
+    /// Unix milliseconds when it happened.
+    pub time: i64,
+    /// A repair: counted as [`Registry::record_repair`] counts it.
+    pub repair: bool,
+}
+
+/// How long a write waits for another writer's lock before it fails.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -161,7 +175,7 @@ impl Registry {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(open_err)?;
         }
         let conn = Connection::open(path).map_err(|source| RegistryError::Sqlite { path: path.to_path_buf(), source })?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -176,7 +190,7 @@ impl Registry {
     pub fn open_reader(path: &Path) -> Result<Registry, RegistryError> {
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|source| RegistryError::Sqlite { path: path.to_path_buf(), source })?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(Registry { conn, sink: None, fresh: false })
     }
 
@@ -364,7 +378,29 @@ impl Registry {
              ON CONFLICT(service, component) DO UPDATE SET count = count + 1, last = excluded.last",
             params![service, component, now_ms()],
         )?;
+        intents::finish(&tx, service, component)?;
         let stored = insert_events(&tx, std::slice::from_ref(event))?;
+        tx.commit()?;
+        self.committed(stored);
+        Ok(())
+    }
+
+    /// What happened while the registry could not be written, written now with the time each
+    /// happened (repairs also counted), in one transaction.
+    pub fn record_late(&mut self, late: &[LateEvent]) -> Result<(), RegistryError> {
+        let tx = self.conn.transaction()?;
+        for l in late.iter().filter(|l| l.repair) {
+            let component = l.event.component.as_deref().unwrap_or_default();
+            tx.execute(
+                "INSERT INTO repairs(service, component, count, last) VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT(service, component) DO UPDATE SET count = count + 1, last = max(last, excluded.last)",
+                params![l.event.service, component, l.time],
+            )?;
+        }
+        for l in late {
+            intents::finish(&tx, &l.event.service, l.event.component.as_deref().unwrap_or_default())?;
+        }
+        let stored = insert_events_at(&tx, late.iter().map(|l| (&l.event, l.time)))?;
         tx.commit()?;
         self.committed(stored);
         Ok(())
@@ -485,8 +521,13 @@ pub fn fair_quota(counts: &[u64], max: u64) -> Option<u64> {
 
 fn insert_events(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Event>, RegistryError> {
     let t = now_ms();
-    let mut out = Vec::with_capacity(events.len());
-    for e in events {
+    insert_events_at(tx, events.iter().map(|e| (e, t)))
+}
+
+/// Events with the time each happened.
+fn insert_events_at<'e>(tx: &Transaction<'_>, events: impl Iterator<Item = (&'e NewEvent, i64)>) -> Result<Vec<Event>, RegistryError> {
+    let mut out = Vec::new();
+    for (e, t) in events {
         tx.execute(
             "INSERT INTO events(time, service, component, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![t, e.service, e.component, e.kind, e.message],
@@ -506,6 +547,22 @@ fn insert_events(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<Event>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn late_events_keep_their_time_and_count_repairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(&dir.path().join("r.db")).unwrap();
+        let event = |kind: &str| NewEvent { service: "s".into(), component: Some("web".into()), kind: kind.into(), message: "m".into() };
+        let late = [
+            LateEvent { event: event("repair"), time: 1_000, repair: true },
+            LateEvent { event: event("repair.failed"), time: 2_000, repair: false },
+        ];
+        r.record_late(&late).unwrap();
+        let times: Vec<(String, i64)> = r.events(Some("s"), 10).unwrap().into_iter().map(|e| (e.kind, e.time)).collect();
+        assert!(times.contains(&("repair".into(), 1_000)) && times.contains(&("repair.failed".into(), 2_000)), "{times:?}");
+        let counts = r.repairs("s").unwrap();
+        assert_eq!((counts.len(), counts[0].count, counts[0].last), (1, 1, 1_000));
+    }
 
     fn comp(name: &str, image: &str) -> Component {
         Component { name: name.into(), image: image.into(), ..Default::default() }

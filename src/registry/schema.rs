@@ -75,6 +75,15 @@ const MIGRATIONS: &[&str] = &[
         port INTEGER NOT NULL UNIQUE,
         PRIMARY KEY (service, component, route)
      );",
+    // 6: repairs the daemon began and has not recorded yet (a write-ahead intent): one left
+    // behind by a daemon that died in between is reported when the next one starts.
+    "CREATE TABLE intents (
+        service TEXT NOT NULL,
+        component TEXT NOT NULL,
+        what TEXT NOT NULL,
+        since INTEGER NOT NULL,
+        PRIMARY KEY (service, component)
+     );",
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
