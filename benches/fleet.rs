@@ -103,7 +103,7 @@ fn main() {
         let env = Env::new();
         let key = env.home.join(".ssh/id_ed25519");
         keygen(&key);
-        let auth = format!("{}", public_key(&key));
+        let auth = public_key(&key);
         let nodes: Vec<Sshd> = (0..3).map(|i| Sshd::start(&env.dir.path().join(format!("node-{i}")), std::slice::from_ref(&auth))).collect();
         let mut config = format!("[services]\ndir = \"{}\"\n", env.services.display());
         for (i, n) in nodes.iter().enumerate() {

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -93,30 +91,9 @@ fn a_batch_cut_short_by_a_killed_agent_leaves_each_service_old_or_new() {
     for s in &svcs {
         env.define(s, &sleeper(s, "env = { V = \"2\" }\n"));
     }
-    let mut mcp = Command::new(MCP)
-        .arg("--config")
-        .arg(&env.config)
-        .arg("sync")
-        .env("HOME", &env.home)
-        .current_dir(env.dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(mcp.stderr.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(err.read_line(&mut line).unwrap() > 0, "sync ended before its settle window: {seen}");
-        seen.push_str(&line);
-        if line.contains("checking that new instances stay up") {
-            break;
-        }
-    }
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let mut mcp = mcp_until(&env, &["sync"], "checking that new instances stay up");
     let agent = children_of(mcp.id()).into_iter().find(|(_, cmd)| cmd.contains("mcp-agent")).expect("the local agent").0;
-    signal(agent as u32, libc::SIGKILL);
+    signal(agent, libc::SIGKILL);
     let _ = mcp.wait();
 
     // Each service is registered old or new, never anything else (compared once the next

@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -19,34 +16,9 @@ fn slow_settle_env() -> Env {
     env
 }
 
-/// `mcp deploy svc` started in its own process group (as a shell runs a foreground job),
-/// returned once it says it checks the replacement (the settle window).
+/// `mcp deploy svc`, returned once it says it checks the replacement (the settle window).
 fn deploy_until_settling(env: &Env, svc: &str) -> std::process::Child {
-    let mut child = Command::new(MCP)
-        .arg("--config")
-        .arg(&env.config)
-        .args(["deploy", svc])
-        .env("HOME", &env.home)
-        .current_dir(env.dir.path())
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(err.read_line(&mut line).unwrap() > 0, "deploy ended before its settle window: {seen}");
-        seen.push_str(&line);
-        if line.contains("checking that new instances stay up") {
-            break;
-        }
-    }
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    child
+    mcp_until(env, &["deploy", svc], "checking that new instances stay up")
 }
 
 fn names(env: &Env, svc: &str) -> Vec<String> {

@@ -196,7 +196,7 @@ fn a_node_is_reached_at_its_next_address_and_must_show_the_same_key() {
 
     // No address answers: each is named with its cause.
     let dead2 = format!("127.0.0.1:{}", free_port());
-    write_nodes(&env, &[node(&[dead2.clone()])]);
+    write_nodes(&env, &[node(std::slice::from_ref(&dead2))]);
     let r = env.mcp(&["list"]);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("at any of its addresses") && r.stderr.contains(&dead) && r.stderr.contains(&dead2), "{}", r.stderr);

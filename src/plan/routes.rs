@@ -12,6 +12,8 @@ use super::{Component, Kind};
 /// Host ports the agent assigns from.
 pub const FIRST_PORT: u16 = 10000;
 pub const LAST_PORT: u16 = 60000;
+/// Routes one component may have: each holds a port of the node.
+pub const MAX_ROUTES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +85,9 @@ pub fn check(comp: &Component) -> Vec<(String, String)> {
     if comp.routes.is_empty() {
         return errors;
     }
+    if comp.routes.len() > MAX_ROUTES {
+        errors.push(("routes".into(), format!("{} routes: at most {MAX_ROUTES} per component (each takes a port of the node)", comp.routes.len())));
+    }
     if comp.kind != Kind::Container {
         errors.push(("routes".into(), "routes are for containers; a unikernel publishes with `ports` (network = \"user\")".into()));
     }
@@ -115,7 +120,7 @@ pub fn check(comp: &Component) -> Vec<(String, String)> {
             }
         }
         if comp.env.contains_key(&r.env_name()) {
-            errors.push((format!("{at}"), format!("env sets {} itself; the agent sets it to the route's assigned port", r.env_name())));
+            errors.push((at.clone(), format!("env sets {} itself; the agent sets it to the route's assigned port", r.env_name())));
         }
     }
     if matches!(comp.network.as_deref(), Some("host" | "none")) {
@@ -198,5 +203,7 @@ mod tests {
         assert!(fields.contains(&"routes[1].name") && fields.contains(&"routes[2].name") && fields.contains(&"routes[2].port"), "{e:?}");
         assert!(fields.contains(&"routes[1].hostname") && fields.contains(&"routes[0]"), "{e:?}");
         assert!(check(&comp(vec![route(None, 443), route(Some("rest"), 8443)])).is_empty());
+        let many: Vec<Route> = (0..=MAX_ROUTES).map(|i| route(Some(&format!("r{i}")), 443)).collect();
+        assert!(check(&comp(many)).iter().any(|(f, m)| f == "routes" && m.contains("at most")));
     }
 }

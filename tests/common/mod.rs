@@ -406,6 +406,38 @@ impl Drop for Env {
     }
 }
 
+/// `mcp <args>` started in its own process group (as a shell runs a foreground job),
+/// returned once a line of its progress contains `marker` (its stderr drained from then on).
+pub fn mcp_until(env: &Env, args: &[&str], marker: &str) -> std::process::Child {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(MCP)
+        .arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .env("HOME", &env.home)
+        .current_dir(env.dir.path())
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "mcp {args:?} ended before saying {marker:?}: {seen}");
+        seen.push_str(&line);
+        if line.contains(marker) {
+            break;
+        }
+    }
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    child
+}
+
 /// Running and not a zombie (daemonized qemu is reparented to PID 1, which here does not reap).
 pub fn process_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
