@@ -14,6 +14,17 @@ use crate::plan::{instance_name, Component, PullPolicy};
 
 pub use super::podman_json::{component_from_inspect, parse_inspect, parse_ps};
 
+/// How often `podman rm` is tried when the container's storage is still busy, and how far apart.
+const RM_TRIES: u32 = 3;
+const RM_RETRY: Duration = Duration::from_millis(500);
+
+/// podman 4.3 sometimes fails to remove a container just killed or stopped: its shm mount is
+/// still held by the cleanup of its exit ("unlinkat .../userdata/shm: device or resource busy").
+/// Moments later it goes; such a failure decides nothing.
+pub fn rm_busy(stderr: &str) -> bool {
+    stderr.contains("device or resource busy")
+}
+
 /// Remove `env-<pid>-*` files in `scratch` whose process no longer runs.
 fn remove_dead_env_files(scratch: &Path) {
     let Ok(entries) = std::fs::read_dir(scratch) else { return };
@@ -445,8 +456,21 @@ impl Runtime for Podman {
     }
 
     fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        // `rm -f -t 10`: ten seconds to stop, whatever the container says.
-        self.run_within(&simple_argv("rm", id), self.call_limit() + Duration::from_secs(PODMAN_STOP_TIMEOUT)).map(|_| ())?;
+        let mut tries = 1;
+        loop {
+            // `rm -f -t 10`: ten seconds to stop, whatever the container says.
+            match self.run_within(&simple_argv("rm", id), self.call_limit() + Duration::from_secs(PODMAN_STOP_TIMEOUT)) {
+                Ok(_) => break,
+                // A try before may have removed it and failed only in its cleanup.
+                Err(RuntimeError::Exit { stderr, .. }) if tries > 1 && stderr.contains("no such container") => break,
+                Err(RuntimeError::Exit { stderr, .. }) if tries < RM_TRIES && rm_busy(&stderr) => {
+                    tracing::debug!(id, stderr, "podman rm: storage still busy; trying again");
+                    tries += 1;
+                    std::thread::sleep(RM_RETRY);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         self.stop_timeouts.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         Ok(())
     }
@@ -574,6 +598,8 @@ mod tests {
         ];
         assert_eq!(argv, expected);
         assert!(!argv.iter().any(|a| a.contains("hunter2")), "env values must not be in argv");
+        assert!(rm_busy("Error: removing container abc root filesystem: 1 error occurred:\n\t* unlinkat /var/lib/containers/storage/overlay-containers/abc/userdata/shm: device or resource busy"));
+        assert!(!rm_busy("Error: no container with name or ID \"x\" found: no such container"));
     }
 
     #[test]
