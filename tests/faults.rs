@@ -297,8 +297,9 @@ fn a_client_that_gives_up_does_not_cut_the_local_agent_short() {
     let r = mcp_within(&env, &["--timeout", "2", "stop", &svc], Duration::from_secs(60));
     assert_eq!(r.code, 3, "mcp gave up waiting: {}\n{}", r.stdout, r.stderr);
     let name = format!("{svc}-web");
-    let stopped = wait_for(Duration::from_secs(60), || (env.container_state(&name).as_deref() == Some("exited")).then_some(()));
-    assert!(stopped.is_some(), "the agent finished the stop after mcp left");
+    // Finished means recorded: the container exits moments before the registry says so.
+    assert!(env.wait_event(&svc, "stopped", Duration::from_secs(60)).is_some(), "the agent finished the stop after mcp left");
+    assert_eq!(env.container_state(&name).as_deref(), Some("exited"));
     env.release("stop");
     let st = env.ok(&["status", &svc, "--json"]).json();
     assert_eq!(st["nodes"][0]["result"]["services"][0]["components"][0]["desired"], "stopped", "{st}");
