@@ -5,6 +5,8 @@
 //! `podman run -d` of the same containers one after another (target <= 1.1x), and `mcp status`
 //! against `podman ps -a --format json` (target <= 1.3x; one per node, at once, as every node's
 //! agent lists: here all of them list this machine's podman, with every node's containers).
+//! Over SSH also against what a user runs without mcp: `ssh node podman ps -a --format json`
+//! (OpenSSH) to every node at once.
 //!
 //! Not a test: it measures and prints a table.
 
@@ -43,11 +45,14 @@ struct Row {
     podman_ps: Duration,
     /// `mcp node list`: reaching every node and its agent, no podman (the transport's floor).
     reach: Duration,
+    /// What a user would run without mcp: `ssh node podman ps -a --format json` (OpenSSH), to
+    /// every node at once. `None` for the local node.
+    ssh_ps: Option<Duration>,
 }
 
 /// The services (`(name, node)`) defined in `env`: N x podman run by hand (then removed), a
 /// sync of them new, an unchanged sync, status, podman ps.
-fn measure(env: &Env, setup: &'static str, services: &[(String, String)]) -> Row {
+fn measure(env: &Env, setup: &'static str, services: &[(String, String)], ssh: &[Vec<String>]) -> Row {
     for (s, node) in services {
         env.define(s, &sleeper(s, node));
     }
@@ -84,7 +89,18 @@ fn measure(env: &Env, setup: &'static str, services: &[(String, String)]) -> Row
     let reach = best(&|| {
         env.ok(&["node", "list", "--json"]);
     });
-    Row { setup, raw_runs, sync_new, sync_same, status, podman_ps, reach }
+    let ssh_ps = (!ssh.is_empty()).then(|| {
+        best(&|| {
+            let children: Vec<_> = ssh
+                .iter()
+                .map(|argv| std::process::Command::new("ssh").args(argv).stdout(std::process::Stdio::null()).spawn().unwrap())
+                .collect();
+            for mut c in children {
+                assert!(c.wait().unwrap().success());
+            }
+        })
+    });
+    Row { setup, raw_runs, sync_new, sync_same, status, podman_ps, reach, ssh_ps }
 }
 
 fn main() {
@@ -97,7 +113,7 @@ fn main() {
         // The agent with podman itself (the tests' logging wrapper adds a shell per call).
         env.write_config(&format!("{AGENT} rpc --state-dir {}", env.state.display()));
         let services: Vec<(String, String)> = (0..100).map(|i| (env.svc(&format!("f{i}")), "local".to_string())).collect();
-        rows.push(measure(&env, "local node, N = 100", &services));
+        rows.push(measure(&env, "local node, N = 100", &services, &[]));
     }
     {
         let env = Env::new();
@@ -116,14 +132,25 @@ fn main() {
         env.write_config_text(&config);
         env.ok(&["login", "--yes"]);
         let services: Vec<(String, String)> = (0..60).map(|i| (env.svc(&format!("g{i}")), format!("n{}", i % 3))).collect();
-        rows.push(measure(&env, "3 SSH nodes, N = 20 each", &services));
+        let conf = std::env::var("CONTAINERS_CONF").map(|c| format!("CONTAINERS_CONF={c} ")).unwrap_or_default();
+        let ssh: Vec<Vec<String>> = nodes
+            .iter()
+            .map(|n| {
+                let opts = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"];
+                let mut argv: Vec<String> = opts.iter().map(|s| s.to_string()).collect();
+                argv.extend(["-i".into(), key.display().to_string(), "-p".into(), n.port.to_string(), "root@127.0.0.1".into()]);
+                argv.push(format!("{conf}podman ps -a --format json"));
+                argv
+            })
+            .collect();
+        rows.push(measure(&env, "3 SSH nodes, N = 20 each", &services, &ssh));
     }
-    println!("{:<26} {:>9} {:>9} {:>7} {:>9} {:>8} {:>7} {:>9} {:>8} {:>7} {:>9}", "setup", "runs (s)", "sync new", "ratio", "sync same", "status", "ratio", "podman ps", "status", "ratio", "node list");
-    println!("{:<26} {:>9} {:>9} {:>7} {:>9} {:>8} {:>7} {:>9} {:>8} {:>7} {:>9}", "", "N x run", "(s)", "<=1.1", "(s)", "(s)", "<=1.5", "(s)", "(s)", "<=1.3", "(s)");
+    println!("{:<26} {:>9} {:>9} {:>7} {:>9} {:>8} {:>7} {:>9} {:>8} {:>7} {:>9} {:>8} {:>7}", "setup", "runs (s)", "sync new", "ratio", "sync same", "status", "ratio", "podman ps", "status", "ratio", "node list", "ssh ps", "ratio");
+    println!("{:<26} {:>9} {:>9} {:>7} {:>9} {:>8} {:>7} {:>9} {:>8} {:>7} {:>9} {:>8} {:>7}", "", "N x run", "(s)", "<=1.1", "(s)", "(s)", "<=1.5", "(s)", "(s)", "<=1.3", "(s)", "(s)", "status");
     for r in rows {
         let s = |d: Duration| d.as_secs_f64();
         println!(
-            "{:<26} {:>9.2} {:>9.2} {:>7.2} {:>9.3} {:>8.3} {:>7.2} {:>9.3} {:>8.3} {:>7.2} {:>9.3}",
+            "{:<26} {:>9.2} {:>9.2} {:>7.2} {:>9.3} {:>8.3} {:>7.2} {:>9.3} {:>8.3} {:>7.2} {:>9.3} {:>8} {:>7}",
             r.setup,
             s(r.raw_runs),
             s(r.sync_new),
@@ -134,7 +161,9 @@ fn main() {
             s(r.podman_ps),
             s(r.status),
             s(r.status) / s(r.podman_ps),
-            s(r.reach)
+            s(r.reach),
+            r.ssh_ps.map(|d| format!("{:.3}", s(d))).unwrap_or_else(|| "-".into()),
+            r.ssh_ps.map(|d| format!("{:.2}", s(r.status) / s(d))).unwrap_or_else(|| "-".into()),
         );
     }
 }

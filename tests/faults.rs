@@ -549,3 +549,51 @@ fn a_repair_cut_short_by_a_killed_daemon_is_reported_by_the_next() {
     assert_eq!(env.container_state(&name).as_deref(), Some("running"));
     assert_eq!(env.count_events(&svc, "repair.unrecorded"), 1, "reported once");
 }
+
+/// #17: a SIGTERM in the middle of a deploy lets the deploy finish (and be recorded) before
+/// the daemon lets go of serve.lock, the lock another daemon on this node must wait for; it
+/// used to let go at once while the deploy ran on.
+#[test]
+fn a_stopping_daemon_finishes_the_deploy_at_work_before_it_lets_go_of_its_lock() {
+    let env = Env::new();
+    let mut daemon = env.start_daemon(&[]);
+    let svc = env.svc("term");
+    env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
+    env.slow("run");
+    let mut deploy = Command::new(MCP)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["deploy", &svc])
+        .current_dir(env.dir.path())
+        .env("HOME", &env.home)
+        .env("XDG_CONFIG_HOME", env.home.join(".config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let running = |c: &String| c.starts_with("run ") && c.contains(&format!("{svc}-web"));
+    assert!(
+        wait_for(Duration::from_secs(60), || env.podman_calls().iter().any(running).then_some(())).is_some(),
+        "the deploy reaches its (slow) podman run"
+    );
+    signal(daemon.pid(), libc::SIGTERM);
+    let lock = std::fs::File::open(env.state.join("serve.lock")).unwrap();
+    let status = loop {
+        if let Some(status) = deploy.try_wait().unwrap() {
+            break status;
+        }
+        assert!(lock.try_lock().is_err(), "serve.lock let go while a deploy was at work; log:\n{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    deploy.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "the deploy the stop came in the middle of finishes: {err}");
+    assert!(wait_for(Duration::from_secs(30), || daemon.child.try_wait().unwrap()).is_some(), "then the daemon exits");
+    lock.try_lock().expect("the exited daemon let go of serve.lock");
+    env.release("run");
+    // Recorded: without a daemon, status shows the deploy as it is.
+    let st = env.ok(&["status", &svc, "--json"]).json();
+    let c = &st["nodes"][0]["result"]["services"][0]["components"][0];
+    assert_eq!((c["observed"].as_str(), c["drift"].as_str()), (Some("running"), None), "{st}");
+}

@@ -6,6 +6,8 @@ pub mod alert;
 mod batch;
 pub mod boot;
 mod gate;
+mod holdings;
+pub mod inflight;
 pub mod health;
 pub mod config;
 pub mod files;
@@ -271,8 +273,7 @@ impl Agent {
         let result = self.apply_inner(record, registered, only, restart, progress);
         // Whatever happened, what the monitor last saw may be out of date now.
         self.changed();
-        self.release_unused_addresses(&record.name);
-        self.release_unused_ports(&record.name);
+        self.release_unused(&record.name);
         result
     }
 
@@ -337,30 +338,6 @@ impl Agent {
             });
         }
         self.runtime.create(service, &c.spec, &c.hash, &assigned)
-    }
-
-    /// Free the addresses of `service`'s components that are no longer registered (or no
-    /// longer need one). Best effort: a leftover is freed by the next deploy or removal.
-    fn release_unused_addresses(&self, service: &str) {
-        // Most services hold none (containers): then there is nothing to read.
-        match self.registry().addresses() {
-            Ok(all) if !all.iter().any(|(s, _, _)| s == service) => return,
-            Ok(_) => {}
-            Err(e) => return tracing::warn!(service, error = %e, "cannot read the registry's addresses"),
-        }
-        let record = match self.registry().service(service) {
-            Ok(r) => r,
-            Err(e) => return tracing::warn!(service, error = %e, "cannot read the registry to release addresses"),
-        };
-        let keep: Vec<&str> = record
-            .iter()
-            .flat_map(|r| &r.components)
-            .filter(|c| self.runtime.address_pool(&c.spec).is_some())
-            .map(|c| c.spec.name.as_str())
-            .collect();
-        if let Err(e) = self.registry().release_addresses(service, &keep) {
-            tracing::warn!(service, error = %e, "cannot release addresses");
-        }
     }
 
     /// What `service` has, once nothing of it is half-way (a stop or removal someone else
@@ -596,8 +573,7 @@ impl Agent {
         });
         self.changed();
         self.registry().delete_service(service, &events)?;
-        self.release_unused_addresses(service);
-        self.release_unused_ports(service);
+        self.release_unused(service);
         Ok(ApplyResult { service: service.to_string(), changes })
     }
 
@@ -688,17 +664,18 @@ impl Agent {
     }
 
     pub fn status(&self, params: &StatusParams) -> Result<StatusResult, RpcError> {
-        let records = match &params.service {
-            Some(name) => vec![self.reader().service(name)?.ok_or_else(|| {
-                RpcError::new(ErrorCode::NotFound, format!("service {name:?} is not deployed on this node"))
-            })?],
-            None => self.reader().services()?,
-        };
+        // One read of the registry (records, repair counts, events at one moment), then one
+        // listing of the runtime.
+        let mut snap = self.reader().status_snapshot(params.service.as_deref(), params.events)?;
+        if let (Some(name), true) = (&params.service, snap.records.is_empty()) {
+            return Err(RpcError::new(ErrorCode::NotFound, format!("service {name:?} is not deployed on this node")));
+        }
+        let records = std::mem::take(&mut snap.records);
         let observed = self.observe(params.service.as_deref())?;
-        let repairs = |service: &str| self.reader().repairs(service).unwrap_or_default();
+        let repairs = |service: &str| snap.repairs.get(service).cloned().unwrap_or_default();
         let mut services = status::service_statuses(&records, &observed, &repairs, now_ms() / 1000);
         for s in &mut services {
-            s.events = self.reader().events(Some(&s.name), params.events)?;
+            s.events = snap.events.remove(&s.name).unwrap_or_default();
             for c in &mut s.components.iter_mut().filter(|c| c.observed == "running" && c.desired == "running") {
                 let name = instance_name(&s.name, &c.name);
                 let Some(id) = observed.iter().find(|o| o.name == name).map(|o| o.id.as_str()) else { continue };

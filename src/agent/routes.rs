@@ -39,23 +39,4 @@ impl Agent {
         let assigned: Vec<(String, u16)> = got.into_iter().filter_map(|(k, p)| Some((k, p?))).collect();
         Ok(routes::expand(c, &assigned))
     }
-
-    /// Free the ports of `service`'s routes that are no longer registered. Best effort: a
-    /// leftover is freed by the next deploy or removal.
-    pub(super) fn release_unused_ports(&self, service: &str) {
-        match self.registry().route_ports() {
-            Ok(all) if !all.iter().any(|(s, ..)| s == service) => return,
-            Ok(_) => {}
-            Err(e) => return tracing::warn!(service, error = %e, "cannot read the registry's route ports"),
-        }
-        let record = match self.registry().service(service) {
-            Ok(r) => r,
-            Err(e) => return tracing::warn!(service, error = %e, "cannot read the registry to release route ports"),
-        };
-        let keep: Vec<(&str, &str)> =
-            record.iter().flat_map(|r| &r.components).flat_map(|c| c.spec.routes.iter().map(|r| (c.spec.name.as_str(), r.key()))).collect();
-        if let Err(e) = self.registry().release_ports(service, &keep) {
-            tracing::warn!(service, error = %e, "cannot release route ports");
-        }
-    }
 }

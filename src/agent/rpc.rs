@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
+use super::inflight::InFlight;
 use super::Agent;
 use crate::plan::PLAN_VERSION;
 use crate::proto::lines::{BoundedLines, Line, MAX_PROTOCOL_LINE};
@@ -23,7 +24,7 @@ pub type AgentSlot = Result<Arc<Agent>, String>;
 /// runs one such session per connection, concurrently. `daemon` says which of the two answers.
 /// When the input closes during a request, the request is told to stop (a followed log ends;
 /// a deploy finishes, because stopping half-way would leave the node half-changed).
-pub async fn serve<R, W>(agent: AgentSlot, daemon: bool, input: R, mut output: W) -> std::io::Result<()>
+pub async fn serve<R, W>(agent: AgentSlot, daemon: bool, work: Arc<InFlight>, input: R, mut output: W) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -78,6 +79,19 @@ where
             continue;
         }
         let method = req.method.clone();
+        // A stopping daemon waits for the requests at work (until their answer is written)
+        // and starts no new one. A followed log is not work: it is cut.
+        let working = match (method != proto::LOGS).then(|| work.enter()) {
+            Some(None) => {
+                let err = RpcError::new(
+                    ErrorCode::Runtime,
+                    format!("mcp-agent is stopping: {method} was not started and nothing was changed; try again once it is back"),
+                );
+                write(&mut output, &finish(id, Err(err))).await?;
+                continue;
+            }
+            entered => entered.flatten(),
+        };
         let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
         let cancel = Arc::new(AtomicBool::new(false));
         let slot = agent.clone();
@@ -147,6 +161,7 @@ where
             return Err(e);
         }
         write(&mut output, &finish(id, result)).await?;
+        drop(working);
         if !input_open {
             break;
         }

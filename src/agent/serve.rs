@@ -13,6 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::alert::{AlertConfig, Alerter};
 use super::monitor::{self, Monitor, MonitorConfig, ObservedCache, RetentionConfig, Trigger};
+use super::inflight::InFlight;
 use super::{rpc, Agent};
 
 pub const SOCKET_FILE: &str = "agent.sock";
@@ -83,6 +84,7 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).map_err(io("set the mode of", &socket))?;
 
     let current: monitor::StopSlot = Default::default();
+    let work = Arc::new(InFlight::default());
     let stop = Arc::new(AtomicBool::new(false));
     let follower = {
         let (agent, cache, tx, pid, stop) = (agent.clone(), cache.clone(), tx.clone(), current.clone(), stop.clone());
@@ -107,10 +109,10 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
         tokio::select! {
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
-                    let agent = agent.clone();
+                    let (agent, work) = (agent.clone(), work.clone());
                     tokio::spawn(async move {
                         let (r, w) = stream.into_split();
-                        if let Err(e) = rpc::serve(Ok(agent), true, r, w).await {
+                        if let Err(e) = rpc::serve(Ok(agent), true, work, r, w).await {
                             tracing::debug!(error = %e, "session ended");
                         }
                     });
@@ -135,6 +137,15 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
     if !join_within(vec![health, monitor, follower], SHUTDOWN_GRACE) {
         tracing::warn!("the monitor is still busy {}s after the stop (a slow or hung podman call?); exiting anyway", SHUTDOWN_GRACE.as_secs());
     }
+    // The lock is ours until the requests at work are done: a deploy the stop came in the
+    // middle of finishes (and is recorded) before another daemon may start on this node.
+    let left = tokio::task::spawn_blocking(move || work.stop(REQUEST_GRACE)).await.unwrap_or(0);
+    if left > 0 {
+        tracing::warn!(
+            "{left} request(s) still at work {}s after the stop; exiting anyway (the next start recovers what they left half-way)",
+            REQUEST_GRACE.as_secs()
+        );
+    }
     drop(alerts);
     drop(lock);
     Ok(())
@@ -142,6 +153,10 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
 
 /// How long a starting daemon waits for its first look (recovery) before it serves anyway.
 const BOOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a stopping daemon waits for the requests it is working on (a deploy's podman calls
+/// each have their own deadline; this bounds the stop as a whole).
+const REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long a stopping daemon waits for its monitor, event follower and health watch.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

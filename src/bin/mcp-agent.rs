@@ -110,7 +110,7 @@ fn main() -> Result<()> {
                 Some(socket) => rt.block_on(serve::forward(socket)).context("forwarding to the mcp-agent daemon"),
                 None => {
                     let agent = open_agent(&config, &state_dir).map(Arc::new).map_err(|e| e.to_string());
-                    rt.block_on(rpc::serve(agent, false, tokio::io::stdin(), tokio::io::stdout())).context("rpc session")
+                    rt.block_on(rpc::serve(agent, false, Default::default(), tokio::io::stdin(), tokio::io::stdout())).context("rpc session")
                 }
             };
             // tokio's stdin reader is a blocking thread that may still wait for input.
@@ -123,8 +123,8 @@ fn main() -> Result<()> {
             let daemon = serve::Daemon { monitor: config.monitor, retention: config.events, alert: config.alert };
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting tokio")?;
             let result = rt.block_on(serve::run(agent, cache, daemon)).context("mcp-agent serve");
-            // Requests still running get time to finish (they must not stop half-way).
-            rt.shutdown_timeout(std::time::Duration::from_secs(60));
+            // serve::run waited for the requests at work (bounded); what is left is cut short.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
             result
         }
     }

@@ -4,8 +4,11 @@
 mod addresses;
 pub mod intents;
 mod ports;
+mod read;
 mod schema;
 pub mod remedy;
+
+pub use read::StatusSnapshot;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -213,56 +216,6 @@ impl Registry {
 
     pub fn schema_version(&self) -> Result<i64, RegistryError> {
         Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
-    }
-
-    pub fn service(&self, name: &str) -> Result<Option<ServiceRecord>, RegistryError> {
-        let row = self
-            .conn
-            .query_row("SELECT name, node, active, updated_at FROM services WHERE name = ?1", [name], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, bool>(2)?, r.get::<_, i64>(3)?))
-            })
-            .optional()?;
-        match row {
-            None => Ok(None),
-            Some((name, node, active, updated_at)) => {
-                let components = self.components(&name)?;
-                Ok(Some(ServiceRecord { name, node, active, updated_at, components }))
-            }
-        }
-    }
-
-    pub fn services(&self) -> Result<Vec<ServiceRecord>, RegistryError> {
-        let names: Vec<String> = {
-            let mut st = self.conn.prepare("SELECT name FROM services ORDER BY name")?;
-            let rows = st.query_map([], |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        let mut out = Vec::with_capacity(names.len());
-        for n in names {
-            if let Some(s) = self.service(&n)? {
-                out.push(s);
-            }
-        }
-        Ok(out)
-    }
-
-    fn components(&self, service: &str) -> Result<Vec<ComponentRecord>, RegistryError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT name, spec, hash, desired FROM components WHERE service = ?1 ORDER BY position, name")?;
-        let rows = st.query_map([service], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, spec, hash, desired) = row?;
-            let spec: Component = serde_json::from_str(&spec).map_err(|e| RegistryError::Corrupt {
-                what: format!("{service}/{name}"),
-                message: e.to_string(),
-            })?;
-            out.push(ComponentRecord { spec, hash, desired: Desired::parse(&desired) });
-        }
-        Ok(out)
     }
 
     /// Store the outcome of a successful deploy in one transaction: the service row, the

@@ -62,6 +62,15 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether `service` holds (node addresses, route ports).
+    pub fn holdings(&self, service: &str) -> Result<(bool, bool), RegistryError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM addresses WHERE service = ?1), EXISTS(SELECT 1 FROM route_ports WHERE service = ?1)",
+            [service],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
     /// Every assigned port, as (service, component, route, port).
     pub fn route_ports(&self) -> Result<Vec<(String, String, String, u16)>, RegistryError> {
         let mut stmt = self.conn.prepare("SELECT service, component, route, port FROM route_ports ORDER BY service, component, route")?;

@@ -31,15 +31,30 @@ pub fn tie_to_agent(cmd: &mut Command) {
 /// the first process would leave running) and `None` is returned.
 pub fn wait_at_most(child: &mut Child, limit: Duration) -> std::io::Result<Option<ExitStatus>> {
     let deadline = Instant::now() + limit;
+    // The exit is an event on a pidfd (no polling delay: a podman call is done the moment it
+    // exits); where the kernel has no pidfd, a look every POLL.
+    let pidfd = rustix::process::Pid::from_raw(child.id() as i32)
+        .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok());
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(Some(status));
         }
-        if Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             kill(child);
             return Ok(None);
         }
-        std::thread::sleep(POLL);
+        match &pidfd {
+            Some(fd) => {
+                let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+                let timeout = rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 };
+                match rustix::event::poll(&mut fds, Some(&timeout)) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            None => std::thread::sleep(POLL.min(left)),
+        }
     }
 }
 
@@ -115,15 +130,16 @@ pub fn output_with_input(cmd: &mut Command, limit: Duration, input: Option<Vec<u
         // Whatever is past the bound is read and dropped: the child never blocks on a full pipe.
         let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
     });
-    let err = drain_tail(child.stderr.take().expect("piped"), 64 << 10);
+    let stderr = child.stderr.take().expect("piped");
+    let (tx_err, err) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx_err.send(read_tail(stderr, 64 << 10));
+    });
     let status = wait_at_most(&mut child, limit)?;
     // A grandchild may still hold the pipes open: what came so far, not a wait for its end.
     let grace = Instant::now() + PIPE_GRACE;
     let stdout = out.recv_timeout(PIPE_GRACE).unwrap_or_default();
-    while !err.is_finished() && Instant::now() < grace {
-        std::thread::sleep(POLL);
-    }
-    let stderr = if err.is_finished() { err.join().unwrap_or_default() } else { Vec::new() };
+    let stderr = err.recv_timeout(grace.saturating_duration_since(Instant::now())).unwrap_or_default();
     Ok(Bounded { status, stdout, stderr })
 }
 
@@ -141,26 +157,29 @@ pub fn stderr_of(child: &mut Child) -> String {
 
 /// Read `from` to its end on a thread of its own (so the child never blocks on a full pipe),
 /// keeping only the last `keep` bytes.
-pub fn drain_tail(mut from: impl Read + Send + 'static, keep: usize) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut kept: Vec<u8> = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    kept.extend_from_slice(&buf[..n]);
-                    if kept.len() > 2 * keep {
-                        kept.drain(..kept.len() - keep);
-                    }
+pub fn drain_tail(from: impl Read + Send + 'static, keep: usize) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || read_tail(from, keep))
+}
+
+/// `from` read to its end, of which the last `keep` bytes.
+fn read_tail(mut from: impl Read, keep: usize) -> Vec<u8> {
+    let mut kept: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * keep {
+                    kept.drain(..kept.len() - keep);
                 }
             }
         }
-        if kept.len() > keep {
-            kept.drain(..kept.len() - keep);
-        }
-        kept
-    })
+    }
+    if kept.len() > keep {
+        kept.drain(..kept.len() - keep);
+    }
+    kept
 }
 
 #[cfg(test)]

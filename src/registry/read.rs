@@ -1,0 +1,104 @@
+//! Reading service records, and what `mcp status` shows, each in one read transaction: a
+//! deploy that commits meanwhile is seen whole or not at all (a record from before it with
+//! events from after it once made status contradict itself).
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection};
+
+use super::{ComponentRecord, Desired, RegistryError, RepairCount, ServiceRecord};
+use crate::plan::Component;
+use crate::proto::Event;
+
+/// What `mcp status` shows of the registry, read at one moment.
+#[derive(Debug, Default)]
+pub struct StatusSnapshot {
+    pub records: Vec<ServiceRecord>,
+    /// Per service, its components' repair counts.
+    pub repairs: HashMap<String, Vec<RepairCount>>,
+    /// Per service, its newest events (oldest first).
+    pub events: HashMap<String, Vec<Event>>,
+}
+
+impl super::Registry {
+    pub fn service(&self, name: &str) -> Result<Option<ServiceRecord>, RegistryError> {
+        let tx = self.conn.unchecked_transaction()?;
+        Ok(records(&tx, Some(name))?.pop())
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> Result<Vec<ServiceRecord>, RegistryError> {
+        let tx = self.conn.unchecked_transaction()?;
+        records(&tx, None)
+    }
+
+    /// The records of `service` (or all), their repair counts and each one's newest `events`.
+    pub fn status_snapshot(&self, service: Option<&str>, events: u32) -> Result<StatusSnapshot, RegistryError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let records = records(&tx, service)?;
+        let mut repairs: HashMap<String, Vec<RepairCount>> = HashMap::new();
+        {
+            let mut st = tx.prepare(
+                "SELECT service, component, count, last FROM repairs WHERE ?1 IS NULL OR service = ?1 ORDER BY service, component",
+            )?;
+            let rows = st.query_map([service], |r| {
+                Ok((r.get::<_, String>(0)?, RepairCount { component: r.get(1)?, count: r.get(2)?, last: r.get(3)? }))
+            })?;
+            for row in rows {
+                let (s, count) = row?;
+                repairs.entry(s).or_default().push(count);
+            }
+        }
+        let mut by_service: HashMap<String, Vec<Event>> = HashMap::new();
+        if events > 0 {
+            let mut st = tx.prepare(
+                "SELECT id, time, service, component, kind, message FROM (
+                   SELECT *, row_number() OVER (PARTITION BY service ORDER BY id DESC) AS nth
+                   FROM events WHERE ?1 IS NULL OR service = ?1)
+                 WHERE nth <= ?2 ORDER BY id",
+            )?;
+            let rows = st.query_map(params![service, events], |r| {
+                Ok(Event {
+                    id: r.get(0)?,
+                    time: r.get(1)?,
+                    service: r.get(2)?,
+                    component: r.get(3)?,
+                    kind: r.get(4)?,
+                    message: r.get(5)?,
+                })
+            })?;
+            for row in rows {
+                let e = row?;
+                by_service.entry(e.service.clone()).or_default().push(e);
+            }
+        }
+        Ok(StatusSnapshot { records, repairs, events: by_service })
+    }
+}
+
+/// The records of `only` (or every service), by name, each with its components in definition
+/// order: two queries, whatever the number of services.
+fn records(conn: &Connection, only: Option<&str>) -> Result<Vec<ServiceRecord>, RegistryError> {
+    let mut out: Vec<ServiceRecord> = {
+        let mut st = conn.prepare("SELECT name, node, active, updated_at FROM services WHERE ?1 IS NULL OR name = ?1 ORDER BY name")?;
+        let rows = st.query_map([only], |r| {
+            Ok(ServiceRecord { name: r.get(0)?, node: r.get(1)?, active: r.get(2)?, updated_at: r.get(3)?, components: Vec::new() })
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let at: HashMap<String, usize> = out.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+    let mut st = conn.prepare(
+        "SELECT service, name, spec, hash, desired FROM components WHERE ?1 IS NULL OR service = ?1 ORDER BY service, position, name",
+    )?;
+    let rows = st.query_map([only], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
+    })?;
+    for row in rows {
+        let (service, name, spec, hash, desired) = row?;
+        let Some(&i) = at.get(&service) else { continue };
+        let spec: Component = serde_json::from_str(&spec)
+            .map_err(|e| RegistryError::Corrupt { what: format!("{service}/{name}"), message: e.to_string() })?;
+        out[i].components.push(ComponentRecord { spec, hash, desired: Desired::parse(&desired) });
+    }
+    Ok(out)
+}
