@@ -102,3 +102,55 @@ fn records(conn: &Connection, only: Option<&str>) -> Result<Vec<ServiceRecord>, 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{NewEvent, Registry};
+    use super::*;
+
+    fn record(name: &str, components: &[&str]) -> ServiceRecord {
+        let components = components
+            .iter()
+            .map(|c| ComponentRecord::new(Component { name: c.to_string(), image: "i".into(), ..Default::default() }, Desired::Running))
+            .collect();
+        ServiceRecord { name: name.into(), node: None, active: true, updated_at: 1, components }
+    }
+
+    fn event(service: &str, n: u32) -> NewEvent {
+        NewEvent { service: service.into(), component: None, kind: "k".into(), message: format!("{service} {n}") }
+    }
+
+    #[test]
+    fn a_status_snapshot_holds_each_service_with_its_own_newest_events_and_repairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let mut w = Registry::open(&path).unwrap();
+        w.save_service(&record("b", &["z", "a"]), &[]).unwrap();
+        w.save_service(&record("a", &["x"]), &[]).unwrap();
+        // a is busy (many events), b quiet: b's events are not crowded out of its status.
+        w.record_events(&(0..10).map(|n| event("a", n)).collect::<Vec<_>>()).unwrap();
+        w.record_events(&[event("b", 0)]).unwrap();
+        w.record_events(&(10..13).map(|n| event("a", n)).collect::<Vec<_>>()).unwrap();
+        w.record_repair("b", "z", &event("b", 1)).unwrap();
+        let r = Registry::open_reader(&path).unwrap();
+
+        let all = r.status_snapshot(None, 3).unwrap();
+        let names: Vec<(&str, Vec<&str>)> =
+            all.records.iter().map(|s| (s.name.as_str(), s.components.iter().map(|c| c.spec.name.as_str()).collect())).collect();
+        assert_eq!(names, vec![("a", vec!["x"]), ("b", vec!["z", "a"])], "by name, components in definition order");
+        let msgs = |s: &str| all.events[s].iter().map(|e| e.message.clone()).collect::<Vec<_>>();
+        assert_eq!(msgs("a"), ["a 10", "a 11", "a 12"], "the newest, oldest first");
+        assert_eq!(msgs("b"), ["b 0", "b 1"]);
+        assert_eq!(all.repairs["b"].iter().map(|c| (c.component.as_str(), c.count)).collect::<Vec<_>>(), [("z", 1)]);
+        assert!(!all.repairs.contains_key("a"));
+        assert_eq!(r.services().unwrap(), all.records);
+
+        let one = r.status_snapshot(Some("b"), 1).unwrap();
+        assert_eq!(one.records, vec![record("b", &["z", "a"])]);
+        assert_eq!(one.events.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(one.events["b"].len(), 1);
+        assert_eq!(r.service("b").unwrap(), one.records.into_iter().next());
+        assert!(r.status_snapshot(Some("nope"), 5).unwrap().records.is_empty());
+        assert_eq!(r.status_snapshot(None, 0).unwrap().events.len(), 0);
+    }
+}
