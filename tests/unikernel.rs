@@ -265,3 +265,44 @@ fn ops_stand_in_proves_nothing_about_ops_only_how_mcp_calls_it() {
     let cmdline = cmdline_of(pid);
     assert!(cmdline.contains(&format!("format=raw,file={},snapshot=on", vm_dir.join("ops/images/mcp-baked").display())), "{cmdline}");
 }
+
+/// #17: a qemu start that fails (or hangs and is killed at its limit) may leave its
+/// daemonized copy running in a session of its own, where the kill of the first process does
+/// not reach it: a VM unknown to the registry. The agent kills it by the VM's id in its
+/// command line. A stand-in qemu (named so) makes the failure: its daemonized copy comes up,
+/// then it reports failure.
+#[test]
+fn a_failed_qemu_start_leaves_no_vm_behind() {
+    let env = Env::new();
+    let fake = env.dir.path().join("qemu-stand-in");
+    std::fs::write(
+        &fake,
+        "#!/bin/bash\n# Stand-in for qemu-system-x86_64: a daemonized copy (its argv in its name), then a failed start.\n\
+         setsid bash -c 'exec -a \"qemu-stray $*\" sleep 600' _ \"$@\" </dev/null >/dev/null 2>&1 &\n\
+         p=$!\nwhile ! grep -q qemu-stray /proc/$p/cmdline 2>/dev/null; do :; done\n\
+         echo 'qemu: injected start failure' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(&env.state).unwrap();
+    std::fs::set_permissions(&env.state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(env.state.join("agent.toml"), format!("[qemu]\nprogram = \"{}\"\naccel = \"tcg\"\n", fake.display())).unwrap();
+    let svc = env.svc("ukstray");
+    let www = env.dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    env.define(&svc, &vm_service(&svc, free_port(), &www, ""));
+    let stray = format!("qemu-stray -name {svc}-vm,");
+    let r = env.mcp(&["deploy", &svc]);
+    let left = process_running(&stray);
+    // Whatever happened, nothing of this test runs on.
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
+            if cmdline_of(pid).contains(&stray) {
+                signal(pid as u32, libc::SIGKILL);
+            }
+        }
+    }
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("injected start failure"), "{}", r.stderr);
+    assert!(!left, "the failed start's daemonized qemu still runs");
+}

@@ -72,12 +72,22 @@ impl Qemu {
         cmd.args(&argv).stdin(Stdio::null());
         let out = super::super::child::output_within(&mut cmd, START_LIMIT)
             .map_err(|source| RuntimeError::Spawn { program: program.display().to_string(), step: "start".into(), source })?;
-        let Some(status) = out.status else {
-            return Err(RuntimeError::Hung { program: "qemu", step: format!("start {}", rec.name), secs: START_LIMIT.as_secs() });
+        let failed = match out.status {
+            None => Some(RuntimeError::Hung { program: "qemu", step: format!("start {}", rec.name), secs: START_LIMIT.as_secs() }),
+            Some(status) if !status.success() => {
+                let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                Some(RuntimeError::Exit { program: "qemu", step: format!("start {}", rec.name), code: status.code().unwrap_or(-1), stderr })
+            }
+            Some(_) => None,
         };
-        if !status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(RuntimeError::Exit { program: "qemu", step: format!("start {}", rec.name), code: status.code().unwrap_or(-1), stderr });
+        if let Some(e) = failed {
+            // The daemonized copy leads a session of its own (the kill at the limit did not
+            // reach it) and may run on, or come up later, unknown to the registry.
+            let strays = super::record::kill_all_of(&rec.id);
+            if strays > 0 {
+                tracing::warn!(vm = %rec.name, strays, "killed what the failed qemu start left running");
+            }
+            return Err(e);
         }
         rec.started_at = Some(now_ms() / 1000);
         self.save(rec)
