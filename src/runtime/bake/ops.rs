@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::plan::Component;
 
@@ -43,8 +44,9 @@ pub fn find(configured: Option<&Path>) -> Result<PathBuf, String> {
 }
 
 /// Run `ops build` for `comp` with the staged tree in `staging`; the config goes to `config`
-/// (owner-only: it may hold the environment), the image under `ops_home`.
-pub fn build(ops: &Path, comp: &Component, staging: &Path, config: &Path, ops_home: &Path) -> Result<(), String> {
+/// (owner-only: it may hold the environment), the image under `ops_home`. An `ops` that has
+/// not finished within `limit` is killed (with what it started).
+pub fn build(ops: &Path, comp: &Component, staging: &Path, config: &Path, ops_home: &Path, limit: Duration) -> Result<(), String> {
     let mut dirs: Vec<String> = std::fs::read_dir(staging)
         .map_err(|e| format!("{}: {e}", staging.display()))?
         .flatten()
@@ -65,17 +67,14 @@ pub fn build(ops: &Path, comp: &Component, staging: &Path, config: &Path, ops_ho
             .map_err(|e| format!("{}: {e}", config.display()))?;
     }
     let program = comp.cmd.first().cloned().unwrap_or_default();
-    let out = Command::new(ops)
-        .args(ops_argv(&program, config))
-        .current_dir(staging)
-        .env("OPS_HOME", ops_home)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("could not start {}: {e}", ops.display()))?;
-    if !out.status.success() {
-        return Err(format!("ops build failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    let mut cmd = Command::new(ops);
+    cmd.args(ops_argv(&program, config)).current_dir(staging).env("OPS_HOME", ops_home).stdin(Stdio::null());
+    let out = crate::runtime::child::output_within(&mut cmd, limit).map_err(|e| format!("could not start {}: {e}", ops.display()))?;
+    match out.status {
+        None => Err(format!("ops build did not finish within {}s and was killed ([nanos] mkfs_secs sets the limit)", limit.as_secs())),
+        Some(status) if !status.success() => Err(format!("ops build failed ({status}): {}", String::from_utf8_lossy(&out.stderr).trim())),
+        Some(_) => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -94,6 +93,16 @@ mod tests {
             ..Default::default()
         };
         comp.env.insert("MODE".into(), "prod".into());
+        // A build that never ends is killed at its limit.
+        let dir = tempfile::tempdir().unwrap();
+        let hung = dir.path().join("ops");
+        std::fs::write(&hung, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&hung, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let staging = dir.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        let err = build(&hung, &comp, &staging, &dir.path().join("c.json"), dir.path(), Duration::from_millis(300)).unwrap_err();
+        assert!(err.contains("did not finish within 0s and was killed"), "{err}");
+
         assert_eq!(
             ops_argv("/opt/app/server", Path::new("/state/vms/s-vm/ops-config.json")),
             vec!["build", "/opt/app/server", "-c", "/state/vms/s-vm/ops-config.json", "-i", "mcp-baked"]
