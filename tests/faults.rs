@@ -597,3 +597,24 @@ fn a_stopping_daemon_finishes_the_deploy_at_work_before_it_lets_go_of_its_lock()
     let c = &st["nodes"][0]["result"]["services"][0]["components"][0];
     assert_eq!((c["observed"].as_str(), c["drift"].as_str()), (Some("running"), None), "{st}");
 }
+
+/// #17: a pull past its limit is given up with everything it started. A child holding the
+/// pull's pipes (as the copy of itself rootless podman re-executes does) used to outlive the
+/// kill of the first process and keep the agent reading: the deploy waited for that child's
+/// end, not the limit.
+#[test]
+fn a_pull_past_its_limit_is_given_up_with_everything_it_started() {
+    let env = Env::new();
+    std::fs::create_dir_all(&env.state).unwrap();
+    std::fs::set_permissions(&env.state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(env.state.join("agent.toml"), "[podman]\npull_timeout_secs = 2\n").unwrap();
+    let svc = env.svc("pullheld");
+    env.define(&svc, &format!("name = \"{svc}\"\nnode = \"local\"\n[[components]]\nname = \"web\"\nimage = \"127.0.0.1:9/mcp-none:1\"\n"));
+    env.hold("pull");
+    let r = mcp_within(&env, &["deploy", &svc], Duration::from_secs(120));
+    let held = env.hung_podman();
+    env.kill_hung_podman();
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("took longer than 2s ([podman] pull_timeout_secs)"), "{}", r.stderr);
+    assert!(!held, "the pull's child was killed with it");
+}

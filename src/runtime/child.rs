@@ -144,7 +144,7 @@ pub fn output_with_input(cmd: &mut Command, limit: Duration, input: Option<Vec<u
 }
 
 /// How long a finished child's pipes may stay open (held by a process it left behind).
-const PIPE_GRACE: Duration = Duration::from_secs(2);
+pub const PIPE_GRACE: Duration = Duration::from_secs(2);
 
 /// What an exited child wrote to its piped stderr (empty if it was not piped).
 pub fn stderr_of(child: &mut Child) -> String {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::podman::Podman;
 use super::registries::{self, certs_dir, certs_root, RegistryEntry, MCP_CA};
-use super::{io_err, Registries, RuntimeError};
+use super::{child, io_err, Registries, RuntimeError};
 
 const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How long what podman said of an image is taken as still true (one deploy's span: its pull,
@@ -123,15 +123,15 @@ impl Podman {
         let fail = |cause: String| RuntimeError::Pull { image: image.to_string(), registry: registry_name(image), cause };
         self.ensure_auth_file()?;
         progress(format!("pulling {image}"));
-        let mut child = self
-            .command(&registries::pull_argv(image))?
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| self.spawn_error("pull", e))?;
+        let mut cmd = self.command(&registries::pull_argv(image))?;
+        // Its own process group, dying with the agent: a kill at the limit reaches the copy of
+        // itself rootless podman re-executes (which holds the pipes).
+        child::tie_to_agent(&mut cmd);
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| self.spawn_error("pull", e))?;
         let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
+        let (tail_tx, tail) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
             let mut r = BufReader::new(stderr);
             let mut all = Vec::new();
             loop {
@@ -153,37 +153,39 @@ impl Podman {
                     }
                 }
             }
-            all.join("\n")
+            let _ = tail_tx.send(all.join("\n"));
+        });
+        // podman prints the image id on stdout (a line; more is read and dropped).
+        let stdout = child.stdout.take().expect("piped");
+        let (out_tx, out) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let mut limited = stdout.take(MAX_LINE);
+            let _ = limited.read_to_string(&mut text);
+            let _ = out_tx.send(text);
+            let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
         });
         let timeout = self.config.pull_timeout_secs.map(Duration::from_secs).unwrap_or(DEFAULT_PULL_TIMEOUT);
         let (start, end) = (Instant::now(), Instant::now() + timeout);
-        let mut timed_out = false;
         loop {
             match rx.recv_timeout(HEARTBEAT.min(end.saturating_duration_since(Instant::now()))) {
                 Ok(line) if !line.is_empty() => progress(format!("{image}: {line}")),
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if Instant::now() >= end {
-                        let _ = child.kill();
-                        timed_out = true;
-                        break;
-                    }
-                    progress(format!("still pulling {image} ({}s)", start.elapsed().as_secs()));
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= end => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => progress(format!("still pulling {image} ({}s)", start.elapsed().as_secs())),
             }
         }
-        // podman prints the image id on stdout (a line: small, read after the end).
-        let mut stdout = String::new();
-        if let Some(out) = child.stdout.take() {
-            let _ = out.take(MAX_LINE).read_to_string(&mut stdout);
-        }
-        let status = child.wait().map_err(|e| self.spawn_error("pull", e))?;
-        let text = reader.join().unwrap_or_default();
+        // Past the limit: killed with its process group.
+        let status = child::wait_at_most(&mut child, end.saturating_duration_since(Instant::now())).map_err(|e| self.spawn_error("pull", e))?;
+        let timed_out = status.is_none();
+        // Whatever still holds the pipes (nothing, once the group is gone): what came so far.
+        let text = tail.recv_timeout(child::PIPE_GRACE).unwrap_or_default();
+        let stdout = out.recv_timeout(child::PIPE_GRACE).unwrap_or_default();
         if timed_out {
             return Err(fail(format!("it took longer than {}s ([podman] pull_timeout_secs)", timeout.as_secs())));
         }
-        if !status.success() {
+        if !status.is_some_and(|s| s.success()) {
             return Err(fail(registries::classify(&text).describe(&registry_name(image))));
         }
         let id = stdout.lines().map(str::trim).rfind(|l| registries::is_hex_id(l)).map(str::to_string);

@@ -136,6 +136,7 @@ impl Env {
                 // itself it re-executed (which dies with it): killing only the first process at a
                 // deadline would leave the sleep.
                 "#!/bin/sh\necho \"$*\" >> '{}'\nif [ -e '{d}/hang-'\"$1\" ]; then setpriv --pdeathsig KILL sleep {hang_marker} & wait; exit 1; fi\n\
+                 if [ -e '{d}/hold-'\"$1\" ]; then sleep {hang_marker} & wait; exit 1; fi\n\
                  if [ -e '{d}/slow-'\"$1\" ]; then sleep 5; fi\n\
                  if [ -e '{d}/fail-after-'\"$1\" ]; then podman \"$@\"; echo 'Error: injected failure' >&2; exit 125; fi\n\
                  if [ -e '{d}/fail-nth-'\"$1\" ]; then k=$(( $(cat '{d}/count-'\"$1\" 2>/dev/null || echo 0) + 1 )); echo $k > '{d}/count-'\"$1\"; \
@@ -246,6 +247,13 @@ impl Env {
         std::fs::write(self.dir.path().join(format!("hang-{subcommand}")), "").unwrap();
     }
 
+    /// From now on the agent's `podman <subcommand>` hangs in a child that holds its pipes and
+    /// outlives it (as the copy of itself rootless podman re-executes may): only a kill of
+    /// its process group ends it.
+    pub fn hold(&self, subcommand: &str) {
+        std::fs::write(self.dir.path().join(format!("hold-{subcommand}")), "").unwrap();
+    }
+
     /// From now on the agent's `podman <subcommand>` does its work, then reports a failure.
     pub fn fail_after(&self, subcommand: &str) {
         std::fs::write(self.dir.path().join(format!("fail-after-{subcommand}")), "").unwrap();
@@ -277,8 +285,21 @@ impl Env {
     /// `podman <subcommand>` works again (calls already hung stay hung).
     pub fn release(&self, subcommand: &str) {
         let _ = std::fs::remove_file(self.dir.path().join(format!("hang-{subcommand}")));
+        let _ = std::fs::remove_file(self.dir.path().join(format!("hold-{subcommand}")));
         let _ = std::fs::remove_file(self.dir.path().join(format!("slow-{subcommand}")));
         let _ = std::fs::remove_file(self.dir.path().join(format!("fail-after-{subcommand}")));
+    }
+
+    /// Kill what is left of this test's hung podman calls.
+    pub fn kill_hung_podman(&self) {
+        let needle = format!("sleep {} ", self.hang_marker);
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() {
+                if cmdline_of(pid as i32).contains(&needle) {
+                    signal(pid, libc::SIGKILL);
+                }
+            }
+        }
     }
 
     /// Whether a hung podman call of this test still runs.
