@@ -309,8 +309,13 @@ impl Runtime for Qemu {
             return Err(RuntimeError::NameInUse { name: new_name.to_string() });
         }
         std::fs::rename(&from, &to).map_err(io_err(format!("renaming {}", from.display())))?;
+        // Done: the dir's name is the VM's ([`record::load`]); the record keeps it too when
+        // it can be written.
         rec.name = new_name.to_string();
-        self.save(&rec)
+        if let Err(e) = self.save(&rec) {
+            tracing::warn!(vm = new_name, error = %e, "renamed, but its record could not be rewritten (its dir names it)");
+        }
+        Ok(())
     }
 
     fn state(&self, id: &str) -> Result<Option<Observed>, RuntimeError> {

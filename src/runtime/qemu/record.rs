@@ -79,10 +79,13 @@ impl VmPaths {
     }
 }
 
-/// The record of the VM `name` under the VMs dir `vms`.
+/// The record of the VM `name` under the VMs dir `vms`. Its name is its dir's: a rename is
+/// the one rename of the dir, whatever became of the record's rewrite after it (a full disk).
 pub fn load(vms: &Path, name: &str) -> Option<VmRecord> {
     let text = std::fs::read_to_string(vms.join(name).join(RECORD)).ok()?;
-    serde_json::from_str(&text).ok()
+    let mut rec: VmRecord = serde_json::from_str(&text).ok()?;
+    rec.name = name.to_string();
+    Some(rec)
 }
 
 /// Write `rec` into its dir (atomically: a crash leaves the old record or the new one).
@@ -129,4 +132,34 @@ pub fn kill_all_of(id: &str) -> usize {
 pub fn running_pid(vms: &Path, rec: &VmRecord) -> Option<u32> {
     let pid = std::fs::read_to_string(VmPaths { dir: vms.join(&rec.name) }.pid()).ok()?.trim().parse().ok()?;
     alive(pid, &rec.id).then_some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_is_named_by_its_dir_whatever_its_record_says() {
+        let vms = tempfile::tempdir().unwrap();
+        let rec = VmRecord {
+            id: "vm-1".into(),
+            name: "s-vm".into(),
+            service: "s".into(),
+            component: "vm".into(),
+            spec: "h".into(),
+            created_at: 0,
+            started_at: None,
+            comp: Component::default(),
+            form: None,
+            accel: "tcg".into(),
+            address: None,
+        };
+        std::fs::create_dir(vms.path().join("s-vm")).unwrap();
+        save(vms.path(), &rec).unwrap();
+        // Renamed, and the record's rewrite never happened (the disk was full).
+        std::fs::rename(vms.path().join("s-vm"), vms.path().join("s-vm.mcp-old")).unwrap();
+        let found = read_all(vms.path());
+        assert_eq!(found.iter().map(|r| (r.name.as_str(), r.id.as_str())).collect::<Vec<_>>(), [("s-vm.mcp-old", "vm-1")]);
+        assert!(load(vms.path(), "s-vm").is_none());
+    }
 }
