@@ -9,20 +9,23 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `mcp args...` that must end within `limit` (else it is killed and the test fails).
-fn mcp_within(env: &Env, args: &[&str], limit: Duration) -> Run {
-    let mut child = Command::new(MCP)
-        .arg("--config")
+/// `mcp args...` as the tests run it, its stderr piped.
+fn mcp_command(env: &Env, args: &[&str]) -> Command {
+    let mut cmd = Command::new(MCP);
+    cmd.arg("--config")
         .arg(&env.config)
         .args(args)
         .current_dir(env.dir.path())
         .env("HOME", &env.home)
         .env("XDG_CONFIG_HOME", env.home.join(".config"))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// `mcp args...` that must end within `limit` (else it is killed and the test fails).
+fn mcp_within(env: &Env, args: &[&str], limit: Duration) -> Run {
+    let mut child = mcp_command(env, args).stdout(Stdio::piped()).spawn().unwrap();
     let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let out = std::thread::spawn(move || {
         let mut s = String::new();
@@ -560,18 +563,7 @@ fn a_stopping_daemon_finishes_the_deploy_at_work_before_it_lets_go_of_its_lock()
     let svc = env.svc("term");
     env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
     env.slow("run");
-    let mut deploy = Command::new(MCP)
-        .arg("--config")
-        .arg(&env.config)
-        .args(["deploy", &svc])
-        .current_dir(env.dir.path())
-        .env("HOME", &env.home)
-        .env("XDG_CONFIG_HOME", env.home.join(".config"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut deploy = mcp_command(&env, &["deploy", &svc]).stdout(Stdio::null()).spawn().unwrap();
     let running = |c: &String| c.starts_with("run ") && c.contains(&format!("{svc}-web"));
     assert!(
         wait_for(Duration::from_secs(60), || env.podman_calls().iter().any(running).then_some(())).is_some(),

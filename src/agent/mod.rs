@@ -665,7 +665,8 @@ impl Agent {
 
     pub fn status(&self, params: &StatusParams) -> Result<StatusResult, RpcError> {
         // One read of the registry (records, repair counts, events at one moment), then one
-        // listing of the runtime.
+        // listing of the runtime. A registry made just now first says what it found.
+        self.note_strangers_once();
         let mut snap = self.reader().status_snapshot(params.service.as_deref(), params.events)?;
         if let (Some(name), true) = (&params.service, snap.records.is_empty()) {
             return Err(RpcError::new(ErrorCode::NotFound, format!("service {name:?} is not deployed on this node")));

@@ -144,6 +144,11 @@ pub struct RepairCount {
     pub last: i64,
 }
 
+/// An event from a row of `SELECT id, time, service, component, kind, message`.
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event { id: r.get(0)?, time: r.get(1)?, service: r.get(2)?, component: r.get(3)?, kind: r.get(4)?, message: r.get(5)? })
+}
+
 /// Gets every event once it is committed (the daemon's alert hook).
 pub type EventSink = Box<dyn Fn(&[Event]) + Send>;
 
@@ -399,16 +404,7 @@ impl Registry {
             "SELECT id, time, service, component, kind, message FROM events
              WHERE ?1 IS NULL OR service = ?1 ORDER BY id DESC LIMIT ?2",
         )?;
-        let rows = st.query_map(params![service, limit], |r| {
-            Ok(Event {
-                id: r.get(0)?,
-                time: r.get(1)?,
-                service: r.get(2)?,
-                component: r.get(3)?,
-                kind: r.get(4)?,
-                message: r.get(5)?,
-            })
-        })?;
+        let rows = st.query_map(params![service, limit], event_row)?;
         let mut out: Vec<Event> = rows.collect::<Result<_, _>>()?;
         out.reverse();
         Ok(out)
@@ -417,9 +413,7 @@ impl Registry {
     /// Events after `id`, oldest first, at most `limit`.
     pub fn events_after(&self, id: i64, limit: u32) -> Result<Vec<Event>, RegistryError> {
         let mut st = self.conn.prepare("SELECT id, time, service, component, kind, message FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-        let rows = st.query_map(params![id, limit], |r| {
-            Ok(Event { id: r.get(0)?, time: r.get(1)?, service: r.get(2)?, component: r.get(3)?, kind: r.get(4)?, message: r.get(5)? })
-        })?;
+        let rows = st.query_map(params![id, limit], event_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -57,16 +57,7 @@ impl super::Registry {
                    FROM events WHERE ?1 IS NULL OR service = ?1)
                  WHERE nth <= ?2 ORDER BY id",
             )?;
-            let rows = st.query_map(params![service, events], |r| {
-                Ok(Event {
-                    id: r.get(0)?,
-                    time: r.get(1)?,
-                    service: r.get(2)?,
-                    component: r.get(3)?,
-                    kind: r.get(4)?,
-                    message: r.get(5)?,
-                })
-            })?;
+            let rows = st.query_map(params![service, events], super::event_row)?;
             for row in rows {
                 let e = row?;
                 by_service.entry(e.service.clone()).or_default().push(e);

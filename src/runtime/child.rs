@@ -120,16 +120,7 @@ pub fn output_with_input(cmd: &mut Command, limit: Duration, input: Option<Vec<u
             let _ = stdin.write_all(&input);
         });
     }
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, out) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut limited = stdout.take(MAX_STDOUT);
-        let _ = limited.read_to_end(&mut all);
-        let _ = tx.send(all);
-        // Whatever is past the bound is read and dropped: the child never blocks on a full pipe.
-        let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
-    });
+    let out = read_head(child.stdout.take().expect("piped"), MAX_STDOUT);
     let stderr = child.stderr.take().expect("piped");
     let (tx_err, err) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -141,6 +132,21 @@ pub fn output_with_input(cmd: &mut Command, limit: Duration, input: Option<Vec<u
     let stdout = out.recv_timeout(PIPE_GRACE).unwrap_or_default();
     let stderr = err.recv_timeout(grace.saturating_duration_since(Instant::now())).unwrap_or_default();
     Ok(Bounded { status, stdout, stderr })
+}
+
+/// The first `max` bytes `from` gives, sent once it ends (or `max` is reached), read on a thread
+/// of its own; whatever comes past them is read and dropped, so the child never blocks on a
+/// full pipe.
+pub fn read_head(from: impl Read + Send + 'static, max: u64) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, head) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut limited = from.take(max);
+        let _ = limited.read_to_end(&mut all);
+        let _ = tx.send(all);
+        let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
+    });
+    head
 }
 
 /// How long a finished child's pipes may stay open (held by a process it left behind).

@@ -156,15 +156,7 @@ impl Podman {
             let _ = tail_tx.send(all.join("\n"));
         });
         // podman prints the image id on stdout (a line; more is read and dropped).
-        let stdout = child.stdout.take().expect("piped");
-        let (out_tx, out) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let mut limited = stdout.take(MAX_LINE);
-            let _ = limited.read_to_string(&mut text);
-            let _ = out_tx.send(text);
-            let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
-        });
+        let out = child::read_head(child.stdout.take().expect("piped"), MAX_LINE);
         let timeout = self.config.pull_timeout_secs.map(Duration::from_secs).unwrap_or(DEFAULT_PULL_TIMEOUT);
         let (start, end) = (Instant::now(), Instant::now() + timeout);
         loop {
@@ -181,7 +173,7 @@ impl Podman {
         let timed_out = status.is_none();
         // Whatever still holds the pipes (nothing, once the group is gone): what came so far.
         let text = tail.recv_timeout(child::PIPE_GRACE).unwrap_or_default();
-        let stdout = out.recv_timeout(child::PIPE_GRACE).unwrap_or_default();
+        let stdout = String::from_utf8_lossy(&out.recv_timeout(child::PIPE_GRACE).unwrap_or_default()).into_owned();
         if timed_out {
             return Err(fail(format!("it took longer than {}s ([podman] pull_timeout_secs)", timeout.as_secs())));
         }
