@@ -125,6 +125,27 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
     }
     tracing::info!("mcp-agent serve: stopping");
     let _ = std::fs::remove_file(&socket);
+    // No new request from here on. The lock stays ours until the requests at work are done: a
+    // deploy the stop came in the middle of finishes (and is recorded) before another daemon
+    // may start on this node.
+    // A second signal cuts the wait short.
+    let waiting = tokio::task::spawn_blocking(move || work.stop(REQUEST_GRACE));
+    let again = async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    tokio::select! {
+        left = waiting => match left.unwrap_or(0) {
+            0 => {}
+            left => tracing::warn!(
+                "{left} request(s) still at work {}s after the stop; exiting anyway (the next start recovers what they left half-way)",
+                REQUEST_GRACE.as_secs()
+            ),
+        },
+        _ = again => tracing::warn!("stopped again: not waiting for the requests at work (the next start recovers what they left half-way)"),
+    }
     stop.store(true, Ordering::SeqCst);
     let _ = tx.send(Trigger::Stop);
     if let Some(stop_stream) = current.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -136,15 +157,6 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
     // its children die with the process.
     if !join_within(vec![health, monitor, follower], SHUTDOWN_GRACE) {
         tracing::warn!("the monitor is still busy {}s after the stop (a slow or hung podman call?); exiting anyway", SHUTDOWN_GRACE.as_secs());
-    }
-    // The lock is ours until the requests at work are done: a deploy the stop came in the
-    // middle of finishes (and is recorded) before another daemon may start on this node.
-    let left = tokio::task::spawn_blocking(move || work.stop(REQUEST_GRACE)).await.unwrap_or(0);
-    if left > 0 {
-        tracing::warn!(
-            "{left} request(s) still at work {}s after the stop; exiting anyway (the next start recovers what they left half-way)",
-            REQUEST_GRACE.as_secs()
-        );
     }
     drop(alerts);
     drop(lock);
