@@ -554,23 +554,31 @@ fn a_repair_cut_short_by_a_killed_daemon_is_reported_by_the_next() {
 }
 
 /// #17: a SIGTERM in the middle of a deploy lets the deploy finish (and be recorded) before
-/// the daemon lets go of serve.lock, the lock another daemon on this node must wait for; it
-/// used to let go at once while the deploy ran on.
+/// the daemon lets go of serve.lock, the lock another daemon on this node must wait for. Before:
+/// the deploy's session was dropped at the stop (its CLI failed) while the deploy ran on with
+/// the lock released.
 #[test]
 fn a_stopping_daemon_finishes_the_deploy_at_work_before_it_lets_go_of_its_lock() {
     let env = Env::new();
     let mut daemon = env.start_daemon(&[]);
     let svc = env.svc("term");
     env.define(&svc, &http_service(&svc, free_port(), "stop_timeout = 1"));
-    env.slow("run");
+    env.gate("run");
     let mut deploy = mcp_command(&env, &["deploy", &svc]).stdout(Stdio::null()).spawn().unwrap();
     let running = |c: &String| c.starts_with("run ") && c.contains(&format!("{svc}-web"));
     assert!(
         wait_for(Duration::from_secs(60), || env.podman_calls().iter().any(running).then_some(())).is_some(),
-        "the deploy reaches its (slow) podman run"
+        "the deploy reaches its (held) podman run"
     );
     signal(daemon.pid(), libc::SIGTERM);
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon.log_text().contains("serve: stopping").then_some(())).is_some(),
+        "the stop began while the deploy waits; log:\n{}",
+        daemon.log_text()
+    );
     let lock = std::fs::File::open(env.state.join("serve.lock")).unwrap();
+    assert!(lock.try_lock().is_err(), "serve.lock let go while a deploy was at work; log:\n{}", daemon.log_text());
+    env.release("run");
     let status = loop {
         if let Some(status) = deploy.try_wait().unwrap() {
             break status;
@@ -583,7 +591,6 @@ fn a_stopping_daemon_finishes_the_deploy_at_work_before_it_lets_go_of_its_lock()
     assert!(status.success(), "the deploy the stop came in the middle of finishes: {err}");
     assert!(wait_for(Duration::from_secs(30), || daemon.child.try_wait().unwrap()).is_some(), "then the daemon exits");
     lock.try_lock().expect("the exited daemon let go of serve.lock");
-    env.release("run");
     // Recorded: without a daemon, status shows the deploy as it is.
     let st = env.ok(&["status", &svc, "--json"]).json();
     let c = &st["nodes"][0]["result"]["services"][0]["components"][0];

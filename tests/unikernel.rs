@@ -277,9 +277,9 @@ fn a_failed_qemu_start_leaves_no_vm_behind() {
     let fake = env.dir.path().join("qemu-stand-in");
     std::fs::write(
         &fake,
-        "#!/bin/bash\n# Stand-in for qemu-system-x86_64: a daemonized copy (its argv in its name), then a failed start.\n\
-         setsid bash -c 'exec -a \"qemu-stray $*\" sleep 600' _ \"$@\" </dev/null >/dev/null 2>&1 &\n\
-         p=$!\nwhile ! grep -q qemu-stray /proc/$p/cmdline 2>/dev/null; do :; done\n\
+        "#!/bin/bash\n# Stand-in for qemu-system-x86_64: a daemonized copy (qemu's arguments in its command line), then a failed start.\n\
+         setsid perl -e 'sleep 600' -- \"$@\" </dev/null >/dev/null 2>&1 &\n\
+         p=$!\nwhile ! grep -q process=mcp /proc/$p/cmdline 2>/dev/null; do :; done\n\
          echo 'qemu: injected start failure' >&2\nexit 1\n",
     )
     .unwrap();
@@ -291,7 +291,7 @@ fn a_failed_qemu_start_leaves_no_vm_behind() {
     let www = env.dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
     env.define(&svc, &vm_service(&svc, free_port(), &www, ""));
-    let stray = format!("qemu-stray -name {svc}-vm,");
+    let stray = format!("-name {svc}-vm,process=mcp-");
     let r = env.mcp(&["deploy", &svc]);
     let left = process_running(&stray);
     // Whatever happened, nothing of this test runs on.

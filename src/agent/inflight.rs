@@ -40,6 +40,11 @@ impl InFlight {
         Some(Working(self.clone()))
     }
 
+    /// From now on, refuse new requests.
+    pub fn refuse(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).stopping = true;
+    }
+
     /// Refuse new requests, then wait at most `limit` for those at work; how many still run.
     pub fn stop(&self, limit: Duration) -> usize {
         let end = Instant::now() + limit;

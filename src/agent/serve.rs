@@ -129,6 +129,7 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
     // deploy the stop came in the middle of finishes (and is recorded) before another daemon
     // may start on this node.
     // A second signal cuts the wait short.
+    work.refuse();
     let waiting = tokio::task::spawn_blocking(move || work.stop(REQUEST_GRACE));
     let again = async {
         tokio::select! {
@@ -136,16 +137,22 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
             _ = int.recv() => {}
         }
     };
-    tokio::select! {
+    let all_done = tokio::select! {
         left = waiting => match left.unwrap_or(0) {
-            0 => {}
-            left => tracing::warn!(
-                "{left} request(s) still at work {}s after the stop; exiting anyway (the next start recovers what they left half-way)",
-                REQUEST_GRACE.as_secs()
-            ),
+            0 => true,
+            left => {
+                tracing::warn!(
+                    "{left} request(s) still at work {}s after the stop; exiting anyway (the next start recovers what they left half-way)",
+                    REQUEST_GRACE.as_secs()
+                );
+                false
+            }
         },
-        _ = again => tracing::warn!("stopped again: not waiting for the requests at work (the next start recovers what they left half-way)"),
-    }
+        _ = again => {
+            tracing::warn!("stopped again: not waiting for the requests at work (the next start recovers what they left half-way)");
+            false
+        }
+    };
     stop.store(true, Ordering::SeqCst);
     let _ = tx.send(Trigger::Stop);
     if let Some(stop_stream) = current.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -159,7 +166,12 @@ pub async fn run(agent: Arc<Agent>, cache: Arc<ObservedCache>, daemon: Daemon) -
         tracing::warn!("the monitor is still busy {}s after the stop (a slow or hung podman call?); exiting anyway", SHUTDOWN_GRACE.as_secs());
     }
     drop(alerts);
-    drop(lock);
+    if all_done {
+        drop(lock);
+    } else {
+        // Requests still at work run until the process exits: the lock goes with it, not before.
+        std::mem::forget(lock);
+    }
     Ok(())
 }
 

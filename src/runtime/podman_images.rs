@@ -165,6 +165,8 @@ impl Podman {
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= end => break,
+                // Exited, its stderr still held by something it left: done all the same.
+                Err(mpsc::RecvTimeoutError::Timeout) if child.try_wait().ok().flatten().is_some() => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => progress(format!("still pulling {image} ({}s)", start.elapsed().as_secs())),
             }
         }

@@ -137,6 +137,7 @@ impl Env {
                 // deadline would leave the sleep.
                 "#!/bin/sh\necho \"$*\" >> '{}'\nif [ -e '{d}/hang-'\"$1\" ]; then setpriv --pdeathsig KILL sleep {hang_marker} & wait; exit 1; fi\n\
                  if [ -e '{d}/hold-'\"$1\" ]; then sleep {hang_marker} & wait; exit 1; fi\n\
+                 while [ -e '{d}/gate-'\"$1\" ]; do sleep 0.05; done\n\
                  if [ -e '{d}/slow-'\"$1\" ]; then sleep 5; fi\n\
                  if [ -e '{d}/fail-after-'\"$1\" ]; then podman \"$@\"; echo 'Error: injected failure' >&2; exit 125; fi\n\
                  if [ -e '{d}/fail-nth-'\"$1\" ]; then k=$(( $(cat '{d}/count-'\"$1\" 2>/dev/null || echo 0) + 1 )); echo $k > '{d}/count-'\"$1\"; \
@@ -254,6 +255,12 @@ impl Env {
         std::fs::write(self.dir.path().join(format!("hold-{subcommand}")), "").unwrap();
     }
 
+    /// From now on the agent's `podman <subcommand>` waits until [`Env::release`], then does
+    /// its work.
+    pub fn gate(&self, subcommand: &str) {
+        std::fs::write(self.dir.path().join(format!("gate-{subcommand}")), "").unwrap();
+    }
+
     /// From now on the agent's `podman <subcommand>` does its work, then reports a failure.
     pub fn fail_after(&self, subcommand: &str) {
         std::fs::write(self.dir.path().join(format!("fail-after-{subcommand}")), "").unwrap();
@@ -286,6 +293,7 @@ impl Env {
     pub fn release(&self, subcommand: &str) {
         let _ = std::fs::remove_file(self.dir.path().join(format!("hang-{subcommand}")));
         let _ = std::fs::remove_file(self.dir.path().join(format!("hold-{subcommand}")));
+        let _ = std::fs::remove_file(self.dir.path().join(format!("gate-{subcommand}")));
         let _ = std::fs::remove_file(self.dir.path().join(format!("slow-{subcommand}")));
         let _ = std::fs::remove_file(self.dir.path().join(format!("fail-after-{subcommand}")));
     }

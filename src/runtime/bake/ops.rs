@@ -71,7 +71,7 @@ pub fn build(ops: &Path, comp: &Component, staging: &Path, config: &Path, ops_ho
     cmd.args(ops_argv(&program, config)).current_dir(staging).env("OPS_HOME", ops_home).stdin(Stdio::null());
     let out = crate::runtime::child::output_within(&mut cmd, limit).map_err(|e| format!("could not start {}: {e}", ops.display()))?;
     match out.status {
-        None => Err(format!("ops build did not finish within {}s and was killed ([nanos] mkfs_secs sets the limit)", limit.as_secs())),
+        None => Err(format!("ops build did not finish within {}s and was killed ([qemu] ops_build_secs sets the limit)", limit.as_secs())),
         Some(status) if !status.success() => Err(format!("ops build failed ({status}): {}", String::from_utf8_lossy(&out.stderr).trim())),
         Some(_) => Ok(()),
     }

@@ -97,7 +97,7 @@ impl Qemu {
             Form::Ops => {
                 let program = ops::find(self.config.ops.as_deref()).map_err(|e| unusable(comp, e))?;
                 let contents = volume_tree(comp)?.stage(&staging).map_err(|e| unusable(comp, format!("staging volumes: {e}")))?;
-                ops::build(&program, comp, &staging, &paths.ops_config(), &paths.ops_home(), self.nanos.mkfs_timeout())
+                ops::build(&program, comp, &staging, &paths.ops_config(), &paths.ops_home(), self.ops_build_limit())
                     .map_err(|e| unusable(comp, e))?;
                 // Some ops versions name the image `<name>.img`.
                 let suffixed = paths.ops_image().with_extension("img");

@@ -70,6 +70,8 @@ impl Qemu {
         // killed at the limit.
         let mut cmd = Command::new(program);
         cmd.args(&argv).stdin(Stdio::null());
+        // What runs as this VM already (a qemu whose pid file was lost) is not the start's.
+        let before = super::strays::pids_of(&rec.id);
         let out = super::super::child::output_within(&mut cmd, START_LIMIT)
             .map_err(|source| RuntimeError::Spawn { program: program.display().to_string(), step: "start".into(), source })?;
         let failed = match out.status {
@@ -83,7 +85,7 @@ impl Qemu {
         if let Some(e) = failed {
             // The daemonized copy leads a session of its own (the kill at the limit did not
             // reach it) and may run on, or come up later, unknown to the registry.
-            let strays = super::record::kill_all_of(&rec.id);
+            let strays = super::strays::kill_new(&rec.id, &before);
             if strays > 0 {
                 tracing::warn!(vm = %rec.name, strays, "killed what the failed qemu start left running");
             }

@@ -12,6 +12,7 @@ mod events;
 pub mod net;
 pub mod probe_ns;
 pub mod record;
+mod strays;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -54,6 +55,9 @@ pub struct QemuConfig {
     /// toolchain is configured; found on PATH when unset.
     #[serde(default)]
     pub ops: Option<PathBuf>,
+    /// How long one `ops build` may take (default 1800 s: ops may download a Nanos release).
+    #[serde(default)]
+    pub ops_build_secs: Option<u64>,
     /// The IPv4 pool VMs on isolated networks get static addresses from (default 10.213.0.0/16).
     #[serde(default)]
     pub subnet: Option<String>,
@@ -104,6 +108,10 @@ impl Qemu {
             settle,
             pinned: Default::default(),
         })
+    }
+
+    fn ops_build_limit(&self) -> Duration {
+        Duration::from_secs(self.config.ops_build_secs.unwrap_or(1800))
     }
 
     fn program(&self) -> Result<&Path, RuntimeError> {

@@ -106,26 +106,7 @@ pub fn read_all(vms: &Path) -> Vec<VmRecord> {
 
 /// Is `pid` the qemu of VM `id` (its id is in the command line: a recycled pid never is)?
 fn alive(pid: u32, id: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!("process=mcp-{id}")))
-}
-
-/// Kill every process of VM `id` (known by the id in its command line): what a start that
-/// failed or hung may have left daemonized. Each is signalled through a pidfd opened before
-/// its command line is read, so a pid that exits and is reused meanwhile is never hit.
-/// Returns how many were killed.
-pub fn kill_all_of(id: &str) -> usize {
-    let Ok(procs) = std::fs::read_dir("/proc") else { return 0 };
-    let mut killed = 0;
-    for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()).and_then(rustix::process::Pid::from_raw) else {
-            continue;
-        };
-        let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else { continue };
-        if alive(pid.as_raw_nonzero().get() as u32, id) && rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL).is_ok() {
-            killed += 1;
-        }
-    }
-    killed
+    super::strays::cmdline(pid as i32).is_some_and(|c| String::from_utf8_lossy(&c).contains(&format!("process=mcp-{id}")))
 }
 
 /// The VM's qemu process, if it runs.
