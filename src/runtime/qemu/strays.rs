@@ -86,7 +86,7 @@ mod tests {
 
     #[test]
     fn a_vm_is_known_by_its_exact_name_argument() {
-        let qemu = b"qemu-system-x86_64\0-name\0s-vm,process=mcp-vm-1a\0-m\0256M\0";
+        let qemu = b"qemu-system-x86_64\0-name\0s-vm,process=mcp-vm-1a\0-m\x00256M\x00";
         assert!(is_vm_cmdline(qemu, "vm-1a"));
         assert!(!is_vm_cmdline(qemu, "vm-1"), "another id is not a prefix of this one");
         assert!(!is_vm_cmdline(b"grep\0process=mcp-vm-1a\0", "vm-1a"), "a command naming the id is not the VM");
