@@ -278,8 +278,10 @@ fn a_failed_qemu_start_leaves_no_vm_behind() {
     std::fs::write(
         &fake,
         "#!/bin/bash\n# Stand-in for qemu-system-x86_64: a daemonized copy (qemu's arguments in its command line), then a failed start.\n\
-         setsid perl -e 'sleep 600' -- \"$@\" </dev/null >/dev/null 2>&1 &\n\
-         p=$!\nwhile ! grep -q process=mcp /proc/$p/cmdline 2>/dev/null; do :; done\n\
+         r=\"$0.ready.$$\"\n\
+         READY=\"$r\" setsid perl -e 'open(my $f, \">\", $ENV{READY}) or die; close $f; sleep 600' -- \"$@\" </dev/null >/dev/null 2>&1 &\n\
+         # Up once perl itself says so (the forked shell carries qemu's arguments too, before its exec).\n\
+         while [ ! -e \"$r\" ]; do :; done\nrm -f \"$r\"\n\
          echo 'qemu: injected start failure' >&2\nexit 1\n",
     )
     .unwrap();
