@@ -364,12 +364,6 @@ impl Registry {
         Ok(())
     }
 
-    /// Repair counts of a service's components.
-    pub fn repairs(&self, service: &str) -> Result<Vec<RepairCount>, RegistryError> {
-        let mut st = self.conn.prepare("SELECT component, count, last FROM repairs WHERE service = ?1 ORDER BY component")?;
-        let rows = st.query_map([service], |r| Ok(RepairCount { component: r.get(0)?, count: r.get(1)?, last: r.get(2)? }))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
 
     /// Keep at most `max_count` events and none older than `max_age_ms`; returns how many
     /// were deleted.
@@ -507,7 +501,7 @@ mod tests {
         r.record_late(&late).unwrap();
         let times: Vec<(String, i64)> = r.events(Some("s"), 10).unwrap().into_iter().map(|e| (e.kind, e.time)).collect();
         assert!(times.contains(&("repair".into(), 1_000)) && times.contains(&("repair.failed".into(), 2_000)), "{times:?}");
-        let counts = r.repairs("s").unwrap();
+        let counts = r.status_snapshot(Some("s"), 0).unwrap().repairs.remove("s").unwrap_or_default();
         assert_eq!((counts.len(), counts[0].count, counts[0].last), (1, 1, 1_000));
     }
 

@@ -45,16 +45,20 @@ pub fn wait_at_most(child: &mut Child, limit: Duration) -> std::io::Result<Optio
             return Ok(None);
         }
         match &pidfd {
-            Some(fd) => {
-                let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
-                let timeout = rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 };
-                match rustix::event::poll(&mut fds, Some(&timeout)) {
-                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            Some(fd) => exit_within(fd, left)?,
             None => std::thread::sleep(POLL.min(left)),
         }
+    }
+}
+
+/// Wait at most `within` for the process of `pidfd` to exit (returns early when a signal
+/// interrupts the wait: callers look again).
+pub fn exit_within(pidfd: &std::os::fd::OwnedFd, within: Duration) -> std::io::Result<()> {
+    let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+    let timeout = rustix::event::Timespec { tv_sec: within.as_secs() as i64, tv_nsec: within.subsec_nanos() as i64 };
+    match rustix::event::poll(&mut fds, Some(&timeout)) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

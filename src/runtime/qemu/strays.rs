@@ -73,9 +73,7 @@ pub fn kill_new(id: &str, spare: &[i32]) -> usize {
     }
     let end = std::time::Instant::now() + GONE_WITHIN;
     for fd in &killed {
-        let left = end.saturating_duration_since(std::time::Instant::now());
-        let timeout = rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as i64 };
-        let _ = rustix::event::poll(&mut [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)], Some(&timeout));
+        let _ = crate::runtime::child::exit_within(fd, end.saturating_duration_since(std::time::Instant::now()));
     }
     killed.len()
 }
